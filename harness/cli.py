@@ -1,0 +1,143 @@
+"""``python -m harness``: run, list (and the subcommands later issues add).
+
+Every user-facing failure is a HarnessError: it is printed as one paragraph and the command
+exits non-zero, with no traceback unless ``--debug`` is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+
+from harness.errors import HarnessError
+
+DESCRIPTION = """\
+Diffusion architecture benchmark harness: one fixed, versioned CIFAR-10 protocol
+(epsilon-prediction MSE, AdamW, EMA, 50-step DDIM, FID with clean-fid) applied to any
+architecture file exposing build_model(device), at small/medium/large widths.
+
+examples:
+  python -m harness run --task shapes --arch standard --tier smoke   # offline, CPU, < 5 min
+  python -m harness run --arch full_attn --tier medium                # the real protocol (GPU)
+  python -m harness list --json
+"""
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run", help="train and evaluate one architecture at one tier",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train one architecture under a task's protocol, evaluate FID/KID at the task's evaluation "
+                    "points, and write a run record. Re-running the same command resumes from its checkpoint.",
+        epilog="example:\n  python -m harness run --task shapes --arch standard --tier smoke\n"
+               "  python -m harness run --arch full-attn --tier small --seed 1 --set optimizer.lr=1e-4",
+    )
+    p.add_argument("--arch", required=True, help="architecture name (see `list`) or a path to a .py file")
+    p.add_argument("--tier", required=True, help="width tier: smoke, small, medium, large")
+    p.add_argument("--task", default="cifar10", help="task protocol in tasks/ (default: cifar10)")
+    p.add_argument("--steps", type=int, help="training steps (default: the tier's)")
+    p.add_argument("--fid-samples", type=int, help="generated images per FID evaluation (default: the tier's)")
+    p.add_argument("--seed", type=int, help="run seed (default: the task's, 42)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--results-dir", default="results", help="where run records go (default: results)")
+    p.add_argument("--data-dir", help="folder holding CIFAR-10 (cifar-10-batches-py or cifar-10-python.tar.gz)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any task field, e.g. --set training.batch_size=64 (recorded in the run record)")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_list(sub) -> None:
+    p = sub.add_parser(
+        "list", help="architectures with exact parameter counts per tier; tasks; tiers",
+        description="List the architectures (with exact parameter counts at every tier of the task), the tasks "
+                    "and the tiers.",
+        epilog="example:\n  python -m harness list\n  python -m harness list --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--task", default="cifar10", help="task whose tiers set the widths (default: cifar10)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run(sub)
+    _add_list(sub)
+    return parser
+
+
+def cmd_run(args) -> int:
+    from harness.runner import run
+    from harness.tasks import parse_override
+
+    overrides = dict(parse_override(s) for s in args.set)
+    if args.steps is not None:
+        overrides["training.steps"] = args.steps
+    if args.fid_samples is not None:
+        overrides["evaluation.num_samples"] = args.fid_samples
+    record = run(args.task, args.arch, args.tier, args.seed, device=args.device, results_dir=args.results_dir,
+                 data_dir=args.data_dir, overrides=overrides, fresh=args.fresh, progress=not args.no_progress)
+    from harness.records import run_dir
+
+    path = run_dir(args.results_dir, record.task, record.arch, record.tier, record.seed) / "record.json"
+    first = record.evaluations[0] if record.evaluations else None
+    before = f" (step {first['step']}: {first['fid']:.2f})" if first and first["step"] == 0 and record.best_step else ""
+    print(f"{record.arch}/{record.tier} on {record.task}: best FID {record.best_fid:.2f} at step {record.best_step}{before}, "
+          f"final FID {record.final_fid:.2f}; wall time {record.timings['wall_seconds']:.0f} s; record: {path}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from harness import registry
+    from harness.tasks import resolve_task, task_names, tier_names
+
+    tiers = tier_names(args.task)
+    specs = {tier: resolve_task(args.task, tier) for tier in tiers}
+    rows = []
+    for name in registry.architecture_names():
+        arch = registry.find_architecture(name)
+        counts = {tier: registry.parameter_count(arch, spec.width_env) for tier, spec in specs.items()}
+        rows.append({"name": name, "file": str(arch.path), "summary": arch.summary, "param_count": counts})
+    tier_info = {t: {"block_out_channels": list(s.model.block_out_channels), "layers_per_block": s.model.layers_per_block,
+                     "batch_size": s.training.batch_size, "steps": s.training.steps} for t, s in specs.items()}
+    if args.json:
+        print(json.dumps({"task": args.task, "architectures": rows, "tasks": task_names(), "tiers": tier_info}, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows) if rows else 4
+    print(f"Architectures (exact parameter counts at each tier of task '{args.task}'):")
+    print("  " + "name".ljust(width) + "".join(t.rjust(14) for t in tiers))
+    for r in rows:
+        print("  " + r["name"].ljust(width) + "".join(f"{r['param_count'][t]:>14,}" for t in tiers))
+    print(f"\nTasks: {', '.join(task_names())}")
+    print("Tiers:")
+    for t, info in tier_info.items():
+        print(f"  {t:<8} block_out_channels={info['block_out_channels']} layers_per_block={info['layers_per_block']} "
+              f"batch={info['batch_size']} steps={info['steps']}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except HarnessError as exc:
+        if args.debug:
+            raise
+        print("error: " + textwrap.fill(str(exc), width=100, subsequent_indent="       "), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("Interrupted. Checkpoints written so far are kept; run the same command again to resume.", file=sys.stderr)
+        return 130

@@ -1,0 +1,131 @@
+"""Noise schedule, training loss and DDIM sampling, with diffusers' schedulers underneath.
+
+The betas and alphas come from diffusers' ``DDPMScheduler`` (training) and sampling steps
+through ``DDIMScheduler.step`` (built with the same betas), so the protocol matches diffusers'
+``DDIMPipeline`` by construction; tests check both against diffusers.
+
+Every generated sample has its own seed (``sample_seeds``): its starting noise is drawn from a
+generator seeded with that number alone, so image i is the same whatever the batch size.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from harness.tasks import DiffusionSpec, SamplingSpec
+
+IMAGE_SHAPE = (3, 32, 32)
+
+
+def ddpm_scheduler(spec: DiffusionSpec) -> DDPMScheduler:
+    return DDPMScheduler(
+        num_train_timesteps=spec.num_train_timesteps,
+        beta_schedule=spec.beta_schedule,
+        beta_start=spec.beta_start,
+        beta_end=spec.beta_end,
+        prediction_type=spec.prediction_type,
+    )
+
+
+def ddim_scheduler(diffusion: DiffusionSpec, sampling: SamplingSpec) -> DDIMScheduler:
+    return DDIMScheduler(
+        num_train_timesteps=diffusion.num_train_timesteps,
+        beta_schedule=diffusion.beta_schedule,
+        beta_start=diffusion.beta_start,
+        beta_end=diffusion.beta_end,
+        prediction_type=diffusion.prediction_type,
+        clip_sample=sampling.clip_sample,
+    )
+
+
+class NoiseSchedule:
+    """The forward process q(x_t | x_0) for training.
+
+    The coefficient tables come from diffusers' DDPMScheduler; they are kept on the training
+    device so that noising a batch is one gather and one fused multiply-add, with no host
+    round trip (``DDPMScheduler.add_noise`` computes the same thing; a test checks equality).
+    """
+
+    def __init__(self, spec: DiffusionSpec, device: torch.device):
+        if spec.prediction_type != "epsilon":
+            raise ValueError("the protocol trains epsilon prediction only")
+        alphas_cumprod = ddpm_scheduler(spec).alphas_cumprod.to(device)  # [T] float32
+        self.num_timesteps = spec.num_train_timesteps
+        self.sqrt_alpha = alphas_cumprod.sqrt()  # [T]
+        self.sqrt_one_minus_alpha = (1 - alphas_cumprod).sqrt()  # [T]
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise; x0, noise [B,C,H,W], t [B] int64."""
+        a = self.sqrt_alpha[t].view(-1, 1, 1, 1)
+        s = self.sqrt_one_minus_alpha[t].view(-1, 1, 1, 1)
+        return torch.addcmul(a * x0, s, noise)
+
+    def loss(self, model: torch.nn.Module, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Epsilon-prediction MSE with t uniform in [0, T). Returns a 0-dim tensor (no host sync)."""
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=gen, device=x0.device)
+        noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+        pred = model(self.add_noise(x0, noise, t), t).sample
+        return F.mse_loss(pred.float(), noise.float())
+
+
+def initial_noise(seeds: torch.Tensor | list[int], device: torch.device) -> torch.Tensor:
+    """[len(seeds),3,32,32] standard normal; row i drawn from a CPU generator seeded with seeds[i]
+    (the same stream diffusers' ``randn_tensor`` uses with a list of generators)."""
+    rows = [torch.randn((1, *IMAGE_SHAPE), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.cat(rows).to(device)
+
+
+def sample_seeds(run_seed: int, count: int) -> list[int]:
+    """Per-sample seeds for an evaluation: disjoint from the training stream, fixed for a run seed."""
+    base = (run_seed + 1) * 1_000_003
+    return [base + i for i in range(count)]
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1,1] float -> uint8, exactly as diffusers' pipelines quantise before writing a PNG."""
+    return ((x.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def ddim_sample(
+    model: torch.nn.Module,
+    diffusion: DiffusionSpec,
+    sampling: SamplingSpec,
+    seeds: list[int],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """DDIM from per-sample seeded noise. Returns float32 ``[len(seeds),3,32,32]`` in [-1,1]
+    (before clamping), equal to ``DDIMPipeline`` with one generator per sample."""
+    if sampling.sampler != "ddim":
+        raise ValueError(f"unknown sampler {sampling.sampler!r}")
+    scheduler = ddim_scheduler(diffusion, sampling)
+    scheduler.set_timesteps(sampling.steps)
+    x = initial_noise(seeds, device)  # [B,3,32,32]
+    variance_gens = [torch.Generator().manual_seed(int(s) + 1) for s in seeds] if sampling.eta > 0 else None
+    batch = torch.empty(len(seeds), dtype=torch.int64, device=device)
+    for t in scheduler.timesteps:
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            eps = model(x, batch.fill_(int(t))).sample  # timestep [B]: the contract's shape
+        variance_noise = None
+        if variance_gens is not None:  # eta > 0: each sample's extra noise from its own stream too
+            variance_noise = torch.cat([torch.randn((1, *IMAGE_SHAPE), generator=g) for g in variance_gens]).to(device)
+        x = scheduler.step(eps.float(), t, x, eta=sampling.eta, variance_noise=variance_noise).prev_sample
+    return x
+
+
+def generate(
+    model: torch.nn.Module,
+    diffusion: DiffusionSpec,
+    sampling: SamplingSpec,
+    seeds: list[int],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> Iterator[torch.Tensor]:
+    """uint8 ``[b,3,32,32]`` batches of ``sampling.batch_size`` images, in seed order."""
+    for start in range(0, len(seeds), sampling.batch_size):
+        chunk = seeds[start : start + sampling.batch_size]
+        yield to_uint8(ddim_sample(model, diffusion, sampling, chunk, device, autocast_dtype))

@@ -1,0 +1,129 @@
+"""FID reference statistics of a task's real images, computed (or downloaded) once and cached.
+
+A reference is the mean and covariance of the Inception features of the training images, plus
+up to ``KID_FEATURES`` of the features themselves for KID. For CIFAR-10 with the whole train
+split, clean-fid's precomputed statistics are used when they can be downloaded; otherwise (and
+always for shapes, or for a subset) they are computed with the same pipeline and cached under
+the harness cache directory. A cached reference is never recomputed: its file name is a hash of
+everything that defines it (dataset, image count, clean-fid mode, Inception weights).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from harness.data import cache_dir
+from harness.fid import InceptionFeatures, mean_cov
+from harness.tasks import DataSpec, EvaluationSpec
+
+KID_FEATURES = 10_000  # features kept for KID (clean-fid's KID draws subsets of at most 1000)
+
+
+@dataclass
+class Reference:
+    mu: np.ndarray  # [2048] float64
+    sigma: np.ndarray  # [2048,2048] float64
+    kid_features: np.ndarray | None  # [n,2048] float32
+    source: str  # "computed from N training images" or "clean-fid precomputed ..."
+    num_images: int
+    path: Path  # the cache file
+
+
+def reference_key(data: DataSpec, evaluation: EvaluationSpec, weights_id: str) -> dict:
+    """Everything that defines a reference; its hash names the cache file."""
+    dataset = {"dataset": data.dataset, "image_size": data.image_size}
+    if data.dataset == "shapes":
+        dataset.update(num_images=data.num_images, seed=data.seed)
+    elif data.num_images:
+        dataset.update(num_images=data.num_images)
+    return {"data": dataset, "reference": evaluation.reference, "images": evaluation.reference_images,
+            "mode": evaluation.mode, "inception": weights_id}
+
+
+def _cache_path(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "fid_refs" / f"{key['data']['dataset']}-{digest}.npz"
+
+
+def _save_atomic(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load(path: Path) -> Reference:
+    with np.load(path, allow_pickle=False) as z:
+        kid = z["kid_features"] if z["kid_features"].size else None
+        return Reference(z["mu"], z["sigma"], kid, str(z["source"]), int(z["num_images"]), path)
+
+
+def _download_cleanfid(spec: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """clean-fid's precomputed statistics for ``cleanfid:NAME/SPLIT/RES``, or None when unreachable."""
+    import socket
+
+    from cleanfid.features import get_reference_statistics
+
+    name, split, res = spec.split(":", 1)[1].split("/")
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # an offline machine should fail fast, not hang
+    try:
+        mu, sigma = get_reference_statistics(name, int(res), mode="clean", split=split)
+        try:
+            kid = get_reference_statistics(name, int(res), mode="clean", split=split, metric="KID")
+        except OSError:
+            kid = None
+        return mu, sigma, kid
+    except OSError:  # URLError, timeouts, DNS failures
+        return None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def get_reference(
+    data: DataSpec,
+    evaluation: EvaluationSpec,
+    features: InceptionFeatures,
+    load_images: Callable[[], np.ndarray],
+    progress_factory=None,
+) -> Reference:
+    """The cached reference, else clean-fid's (when configured and reachable), else computed."""
+    key = reference_key(data, evaluation, features.weights_id)
+    path = _cache_path(key)
+    if path.is_file():
+        return _load(path)
+    downloaded = None
+    if evaluation.reference.startswith("cleanfid:") and evaluation.reference_images is None:
+        downloaded = _download_cleanfid(evaluation.reference)
+    if downloaded is not None:
+        mu, sigma, kid = downloaded
+        source, count = f"clean-fid precomputed {evaluation.reference}", 0
+    else:
+        images = load_images()
+        if evaluation.reference_images:
+            images = images[: evaluation.reference_images]
+        bar = progress_factory(len(images)) if progress_factory else None
+        feats = features.of_array(images, evaluation.feature_batch_size, progress=bar)
+        if bar is not None:
+            bar.close()
+        mu, sigma = mean_cov(feats)
+        kid, source, count = feats, f"computed from {len(images)} training images", len(images)
+    if kid is not None and len(kid) > KID_FEATURES:
+        kid = kid[np.linspace(0, len(kid) - 1, KID_FEATURES).astype(int)]
+    _save_atomic(path, mu=mu, sigma=sigma, kid_features=kid if kid is not None else np.zeros((0, 2048), np.float32),
+                 source=np.array(source), num_images=np.array(count), key=np.array(json.dumps(key)))
+    return _load(path)

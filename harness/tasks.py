@@ -1,0 +1,304 @@
+"""Versioned task protocols (``tasks/*.yaml``) resolved into one frozen, typed spec per run.
+
+A task file holds the whole protocol (data, diffusion, optimizer, training, sampling,
+evaluation) plus named tiers. A tier is a partial task, deep-merged on top: it sets the widths,
+the batch size, the step count, and may override anything else. A task may ``include:``
+another file and override parts of it (shapes reuses cifar10's protocol with other data).
+
+    spec = resolve_task("shapes", "smoke", {"training.steps": 10})
+    spec.training.batch_size       # 32
+    spec.to_dict()                 # what a run record stores
+
+Every field is checked: an unknown or mistyped field is an error that names the file and the
+field, so a typo cannot silently fall back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import HarnessError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TASK = "cifar10"
+
+
+def tasks_dir() -> Path:
+    return Path(os.environ.get("HARNESS_TASKS_DIR", REPO_ROOT / "tasks"))
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str  # "cifar10" or "shapes"
+    image_size: int = 32
+    horizontal_flip: bool = True  # random left-right flip of each training image
+    num_images: int | None = None  # shapes: how many to generate; cifar10: None = the whole split
+    seed: int = 0  # shapes: generator seed (the dataset, not the run)
+
+
+@dataclass(frozen=True)
+class DiffusionSpec:
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    prediction_type: str = "epsilon"  # the model predicts the added noise; loss = MSE(pred, noise)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    block_out_channels: tuple[int, ...]  # -> env BLOCK_OUT_CHANNELS, e.g. "128,256,256,256"
+    layers_per_block: int = 2  # -> env LAYERS_PER_BLOCK
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str = "adamw"
+    lr: float = 2e-4  # constant: no warm-up, no decay
+    weight_decay: float = 1e-4
+    betas: tuple[float, ...] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip_norm: float = 1.0  # max global gradient norm
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    steps: int
+    batch_size: int
+    ema_decay: float = 0.9995  # constant decay, no warm-up; evaluation uses the EMA weights
+    log_every: int = 100  # loss read back from the device (one host sync) every this many steps
+    checkpoint_every: int = 1000
+    precision: str = "fp32"  # "fp32", or "bf16" autocast (CUDA only)
+    channels_last: bool = True  # memory format of activations and weights
+    compile: bool = False  # torch.compile the model for training
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    clip_sample: bool = True  # clip the predicted x0 to [-1, 1] (diffusers' DDIMScheduler default)
+    batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    num_samples: int  # generated images per FID evaluation
+    eval_points: tuple[int, ...]  # training steps at which FID is measured; the last step always is
+    mode: str = "clean"  # clean-fid mode
+    reference: str = "dataset"  # "dataset" (computed from the training images) or "cleanfid:NAME/SPLIT/RES"
+    reference_images: int | None = None  # images in a computed reference; None = all of them
+    kid: bool = True
+    inception_weights: str | None = None  # a path; else env HARNESS_INCEPTION_WEIGHTS, clean-fid's cache, ...
+    feature_batch_size: int = 200  # Inception batch
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    version: int
+    tier: str
+    seed: int
+    description: str
+    data: DataSpec
+    diffusion: DiffusionSpec
+    model: ModelSpec
+    optimizer: OptimizerSpec
+    training: TrainingSpec
+    sampling: SamplingSpec
+    evaluation: EvaluationSpec
+    # published best FID per architecture and tier, shown beside measured ones in reports
+    reference_results: dict | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def width_env(self) -> dict[str, str]:
+        """The environment an architecture file reads its widths from."""
+        return {
+            "BLOCK_OUT_CHANNELS": ",".join(str(c) for c in self.model.block_out_channels),
+            "LAYERS_PER_BLOCK": str(self.model.layers_per_block),
+        }
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def task_names() -> list[str]:
+    return sorted(p.stem for p in tasks_dir().glob("*.yaml"))
+
+
+def _task_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    path = tasks_dir() / f"{name}.yaml"
+    if not path.exists():
+        known = task_names()
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise HarnessError(
+            f"Unknown task '{name}'.{hint} Available tasks: {', '.join(known) or '(none)'}; "
+            f"each is a YAML file in {tasks_dir()}. Pass one with --task."
+        )
+    return path
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_task_file(name: str, _seen: tuple[Path, ...] = ()) -> tuple[dict, Path]:
+    """Read a task file with its ``include:`` chain merged in. Returns (raw dict, path)."""
+    path = _task_path(name).resolve()
+    if path in _seen:
+        chain = " -> ".join(p.name for p in (*_seen, path))
+        raise HarnessError(f"Task files include each other in a loop: {chain}. Remove one of the includes.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise HarnessError(f"Task file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise HarnessError(f"Task file {path} must be a mapping of fields, not {type(raw).__name__}.")
+    include = raw.pop("include", None)
+    if include is not None:
+        base, _ = load_task_file(str(path.parent / include), (*_seen, path))
+        raw = _deep_merge(base, raw)
+    return raw, path
+
+
+def tier_names(task: str = DEFAULT_TASK) -> list[str]:
+    raw, _ = load_task_file(task)
+    return list(raw.get("tiers", {}))
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise HarnessError(f"Cannot set '{dotted}': '{part}' is not a section of the task.")
+    node[leaf] = value
+
+
+def resolve_task(task: str, tier: str, overrides: dict[str, Any] | None = None) -> TaskSpec:
+    """Merge task file, tier and overrides (dotted keys, e.g. ``training.steps``) into a TaskSpec."""
+    raw, path = load_task_file(task)
+    tiers = raw.pop("tiers", {}) or {}
+    if tier not in tiers:
+        close = difflib.get_close_matches(tier, list(tiers), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise HarnessError(
+            f"Unknown tier '{tier}' for task '{raw.get('name', task)}'.{hint} "
+            f"Available tiers: {', '.join(tiers)}. Pass one with --tier."
+        )
+    merged = _deep_merge(raw, tiers[tier] or {})
+    for key, value in (overrides or {}).items():
+        _set_dotted(merged, key, value)
+    metadata = merged.pop("metadata", {}) or {}
+    if not isinstance(metadata.get("version"), int):
+        raise HarnessError(f"{path}: required field 'metadata.version' (an integer) is missing; every task is versioned.")
+    merged["version"] = metadata["version"]
+    merged["tier"] = tier
+    merged.setdefault("description", "")
+    spec = _build(TaskSpec, merged, where=str(path))
+    return _normalise(spec, path)
+
+
+def _normalise(spec: TaskSpec, path: Path) -> TaskSpec:
+    """Checks that need more than one field, and the rule that the last step is always evaluated."""
+    steps = spec.training.steps
+    if steps < 0 or spec.training.batch_size < 1:
+        raise HarnessError(f"{path}: training.steps must be >= 0 and training.batch_size >= 1.")
+    if spec.evaluation.num_samples < 2:
+        raise HarnessError(f"{path}: evaluation.num_samples must be at least 2 (FID needs a covariance).")
+    if spec.training.precision not in ("fp32", "bf16"):
+        raise HarnessError(f"{path}: training.precision must be 'fp32' or 'bf16', not '{spec.training.precision}'.")
+    if spec.data.dataset not in ("cifar10", "shapes"):
+        raise HarnessError(f"{path}: data.dataset must be 'cifar10' or 'shapes', not '{spec.data.dataset}'.")
+    points = sorted({p for p in spec.evaluation.eval_points if 0 <= p <= steps} | {steps})
+    evaluation = dataclasses.replace(spec.evaluation, eval_points=tuple(points))
+    return dataclasses.replace(spec, evaluation=evaluation)
+
+
+# ----------------------------------------------------------------------------- typed building
+
+_SCALARS = {int: (int,), float: (int, float), str: (str,), bool: (bool,), dict: (dict,)}
+
+
+def _check_value(hint: Any, value: Any, where: str, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _check_value(inner, value, where, name)
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            raise HarnessError(f"{where}: field '{name}' must be a list, not {value!r}.")
+        return tuple(_check_value(item_type, v, where, f"{name}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise HarnessError(f"{where}: field '{name}' must be a section (a mapping), not {value!r}.")
+        return _build(hint, value, where, prefix=f"{name}.")
+    allowed = _SCALARS[hint]
+    # bool is an int in Python; a YAML `true` must not pass as a number or the reverse.
+    if isinstance(value, bool) != (hint is bool) or not isinstance(value, allowed):
+        raise HarnessError(f"{where}: field '{name}' must be {hint.__name__}, not {value!r}.")
+    return float(value) if hint is float else value
+
+
+def _build(cls, values: dict, where: str, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+        raise HarnessError(
+            f"{where}: unknown field '{prefix}{unknown[0]}'.{hint} "
+            f"Fields allowed here: {', '.join(sorted(prefix + k for k in known))}."
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            kwargs[f.name] = _check_value(hints[f.name], values[f.name], where, prefix + f.name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise HarnessError(f"{where}: required field '{prefix}{f.name}' is missing (set it in the task or tier).")
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``--set optimizer.lr=1e-3`` -> ("optimizer.lr", 0.001). Values are YAML; bare numbers like 1e-3 too."""
+    if "=" not in text:
+        raise HarnessError(f"--set expects KEY=VALUE (e.g. optimizer.lr=1e-3), got '{text}'.")
+    key, value_text = text.split("=", 1)
+    value = yaml.safe_load(value_text)
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" as a string
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip(), value

@@ -1,0 +1,73 @@
+"""Shared fixtures: an isolated cache directory, and tiny architecture files for fast runs."""
+import os
+import textwrap
+
+import pytest
+
+TINY_ARCH = '''
+"""A two-convolution denoiser: enough to exercise the training loop in a second."""
+import os
+
+import torch
+from diffusers.models.unets.unet_2d import UNet2DOutput
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.inp = torch.nn.Conv2d(3, channels, 3, padding=1)
+        self.time = torch.nn.Embedding(1000, channels)
+        self.out = torch.nn.Conv2d(channels, 3, 3, padding=1)
+
+    def forward(self, x, timestep):
+        h = torch.nn.functional.silu(self.inp(x) + self.time(timestep)[:, :, None, None])
+        return UNet2DOutput(sample=self.out(h))
+
+
+def build_model(device):
+    channels = int(os.environ["BLOCK_OUT_CHANNELS"].split(",")[0])
+    return Tiny(channels).to(device)
+'''
+
+# Settings that make a whole run take seconds: few steps, few samples, a tiny FID reference.
+FAST = {
+    "training.steps": 6,
+    "training.log_every": 2,
+    "training.checkpoint_every": 2,
+    "evaluation.num_samples": 6,
+    "evaluation.eval_points": [],
+    "evaluation.reference_images": 12,
+    "evaluation.feature_batch_size": 12,
+    "sampling.steps": 5,
+    "data.num_images": 256,
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Reference statistics and downloads go to a fresh folder, never the user's cache."""
+    path = tmp_path_factory.mktemp("harness-cache")
+    old = os.environ.get("HARNESS_CACHE_DIR")
+    os.environ["HARNESS_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("HARNESS_CACHE_DIR", None)
+    else:
+        os.environ["HARNESS_CACHE_DIR"] = old
+
+
+@pytest.fixture
+def write_arch(tmp_path):
+    """write_arch(name, source) -> path of a new architecture file in a temporary folder."""
+
+    def write(name, source):
+        path = tmp_path / f"{name}.py"
+        path.write_text(textwrap.dedent(source))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def tiny_arch(write_arch):
+    return write_arch("tiny", TINY_ARCH)

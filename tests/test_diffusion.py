@@ -1,0 +1,88 @@
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMPipeline, DDPMScheduler, UNet2DModel
+
+from harness.diffusion import NoiseSchedule, ddim_sample, ddim_scheduler, generate, initial_noise, to_uint8
+from harness.tasks import resolve_task
+
+SPEC = resolve_task("cifar10", "smoke")
+CPU = torch.device("cpu")
+
+
+def tiny_unet():
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=32, block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
+
+
+def test_schedule_is_diffusers_linear_ddpm_schedule():
+    reference = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    schedule = NoiseSchedule(SPEC.diffusion, CPU)
+    assert torch.allclose(schedule.sqrt_alpha ** 2, reference.alphas_cumprod, atol=1e-7, rtol=0)
+    assert abs(float(reference.betas[0]) - 1e-4) < 1e-9 and abs(float(reference.betas[-1]) - 0.02) < 1e-9
+
+
+def test_add_noise_equals_diffusers():
+    schedule = NoiseSchedule(SPEC.diffusion, CPU)
+    reference = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    x0, noise = torch.rand(16, 3, 32, 32) * 2 - 1, torch.randn(16, 3, 32, 32)
+    t = torch.tensor([0, 1, 2, 10, 100, 250, 499, 500, 501, 700, 900, 990, 997, 998, 999, 999])
+    assert torch.allclose(schedule.add_noise(x0, noise, t), reference.add_noise(x0, noise, t), atol=1e-6, rtol=0)
+
+
+def test_loss_is_epsilon_mse_with_uniform_t():
+    model = tiny_unet()
+    schedule = NoiseSchedule(SPEC.diffusion, CPU)
+    x0 = torch.rand(8, 3, 32, 32) * 2 - 1
+    gen = torch.Generator().manual_seed(3)
+    loss = schedule.loss(model, x0, gen)
+    # replay the same draws and compute the loss the diffusers training example's way
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 1000, (8,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    reference = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    expected = F.mse_loss(model(reference.add_noise(x0, noise, t), t).sample, noise)
+    assert torch.allclose(loss, expected, atol=1e-6)
+    # t is uniform over all 1000 steps
+    draws = torch.randint(0, 1000, (100000,), generator=torch.Generator().manual_seed(0))
+    assert draws.min() == 0 and draws.max() == 999
+
+
+def test_ddim_equals_diffusers_ddim_pipeline_for_same_weights_and_noise():
+    unet = tiny_unet()
+    seeds = [11, 12, 13]
+    scheduler = ddim_scheduler(SPEC.diffusion, SPEC.sampling)
+    pipe = DDIMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(batch_size=3, generator=[torch.Generator().manual_seed(s) for s in seeds], eta=0.0,
+                    num_inference_steps=50, output_type="pt").images  # [3,3,32,32] in [0,1]
+    ours = ddim_sample(unet, SPEC.diffusion, SPEC.sampling, seeds, CPU)
+    assert (ours / 2 + 0.5).clamp(0, 1).sub(expected).abs().max() < 1e-5
+    # and the uint8 images are what a PNG written from the pipeline's output would hold
+    pipeline_uint8 = (expected * 255).round().to(torch.uint8)
+    assert (to_uint8(ours).int() - pipeline_uint8.int()).abs().max() <= 1
+
+
+def test_ddim_with_eta_matches_pipeline_noise_per_sample():
+    # eta > 0 draws extra noise per step; it must come from each sample's own stream
+    unet = tiny_unet()
+    sampling = dataclasses.replace(SPEC.sampling, eta=1.0, steps=5)
+    a = ddim_sample(unet, SPEC.diffusion, sampling, [1, 2], CPU)
+    b = ddim_sample(unet, SPEC.diffusion, sampling, [2], CPU)
+    assert torch.allclose(a[1:], b, atol=1e-5)
+
+
+def test_samples_do_not_depend_on_batch_size():
+    unet = tiny_unet()
+    seeds = list(range(100, 105))
+    one = torch.cat(list(generate(unet, SPEC.diffusion, dataclasses.replace(SPEC.sampling, batch_size=5, steps=10), seeds, CPU)))
+    many = torch.cat(list(generate(unet, SPEC.diffusion, dataclasses.replace(SPEC.sampling, batch_size=2, steps=10), seeds, CPU)))
+    assert one.shape == (5, 3, 32, 32) and one.dtype == torch.uint8
+    assert (one.int() - many.int()).abs().max() <= 1  # identical up to float summation order in conv kernels
+
+
+def test_initial_noise_is_per_seed():
+    a = initial_noise([5, 6], CPU)
+    assert torch.equal(a[1], initial_noise([6], CPU)[0]) and not torch.equal(a[0], a[1])

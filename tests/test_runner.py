@@ -1,0 +1,109 @@
+import json
+import math
+
+import pytest
+import torch
+
+from harness.errors import HarnessError, RunFailed
+from harness.records import RunRecord
+from harness.runner import RunInterrupted, run
+
+from conftest import FAST
+
+
+def _run(arch, results, **kwargs):
+    overrides = dict(FAST, **kwargs.pop("overrides", {}))
+    return run("shapes", str(arch), "smoke", device="cpu", results_dir=results, overrides=overrides, progress=False,
+               log=lambda msg: None, **kwargs)
+
+
+def _checkpoint(results, name="tiny"):
+    return torch.load(results / "shapes" / name / "smoke" / "seed42" / "checkpoint.pt", weights_only=False)
+
+
+def test_resumed_run_ends_bitwise_equal_to_uninterrupted(tiny_arch, tmp_path):
+    straight = _run(tiny_arch, tmp_path / "a")
+    with pytest.raises(RunInterrupted, match="Stopped at step 3"):
+        _run(tiny_arch, tmp_path / "b", should_stop=lambda step: step == 3)
+    interrupted = RunRecord.load(tmp_path / "b" / "shapes" / "tiny" / "smoke" / "seed42" / "record.json")
+    assert interrupted.status == "interrupted" and interrupted.step == 3
+    logs = []
+    resumed = run("shapes", str(tiny_arch), "smoke", device="cpu", results_dir=tmp_path / "b", overrides=FAST,
+                  progress=False, log=logs.append)
+    assert any("Resuming" in m and "step 3" in m for m in logs)
+    a, b = _checkpoint(tmp_path / "a")["trainer"], _checkpoint(tmp_path / "b")["trainer"]
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), f"{key} weights differ after resume"
+    assert a["loss_curve"] == b["loss_curve"]
+    assert straight.final_fid == resumed.final_fid and straight.status == resumed.status == "completed"
+
+
+def test_record_holds_what_the_issue_lists(tiny_arch, tmp_path):
+    record = _run(tiny_arch, tmp_path, overrides={"evaluation.eval_points": [0, 2]})
+    path = tmp_path / "shapes" / "tiny" / "smoke" / "seed42"
+    saved = json.loads((path / "record.json").read_text())
+    assert saved["status"] == "completed" and saved["task_version"] == 1 and saved["config"]["training"]["steps"] == 6
+    assert saved["param_count"] == sum(p.numel() for p in torch.nn.Conv2d(3, 32, 3).parameters()) + 1000 * 32 + (32 * 9 * 3 + 3)
+    assert [e["step"] for e in saved["evaluations"]] == [0, 2, 6]
+    assert all(math.isfinite(e["fid"]) and e["kid"] is not None for e in saved["evaluations"])
+    assert saved["best_fid"] == min(e["fid"] for e in saved["evaluations"]) and saved["final_fid"] == saved["evaluations"][-1]["fid"]
+    assert saved["loss_curve"] and all(len(p) == 2 for p in saved["loss_curve"])
+    assert {"train_images_per_sec", "sampling_images_per_sec", "wall_seconds"} <= set(saved["timings"])
+    assert {"torch", "diffusers", "clean-fid"} <= set(saved["versions"]) and saved["device"]["type"] == "cpu"
+    assert "git_commit" in saved and saved["reference"]["num_images"] == 12
+    assert (path / "samples.png").is_file() and record.samples_png == "samples.png"
+
+
+def test_rerunning_a_finished_run_does_nothing(tiny_arch, tmp_path):
+    first = _run(tiny_arch, tmp_path)
+    logs = []
+    again = run("shapes", str(tiny_arch), "smoke", device="cpu", results_dir=tmp_path, overrides=FAST, progress=False, log=logs.append)
+    assert again.final_fid == first.final_fid and any("Nothing to do" in m for m in logs)
+
+
+def test_more_steps_continue_a_finished_run(tiny_arch, tmp_path):
+    _run(tiny_arch, tmp_path)
+    longer = _run(tiny_arch, tmp_path, overrides={"training.steps": 8})
+    assert [e["step"] for e in longer.evaluations] == [6, 8] and longer.step == 8
+
+
+def test_changed_settings_refuse_to_resume(tiny_arch, tmp_path):
+    with pytest.raises(RunInterrupted):
+        _run(tiny_arch, tmp_path, should_stop=lambda step: step == 2)
+    with pytest.raises(HarnessError, match=r"different settings \(optimizer.lr: 0.0002 -> 0.001\)"):
+        _run(tiny_arch, tmp_path, overrides={"optimizer.lr": 1e-3})
+    assert _run(tiny_arch, tmp_path, overrides={"optimizer.lr": 1e-3}, fresh=True).status == "completed"
+
+
+def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(write_arch, tmp_path):
+    # finite for the contract check and the first 3 training steps, then NaN
+    arch = write_arch("diverges", '''
+        import torch
+        from diffusers.models.unets.unet_2d import UNet2DOutput
+        class M(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+                self.calls = 0
+            def forward(self, x, timestep):
+                if self.training:
+                    self.calls += 1
+                out = self.conv(x)
+                return UNet2DOutput(sample=out * float("nan") if self.calls > 3 else out)
+        def build_model(device):
+            return M().to(device)
+    ''')
+    with pytest.raises(RunFailed, match=r"loss was nan at step 4.*last good checkpoint \(step 2\)"):
+        _run(arch, tmp_path)
+    path = tmp_path / "shapes" / "diverges" / "smoke" / "seed42"
+    record = json.loads((path / "record.json").read_text())
+    assert record["status"] == "failed" and record["failure"]["step"] == 4
+    assert _checkpoint(tmp_path, "diverges")["trainer"]["step"] == 2
+    assert all(torch.isfinite(v).all() for v in _checkpoint(tmp_path, "diverges")["trainer"]["model"].values())
+
+
+def test_unwritable_results_dir_is_a_clear_error(tiny_arch, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(HarnessError, match="Cannot write results to .*--results-dir"):
+        _run(tiny_arch, blocker / "results")

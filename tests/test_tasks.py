@@ -1,0 +1,92 @@
+import pytest
+
+from harness.errors import HarnessError
+from harness.tasks import parse_override, resolve_task, task_names, tier_names
+
+
+def test_cifar10_protocol_is_the_published_one():
+    spec = resolve_task("cifar10", "medium")
+    assert spec.version == 1 and spec.seed == 42
+    assert (spec.diffusion.beta_start, spec.diffusion.beta_end, spec.diffusion.num_train_timesteps) == (1e-4, 0.02, 1000)
+    assert spec.diffusion.beta_schedule == "linear" and spec.diffusion.prediction_type == "epsilon"
+    opt = spec.optimizer
+    assert (opt.lr, opt.weight_decay, opt.betas, opt.eps, opt.grad_clip_norm) == (2e-4, 1e-4, (0.9, 0.999), 1e-8, 1.0)
+    assert spec.training.ema_decay == 0.9995 and spec.training.steps == 35000
+    assert (spec.sampling.sampler, spec.sampling.steps, spec.sampling.eta) == ("ddim", 50, 0.0)
+    assert spec.evaluation.num_samples == 50000 and spec.evaluation.mode == "clean"
+    assert spec.model.block_out_channels == (128, 256, 256, 256) and spec.training.batch_size == 128
+
+
+def test_tiers_set_widths_and_batch():
+    expected = {"smoke": ((32, 64, 64, 64), 1, 32), "small": ((64, 128, 128, 128), 2, 128),
+                "medium": ((128, 256, 256, 256), 2, 128), "large": ((256, 512, 512, 512), 2, 64)}
+    for tier, (widths, layers, batch) in expected.items():
+        spec = resolve_task("cifar10", tier)
+        assert (spec.model.block_out_channels, spec.model.layers_per_block, spec.training.batch_size) == (widths, layers, batch)
+    assert resolve_task("cifar10", "large").width_env == {"BLOCK_OUT_CHANNELS": "256,512,512,512", "LAYERS_PER_BLOCK": "2"}
+
+
+def test_shapes_reuses_cifar10_protocol_with_its_own_data():
+    shapes, cifar = resolve_task("shapes", "small"), resolve_task("cifar10", "small")
+    assert shapes.data.dataset == "shapes" and shapes.data.num_images >= 10000
+    assert shapes.optimizer == cifar.optimizer and shapes.diffusion == cifar.diffusion and shapes.sampling == cifar.sampling
+    assert shapes.evaluation.reference == "dataset" and shapes.reference_results is None
+    assert cifar.reference_results["best_fid"]["standard"] == {"small": 18.60, "medium": 8.47, "large": 7.18}
+    assert set(tier_names("shapes")) == set(tier_names("cifar10")) >= {"smoke", "small", "medium", "large"}
+    assert {"cifar10", "shapes"} <= set(task_names())
+
+
+def test_last_step_is_always_an_evaluation_point():
+    spec = resolve_task("cifar10", "small", {"training.steps": 12000})
+    assert spec.evaluation.eval_points == (5000, 10000, 12000)
+    assert resolve_task("shapes", "smoke", {"training.steps": 7}).evaluation.eval_points == (0, 7)
+
+
+def test_unknown_task_suggests_close_name():
+    with pytest.raises(HarnessError, match="Did you mean 'shapes'"):
+        resolve_task("shape", "smoke")
+
+
+def test_unknown_tier_lists_tiers():
+    with pytest.raises(HarnessError, match=r"Unknown tier 'huge'.*smoke, small, medium, large"):
+        resolve_task("cifar10", "huge")
+
+
+def _task_dir(tmp_path, monkeypatch, text):
+    (tmp_path / "cifar10.yaml").write_text((__import__("harness.tasks").tasks.REPO_ROOT / "tasks" / "cifar10.yaml").read_text())
+    (tmp_path / "bad.yaml").write_text(text)
+    monkeypatch.setenv("HARNESS_TASKS_DIR", str(tmp_path))
+
+
+def test_invalid_task_file_names_the_unknown_field(tmp_path, monkeypatch):
+    _task_dir(tmp_path, monkeypatch, "include: cifar10.yaml\nname: bad\ntraining:\n  batchsize: 3\n")
+    with pytest.raises(HarnessError, match=r"bad.yaml: unknown field 'training.batchsize'. Did you mean 'training.batch_size'"):
+        resolve_task("bad", "small")
+
+
+def test_invalid_task_file_names_the_mistyped_field(tmp_path, monkeypatch):
+    _task_dir(tmp_path, monkeypatch, "include: cifar10.yaml\nname: bad\noptimizer:\n  lr: fast\n")
+    with pytest.raises(HarnessError, match=r"field 'optimizer.lr' must be float, not 'fast'"):
+        resolve_task("bad", "small")
+
+
+def test_task_file_missing_required_field(tmp_path, monkeypatch):
+    _task_dir(tmp_path, monkeypatch, "name: bad\nseed: 1\ndata: {dataset: shapes}\ntiers: {t: {}}\n")
+    with pytest.raises(HarnessError, match="required field"):
+        resolve_task("bad", "t")
+
+
+def test_include_loop_is_reported(tmp_path, monkeypatch):
+    _task_dir(tmp_path, monkeypatch, "include: bad.yaml\n")
+    with pytest.raises(HarnessError, match="loop"):
+        resolve_task("bad", "small")
+
+
+def test_overrides_are_typed_and_checked():
+    assert parse_override("optimizer.lr=1e-3") == ("optimizer.lr", 0.001)
+    assert parse_override("evaluation.eval_points=[1, 2]") == ("evaluation.eval_points", [1, 2])
+    assert resolve_task("cifar10", "small", dict([parse_override("training.batch_size=64")])).training.batch_size == 64
+    with pytest.raises(HarnessError, match="unknown field 'training.stepz'"):
+        resolve_task("cifar10", "small", {"training.stepz": 3})
+    with pytest.raises(HarnessError, match="KEY=VALUE"):
+        parse_override("lr")
