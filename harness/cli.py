@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import textwrap
+import warnings
 
 from harness.errors import HarnessError
 
@@ -58,6 +59,29 @@ def _add_list(sub) -> None:
     )
     p.add_argument("--task", default="cifar10", help="task whose tiers set the widths (default: cifar10)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--gmacs", action="store_true", help="also count MACs of one forward pass (attention included)")
+
+
+def _add_profile(sub) -> None:
+    p = sub.add_parser(
+        "profile", help="parameters, MACs (attention included), latency, throughput, memory",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Profile one architecture at one tier (or every one with --all): exact parameters, MACs of one "
+                    "forward pass including attention, and measured latency, throughput and peak memory. Results "
+                    "are saved under RESULTS_DIR/profiles/<task>/<arch>/<tier>/<device>.json.",
+        epilog="examples:\n  python -m harness profile --arch full_attn --tier small\n"
+               "  python -m harness profile --all --no-timing          # every architecture x tier, seconds\n"
+               "  python -m harness profile --all --device cuda --json",
+    )
+    p.add_argument("--arch", help="architecture name or path (or --all)")
+    p.add_argument("--tier", help="tier (default with --all: every tier)")
+    p.add_argument("--all", action="store_true", help="every architecture (x every tier unless --tier is given)")
+    p.add_argument("--task", default="cifar10", help="task whose tiers set the widths (default: cifar10)")
+    p.add_argument("--batch", type=int, help="batch for the training and throughput timings (default: the tier's)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--no-timing", action="store_true", help="parameters and MACs only (no model is run for timing)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--results-dir", default="results", help="where profiles are saved (default: results)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run(sub)
     _add_list(sub)
+    _add_profile(sub)
     return parser
 
 
@@ -101,7 +126,12 @@ def cmd_list(args) -> int:
     for name in registry.architecture_names():
         arch = registry.find_architecture(name)
         counts = {tier: registry.parameter_count(arch, spec.width_env) for tier, spec in specs.items()}
-        rows.append({"name": name, "file": str(arch.path), "summary": arch.summary, "param_count": counts})
+        row = {"name": name, "file": str(arch.path), "summary": arch.summary, "param_count": counts}
+        if args.gmacs:
+            from harness.profiling import static_profile
+
+            row["gmacs"] = {tier: static_profile(arch, spec)["gmacs"] for tier, spec in specs.items()}
+        rows.append(row)
     tier_info = {t: {"block_out_channels": list(s.model.block_out_channels), "layers_per_block": s.model.layers_per_block,
                      "batch_size": s.training.batch_size, "steps": s.training.steps} for t, s in specs.items()}
     if args.json:
@@ -109,9 +139,10 @@ def cmd_list(args) -> int:
         return 0
     width = max(len(r["name"]) for r in rows) if rows else 4
     print(f"Architectures (exact parameter counts at each tier of task '{args.task}'):")
-    print("  " + "name".ljust(width) + "".join(t.rjust(14) for t in tiers))
+    print("  " + "name".ljust(width) + "".join(t.rjust(14) for t in tiers) + ("    GMACs per image at " + "/".join(tiers) if args.gmacs else ""))
     for r in rows:
-        print("  " + r["name"].ljust(width) + "".join(f"{r['param_count'][t]:>14,}" for t in tiers))
+        gmacs = "    " + " / ".join(f"{r['gmacs'][t]:.3g}" for t in tiers) if args.gmacs else ""
+        print("  " + r["name"].ljust(width) + "".join(f"{r['param_count'][t]:>14,}" for t in tiers) + gmacs)
     print(f"\nTasks: {', '.join(task_names())}")
     print("Tiers:")
     for t, info in tier_info.items():
@@ -120,10 +151,54 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list}
+PROFILE_COLUMNS = [("param_count", "params", "{:,}"), ("gmacs", "GMACs", "{:.3f}"),
+                   ("infer_latency_ms", "lat ms", "{:.2f}"), ("infer_samples_per_sec", "infer/s", "{:.1f}"),
+                   ("train_samples_per_sec", "train/s", "{:.1f}"), ("sample_images_per_sec", "DDIM img/s", "{:.2f}"),
+                   ("peak_mem_mb", "mem MB", "{:.0f}")]
+
+
+def cmd_profile(args) -> int:
+    from harness import registry
+    from harness.profiling import profile, save_profile
+    from harness.runner import pick_device
+    from harness.tasks import tier_names
+
+    if not args.all and not (args.arch and args.tier):
+        raise HarnessError("profile needs --arch and --tier, or --all (optionally with --tier or --arch).")
+    device = pick_device(args.device)
+    archs = [args.arch] if args.arch else registry.architecture_names()
+    tiers = [args.tier] if args.tier else tier_names(args.task)
+    if not args.all:
+        registry.find_architecture(args.arch)  # a typo is an error, not an `error` row
+    results = []
+    for arch in archs:
+        for tier in tiers:
+            result = profile(arch, tier, args.task, device, args.batch, timing=not args.no_timing)
+            result["path"] = str(save_profile(args.results_dir, result))
+            results.append(result)
+            if not args.json and len(archs) * len(tiers) > 1:
+                print(f"  {result['arch']}/{tier}: " + ("error" if "error" in result else "done"), file=sys.stderr)
+    if args.json:
+        print(json.dumps(results if args.all else results[0], indent=2))
+    else:
+        columns = [c for c in PROFILE_COLUMNS if any(c[0] in r for r in results)]
+        print(f"{'arch':<16}{'tier':<8}" + "".join(f"{title:>14}" for _, title, _ in columns) + f"  ({results[0]['device']})")
+        for r in results:
+            cells = "".join(f"{fmt.format(r[key]):>14}" if key in r else f"{'-':>14}" for key, _, fmt in columns)
+            print(f"{r['arch']:<16}{r['tier']:<8}{cells}" + (f"  error: {r['error']}" if "error" in r else ""))
+        print("GMACs: multiply-accumulates of one forward pass of one 32x32 image, attention included (GFLOPs = 2 x GMACs).")
+    if not args.all and "error" in results[0]:
+        raise HarnessError(results[0]["error"])
+    return 1 if any("error" in r for r in results) else 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "profile": cmd_profile}
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torch.jit.load/script deprecation notices come from clean-fid's TorchScript Inception and
+    # fvcore's tracing, not from anything a user can change
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

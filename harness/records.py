@@ -114,7 +114,17 @@ def device_info(device: torch.device) -> dict:
     if device.type == "cuda":
         return {"type": "cuda", "name": torch.cuda.get_device_name(device),
                 "capability": ".".join(map(str, torch.cuda.get_device_capability(device)))}
-    return {"type": device.type, "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    return {"type": device.type, "name": cpu_name(), "threads": torch.get_num_threads()}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def now() -> str:

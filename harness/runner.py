@@ -24,6 +24,7 @@ from harness import registry
 from harness.data import ImageBatches, load_images
 from harness.errors import HarnessError, RunFailed
 from harness.evaluation import Evaluator
+from harness.flops import count_macs
 from harness.records import (
     CHECKPOINT_FILE, RECORD_FILE, RunRecord, atomic_torch_save, atomic_write_bytes, device_info,
     ensure_writable, git_commit, library_versions, now, run_dir,
@@ -142,6 +143,7 @@ def run(
             path.unlink(missing_ok=True)
 
     architecture, model = registry.load(arch, spec.width_env, dev, spec.seed)
+    profile = _static_profile(model, dev)
     images = load_images(spec.data, data_dir)  # uint8 [N,3,32,32] on the host
     batches = ImageBatches(images, spec.training.batch_size, dev, flip=spec.data.horizontal_flip)
     trainer = Trainer(model, spec, batches, dev)
@@ -150,7 +152,7 @@ def run(
         task=spec.name, task_version=spec.version, tier=spec.tier, arch=architecture.name, seed=spec.seed,
         status="running", config=spec.to_dict(), arch_file=str(architecture.path), arch_sha256=architecture.sha256,
         param_count=registry.count_parameters(trainer.model), device=device_info(dev), versions=library_versions(),
-        git_commit=git_commit(), created_at=now(), updated_at=now(), samples_png=None,
+        git_commit=git_commit(), created_at=now(), updated_at=now(), samples_png=None, profile=profile,
     )
     totals = {"train_seconds": 0.0, "train_images": 0, "eval_seconds": 0.0, "wall_seconds": 0.0}
     if checkpoint_path.exists():
@@ -267,6 +269,16 @@ def run(
     bar.close()
     write_record("completed")
     return record
+
+
+def _static_profile(model: torch.nn.Module, device: torch.device) -> dict:
+    """Parameters and MACs for the record, so FID can be read against compute."""
+    try:
+        macs = count_macs(model, device)
+    except Exception as exc:  # tracing can fail on exotic models; the run itself must not
+        return {"error": f"MAC count failed: {type(exc).__name__}: {exc}"}
+    return {"param_count": registry.count_parameters(model), "gmacs": round(macs.gmacs, 4),
+            "gflops": round(macs.gflops, 4), "macs_by_op": macs.by_op, "unsupported_ops": macs.unsupported_ops}
 
 
 def _account(totals: dict, trainer: Trainer, segment_start: float, segment_step: int, spec: TaskSpec) -> None:

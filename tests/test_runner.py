@@ -51,6 +51,7 @@ def test_record_holds_what_the_issue_lists(tiny_arch, tmp_path):
     assert {"train_images_per_sec", "sampling_images_per_sec", "wall_seconds"} <= set(saved["timings"])
     assert {"torch", "diffusers", "clean-fid"} <= set(saved["versions"]) and saved["device"]["type"] == "cpu"
     assert "git_commit" in saved and saved["reference"]["num_images"] == 12
+    assert saved["profile"]["gmacs"] > 0 and saved["profile"]["param_count"] == saved["param_count"]
     assert (path / "samples.png").is_file() and record.samples_png == "samples.png"
 
 
