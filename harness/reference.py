@@ -10,9 +10,8 @@ everything that defines it (dataset, image count, clean-fid mode, Inception weig
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,7 @@ import numpy as np
 
 from harness.data import cache_dir
 from harness.fid import InceptionFeatures, mean_cov
+from harness.records import atomic_write_bytes
 from harness.tasks import DataSpec, EvaluationSpec
 
 KID_FEATURES = 10_000  # features kept for KID (clean-fid's KID draws subsets of at most 1000)
@@ -53,17 +53,9 @@ def _cache_path(key: dict) -> Path:
 
 
 def _save_atomic(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _load(path: Path) -> Reference:
