@@ -45,6 +45,7 @@ def _add_run(sub) -> None:
     p.add_argument("--data-dir", help="folder holding CIFAR-10 (cifar-10-batches-py or cifar-10-python.tar.gz)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any task field, e.g. --set training.batch_size=64 (recorded in the run record)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model for training (same as --set training.compile=true)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -84,6 +85,21 @@ def _add_profile(sub) -> None:
     p.add_argument("--results-dir", default="results", help="where profiles are saved (default: results)")
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="the harness against diffusers' training loop, DDIMPipeline and clean-fid, side by side",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run, in one process on the same model, images and seed: the harness training step against a "
+                    "loop written like diffusers' train_unconditional.py; the harness DDIM sampler against "
+                    "DDIMPipeline; the harness FID against clean-fid's compute_fid on the same PNGs. Prints "
+                    "harness/reference time ratios (below 1: the harness is faster) and how far the outputs differ.",
+        epilog="example:\n  python -m harness bench\n  python -m harness bench --device cuda --json",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--json", action="store_true", help="print all keys, raw timings, device and versions as JSON")
+    p.add_argument("--compile", action="store_true", help="torch.compile the harness model (the bare loop stays eager)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_list(sub)
     _add_profile(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -104,6 +121,8 @@ def cmd_run(args) -> int:
         overrides["training.steps"] = args.steps
     if args.fid_samples is not None:
         overrides["evaluation.num_samples"] = args.fid_samples
+    if args.compile:
+        overrides["training.compile"] = True
     record = run(args.task, args.arch, args.tier, args.seed, device=args.device, results_dir=args.results_dir,
                  data_dir=args.data_dir, overrides=overrides, fresh=args.fresh, progress=not args.no_progress)
     from harness.records import run_dir
@@ -192,7 +211,30 @@ def cmd_profile(args) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "profile": cmd_profile}
+def cmd_bench(args) -> int:
+    from harness.bench import run_bench
+    from harness.runner import pick_device
+
+    result = run_bench(pick_device(args.device), compile=args.compile, progress=lambda msg: print(msg, file=sys.stderr))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['model']}, batch {result['batch_size']}, {result['precision']}, on {result['device']['name']}")
+    rows = [
+        ("training step", result["train_step_ratio"], f"{result['harness_train_images_per_sec']:.1f} vs "
+         f"{result['bare_train_images_per_sec']:.1f} img/s (diffusers-style loop)"),
+        ("DDIM-50 sampling", result["sampling_ratio"], f"{result['harness_sampling_images_per_sec']:.2f} vs "
+         f"{result['pipeline_sampling_images_per_sec']:.2f} img/s (DDIMPipeline); max |diff| {result['sampling_max_abs_diff']:.2e}"),
+        ("FID", result["fid_ratio"], f"{result['harness_fid']:.4f} vs {result['cleanfid_fid']:.4f} (clean-fid); "
+         f"|diff| {result['fid_abs_diff']:.2e}"),
+    ]
+    print(f"{'':<18}{'ratio':>8}   (harness time / reference time; < 1 is faster)")
+    for name, ratio, detail in rows:
+        print(f"{name:<18}{ratio:>8.3f}   {detail}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "profile": cmd_profile, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,3 +77,34 @@ def count_macs(model: torch.nn.Module, device: torch.device | None = None) -> Ma
     finally:
         model.train(was_training)
     return MacCount(total, by_op, unsupported)
+
+
+# Dense peak throughput (TFLOP/s, no sparsity) of common GPUs per precision, from the vendors'
+# data sheets; MFU divides achieved FLOP/s by these. Override with env HARNESS_PEAK_TFLOPS.
+PEAK_TFLOPS = {
+    "H200": {"bf16": 989.4, "fp32": 66.9},
+    "H100 PCIe": {"bf16": 756.0, "fp32": 51.2},
+    "H100": {"bf16": 989.4, "fp32": 66.9},
+    "A100": {"bf16": 312.0, "fp32": 19.5},
+    "L40S": {"bf16": 362.1, "fp32": 91.6},
+    "RTX 4090": {"bf16": 165.2, "fp32": 82.6},
+}
+
+
+def peak_tflops(device_name: str, precision: str) -> float | None:
+    import os
+
+    if os.environ.get("HARNESS_PEAK_TFLOPS"):
+        return float(os.environ["HARNESS_PEAK_TFLOPS"])
+    for key, peaks in PEAK_TFLOPS.items():  # the more specific names come first
+        if key in device_name:
+            return peaks.get(precision)
+    return None
+
+
+def mfu(gflops_per_image: float, train_images_per_sec: float, device_name: str, precision: str) -> float | None:
+    """Model FLOPs utilisation of training: forward + backward = 3 x the forward FLOPs per image."""
+    peak = peak_tflops(device_name, precision)
+    if not peak or not gflops_per_image:
+        return None
+    return 3 * gflops_per_image * train_images_per_sec / (peak * 1e3)

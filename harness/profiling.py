@@ -22,7 +22,7 @@ from harness import registry
 from harness.data import ImageBatches
 from harness.diffusion import ddim_sample, sample_seeds
 from harness.errors import HarnessError
-from harness.flops import count_macs
+from harness.flops import count_macs, mfu
 from harness.records import atomic_write_json, device_info, library_versions, now
 from harness.tasks import TaskSpec, resolve_task
 from harness.trainer import Trainer, autocast_dtype
@@ -179,6 +179,7 @@ def profile(arch_name: str, tier: str, task: str = "cifar10", device: torch.devi
         out.update(static_profile(arch, spec))
         if timing:
             out.update(timed_profile(arch, spec, device, batch))
+            out["train_mfu"] = mfu(out["gflops"], out["train_samples_per_sec"], out["device"], out["dtype"])
     except HarnessError as exc:
         out["error"] = str(exc)
     except Exception as exc:  # one architecture's crash must not stop a sweep over all of them

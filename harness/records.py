@@ -157,6 +157,7 @@ class RunRecord:
     git_commit: str | None
     created_at: str
     updated_at: str
+    precision: str = "fp32"  # what the run actually used: "bf16" (autocast on CUDA) or "fp32"
     step: int = 0  # training steps done
     loss_curve: list = field(default_factory=list)  # [[step, mean loss over the log interval], ...]
     evaluations: list = field(default_factory=list)  # [{step, fid, kid, num_samples, ...}, ...]

@@ -24,7 +24,7 @@ from harness import registry
 from harness.data import ImageBatches, load_images
 from harness.errors import HarnessError, RunFailed
 from harness.evaluation import Evaluator
-from harness.flops import count_macs
+from harness.flops import count_macs, mfu
 from harness.records import (
     CHECKPOINT_FILE, RECORD_FILE, RunRecord, atomic_torch_save, atomic_write_bytes, device_info,
     ensure_writable, git_commit, library_versions, now, run_dir,
@@ -153,10 +153,12 @@ def run(
         status="running", config=spec.to_dict(), arch_file=str(architecture.path), arch_sha256=architecture.sha256,
         param_count=registry.count_parameters(trainer.model), device=device_info(dev), versions=library_versions(),
         git_commit=git_commit(), created_at=now(), updated_at=now(), samples_png=None, profile=profile,
+        precision="bf16" if autocast_dtype(spec, dev) else "fp32",
     )
     totals = {"train_seconds": 0.0, "train_images": 0, "eval_seconds": 0.0, "wall_seconds": 0.0}
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=dev, weights_only=False)
+        # on the CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         _check_resumable(state, spec, architecture, checkpoint_path)
         trainer.load_state_dict(state["trainer"])
         record.evaluations, totals = state["evaluations"], state["totals"]
@@ -198,6 +200,9 @@ def run(
             "train_seconds": round(totals["train_seconds"], 2), "eval_seconds": round(totals["eval_seconds"], 2),
             "wall_seconds": round(totals["wall_seconds"], 2),
         }
+        if totals["train_seconds"] and "gflops" in record.profile:
+            record.timings["train_mfu"] = mfu(record.profile["gflops"], totals["train_images"] / totals["train_seconds"],
+                                              record.device["name"], record.precision)
         record.save(directory)
 
     wall_before = totals["wall_seconds"]

@@ -79,8 +79,8 @@ class TrainingSpec:
     ema_decay: float = 0.9995  # constant decay, no warm-up; evaluation uses the EMA weights
     log_every: int = 100  # loss read back from the device (one host sync) every this many steps
     checkpoint_every: int = 1000
-    precision: str = "fp32"  # "fp32", or "bf16" autocast (CUDA only)
-    channels_last: bool = True  # memory format of activations and weights
+    precision: str = "fp32"  # "fp32", or "bf16": autocast on CUDA (a CPU run stays fp32; the record says which)
+    channels_last: str = "cuda"  # memory format: "cuda" (on GPUs only; slower for CPU training), "always", "never"
     compile: bool = False  # torch.compile the model for training
 
 
@@ -234,6 +234,8 @@ def _normalise(spec: TaskSpec, path: Path) -> TaskSpec:
         raise HarnessError(f"{path}: evaluation.num_samples must be at least 2 (FID needs a covariance).")
     if spec.training.precision not in ("fp32", "bf16"):
         raise HarnessError(f"{path}: training.precision must be 'fp32' or 'bf16', not '{spec.training.precision}'.")
+    if spec.training.channels_last not in ("cuda", "always", "never"):
+        raise HarnessError(f"{path}: training.channels_last must be 'cuda', 'always' or 'never', not '{spec.training.channels_last}'.")
     if spec.data.dataset not in ("cifar10", "shapes"):
         raise HarnessError(f"{path}: data.dataset must be 'cifar10' or 'shapes', not '{spec.data.dataset}'.")
     points = sorted({p for p in spec.evaluation.eval_points if 0 <= p <= steps} | {steps})
