@@ -162,7 +162,24 @@ def mean_cov(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    return float(cleanfid_fid.frechet_distance(mu1, sigma1, mu2, sigma2))
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), the value clean-fid's ``frechet_distance`` computes.
+
+    Written here rather than calling clean-fid because clean-fid takes ``scipy.linalg.sqrtm`` of the
+    non-symmetric 2048x2048 product S1 S2 (a Schur decomposition, ~15 s on a 2-core CPU, paid at every
+    evaluation). Only the trace of that root is needed, and for symmetric PSD S1, S2 the eigenvalues of
+    S1 S2 equal those of the symmetric R S2 R with R = S1^(1/2); two ``eigh`` calls give them in a few
+    seconds. Tiny negative eigenvalues from round-off (singular covariances when there are fewer samples
+    than 2048 features) are clamped to zero. Agrees with clean-fid to ~1e-4 at 40 samples and ~1e-11 at
+    5000 (tests/test_fid.py checks it).
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    eigvals1, eigvecs1 = np.linalg.eigh(sigma1)
+    root1 = (eigvecs1 * np.sqrt(np.clip(eigvals1, 0.0, None))) @ eigvecs1.T  # [2048, 2048], symmetric
+    product_eigvals = np.linalg.eigvalsh(root1 @ sigma2 @ root1)  # eigenvalues of S1 S2
+    trace_root = np.sqrt(np.clip(product_eigvals, 0.0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_root)
 
 
 def kernel_inception_distance(gen_features: np.ndarray, ref_features: np.ndarray, seed: int = 0) -> float:

@@ -55,6 +55,17 @@ def test_fid_equals_cleanfid_compute_fid_on_the_same_pngs(features, tmp_path):
     assert expected > 1 and abs(ours - expected) < 1e-2
 
 
+@pytest.mark.parametrize("n_samples", [40, 600])  # rank-deficient and full-rank covariances
+def test_frechet_distance_equals_cleanfid(n_samples):
+    rng = np.random.default_rng(n_samples)
+    mixing = rng.normal(size=(256, 256)) / 16  # correlated features, like Inception's
+    a = rng.normal(size=(n_samples, 256)) @ mixing
+    b = rng.normal(0.2, 1.3, size=(n_samples, 256)) @ mixing
+    (mu1, s1), (mu2, s2) = fid.mean_cov(a), fid.mean_cov(b)
+    expected = float(cleanfid_fid.frechet_distance(mu1, s1, mu2, s2))
+    assert expected > 1 and fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
 def test_features_equal_cleanfid_features(features):
     images = generate_shapes(6, seed=3)
     resize = build_resizer("clean")
