@@ -12,6 +12,7 @@ ops nothing counted are reported with their call counts.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -92,8 +93,6 @@ PEAK_TFLOPS = {
 
 
 def peak_tflops(device_name: str, precision: str) -> float | None:
-    import os
-
     if os.environ.get("HARNESS_PEAK_TFLOPS"):
         return float(os.environ["HARNESS_PEAK_TFLOPS"])
     for key, peaks in PEAK_TFLOPS.items():  # the more specific names come first
