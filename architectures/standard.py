@@ -1,4 +1,4 @@
-"""The original DDPM U-Net (Ho et al., 2020) for CIFAR-10: self-attention at 16x16 only.
+"""The original DDPM U-Net (Ho et al., 2020) for CIFAR-10: self-attention at 16x16 (and in the 4x4 mid-block).
 
 This is diffusers' ``UNet2DModel`` with the configuration of the ``google/ddpm-cifar10-32``
 checkpoint. Widths come from the environment, as in the MLS-Bench cv-diffusion-architecture

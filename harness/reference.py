@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -77,10 +78,13 @@ def _download_cleanfid(spec: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | 
         mu, sigma = get_reference_statistics(name, int(res), mode="clean", split=split)
         try:
             kid = get_reference_statistics(name, int(res), mode="clean", split=split, metric="KID")
-        except OSError:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             kid = None
         return mu, sigma, kid
-    except OSError:  # URLError, timeouts, DNS failures
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        # URLError, timeouts, DNS failures; or a file a broken earlier download left truncated
+        # (clean-fid writes it in place). Either way the reference is computed from the local data
+        # instead, and the record's reference.source says so.
         return None
     finally:
         socket.setdefaulttimeout(previous)

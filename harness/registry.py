@@ -110,9 +110,13 @@ def _import(arch: Architecture):
     module_name = f"harness_architecture_{arch.name}"
     spec = importlib.util.spec_from_file_location(module_name, arch.path)
     module = importlib.util.module_from_spec(spec)
+    # Registered before executing, as a normal import does: dataclasses, pickling and typing look
+    # the defining module up in sys.modules. Each build replaces it with a fresh execution.
+    sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # any failure inside user code becomes a precise message
+        sys.modules.pop(module_name, None)
         raise HarnessError(
             f"Architecture file {arch.path} could not be imported ({_where_in_file(exc, arch.path)}): "
             f"{type(exc).__name__}: {exc}. Fix the file; it must import on its own with plain Python."
@@ -122,7 +126,6 @@ def _import(arch: Architecture):
             f"Architecture file {arch.path} has no build_model(device) function. Define one that returns "
             f"an nn.Module called as model(x, timestep) whose output has .sample (see architectures/README.md)."
         )
-    sys.modules.pop(module_name, None)
     return module
 
 
@@ -154,14 +157,18 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 def parameter_count(arch: Architecture, env: dict[str, str]) -> int:
     """Exact parameter count without allocating or initialising weights (built on the meta device)."""
+    return count_parameters(build_without_weights(arch, env))
+
+
+def build_without_weights(arch: Architecture, env: dict[str, str]) -> torch.nn.Module:
+    """The model on the meta device (shapes only, no memory, no initialisation: seconds even for the
+    large tier). A file that cannot build there (e.g. it calls ``.item()`` while initialising) is
+    built for real on the CPU; if that fails too, its error is the one reported."""
     try:
         with torch.device("meta"):
-            model = build(arch, env, torch.device("meta"))
-    except HarnessError:
-        raise
-    except Exception:  # a file that cannot live on the meta device: build it for real on the CPU
-        model = build(arch, env, torch.device("cpu"))
-    return count_parameters(model)
+            return build(arch, env, torch.device("meta"))
+    except Exception:
+        return build(arch, env, torch.device("cpu"))
 
 
 @torch.no_grad()

@@ -48,10 +48,18 @@ def pick_device(name: str = "auto") -> torch.device:
         raise HarnessError(f"Unknown device '{name}': use auto, cpu or cuda (or cuda:N).") from exc
 
 
-# Fields that may change between a checkpoint and its resumption without changing what was trained
-# (a trailing "." covers a whole section).
+# Fields that may change between a checkpoint and its resumption: they change neither what was
+# trained nor what an FID means, so evaluations before and after stay comparable (a trailing "."
+# would cover a whole section). Everything else, evaluation and sampling settings included, is fixed.
 _RESUMABLE_CHANGES = ("training.steps", "training.log_every", "training.checkpoint_every", "training.compile",
-                      "evaluation.", "sampling.", "description", "reference_results")
+                      "evaluation.eval_points", "evaluation.feature_batch_size", "sampling.batch_size",
+                      "description", "reference_results")
+
+
+def _run_fingerprint(spec: TaskSpec, device: torch.device, precision: str) -> dict:
+    """What a checkpoint must agree with to be resumed: the fixed settings, the device type (RNG
+    states are per device) and the precision."""
+    return {**_training_fingerprint(spec.to_dict()), "device type": device.type, "precision": precision}
 
 
 def _training_fingerprint(config: dict, prefix: str = "") -> dict:
@@ -159,17 +167,23 @@ def run(
     if checkpoint_path.exists():
         # on the CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        _check_resumable(state, spec, architecture, checkpoint_path)
+        _check_resumable(state, _run_fingerprint(spec, dev, record.precision), architecture, checkpoint_path)
         trainer.load_state_dict(state["trainer"])
         record.evaluations, totals = state["evaluations"], state["totals"]
         record.created_at = state.get("created_at", record.created_at)
+        record.reference = state.get("reference", record.reference)
+        record.samples_png = state.get("samples_png", record.samples_png)
         for evaluation in list(record.evaluations):
             record.add_evaluation(evaluation)
         log(f"Resuming {spec.name}/{architecture.name}/{spec.tier}/seed{spec.seed} from its checkpoint at step "
             f"{trainer.step} ({checkpoint_path}); pass --fresh to start over.")
 
     done_steps = {e["step"] for e in record.evaluations}
-    pending = [p for p in spec.evaluation.eval_points if p not in done_steps]
+    missed = [p for p in spec.evaluation.eval_points if p not in done_steps and p < trainer.step]
+    if missed:  # a point added (e.g. with --set) below where the checkpoint already is
+        log(f"Skipping evaluation point(s) {', '.join(map(str, missed))}: the checkpoint is already at step "
+            f"{trainer.step}. Pass --fresh to evaluate them.")
+    pending = [p for p in spec.evaluation.eval_points if p not in done_steps and p >= trainer.step]
     if trainer.step > spec.training.steps:
         raise HarnessError(
             f"The checkpoint in {directory} is at step {trainer.step}, past the {spec.training.steps} steps asked for. "
@@ -186,8 +200,8 @@ def run(
     def checkpoint() -> None:
         totals["wall_seconds"] = wall_before + time.perf_counter() - started
         state = {"trainer": trainer.state_dict(), "evaluations": record.evaluations, "totals": totals,
-                 "fingerprint": _training_fingerprint(spec.to_dict()), "arch_sha256": architecture.sha256,
-                 "created_at": record.created_at}
+                 "fingerprint": _run_fingerprint(spec, dev, record.precision), "arch_sha256": architecture.sha256,
+                 "created_at": record.created_at, "reference": record.reference, "samples_png": record.samples_png}
         atomic_torch_save(checkpoint_path, state)
 
     def write_record(status: str) -> None:
@@ -259,6 +273,13 @@ def run(
                 checkpoint()
                 last_good_step = trainer.step
                 write_record("running")
+                # a Ctrl-C during the evaluation stops here, before any further training
+                if point != pending[-1] and (stop.requested or (should_stop is not None and should_stop(trainer.step))):
+                    write_record("interrupted")
+                    raise RunInterrupted(
+                        f"Stopped at step {trainer.step} after its evaluation; checkpoint saved to {checkpoint_path}. "
+                        f"Run the same command again to resume."
+                    )
     except NonFiniteLoss as exc:
         bar.close()
         record.failure = {"step": exc.step, "message": str(exc)}
@@ -298,17 +319,24 @@ def _sampling_rate(evaluations: list[dict]) -> float | None:
     return round(sum(e["num_samples"] for e in evaluations) / seconds, 2) if seconds else None
 
 
-def _check_resumable(state: dict, spec: TaskSpec, architecture: registry.Architecture, path: Path) -> None:
+def _check_resumable(state: dict, fingerprint: dict, architecture: registry.Architecture, path: Path) -> None:
     if state.get("arch_sha256") != architecture.sha256:
         raise HarnessError(
             f"The architecture file {architecture.path} changed since the checkpoint {path} was written, so the "
             f"run cannot resume. Pass --fresh to start over (or restore the file)."
         )
-    before, after = state.get("fingerprint", {}), _training_fingerprint(spec.to_dict())
+    before, after = state.get("fingerprint", {}), fingerprint
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    if "device type" in changed:
+        raise HarnessError(
+            f"The checkpoint {path} was written on {before.get('device type')!r} and this run is on "
+            f"{after['device type']!r}: random-number states and precision differ between devices, so it cannot "
+            f"resume here. Resume with --device {before.get('device type')}, or pass --fresh to start over."
+        )
     if changed:
         details = "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed[:5])
         raise HarnessError(
-            f"The checkpoint {path} was trained with different settings ({details}), so the run cannot resume. "
+            f"The checkpoint {path} was made with different settings ({details}), so the run cannot resume "
+            f"without mixing incomparable results. "
             f"Pass --fresh to start over, or use another --results-dir."
         )

@@ -238,6 +238,7 @@ def _normalise(spec: TaskSpec, path: Path) -> TaskSpec:
         raise HarnessError(f"{path}: training.channels_last must be 'cuda', 'always' or 'never', not '{spec.training.channels_last}'.")
     if spec.data.dataset not in ("cifar10", "shapes"):
         raise HarnessError(f"{path}: data.dataset must be 'cifar10' or 'shapes', not '{spec.data.dataset}'.")
+    _check_choices(spec, path)
     points = sorted({p for p in spec.evaluation.eval_points if 0 <= p <= steps} | {steps})
     evaluation = dataclasses.replace(spec.evaluation, eval_points=tuple(points))
     return dataclasses.replace(spec, evaluation=evaluation)
@@ -304,3 +305,44 @@ def parse_override(text: str) -> tuple[str, Any]:
         except ValueError:
             pass
     return key.strip(), value
+
+
+# Values the harness implements; anything else is refused when the task is read, not hours into a run.
+_CHOICES = {
+    "optimizer.name": ("adamw",),
+    "diffusion.prediction_type": ("epsilon",),
+    "diffusion.beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
+    "sampling.sampler": ("ddim",),
+    "evaluation.mode": ("clean",),
+}
+_POSITIVE = ("training.log_every", "training.checkpoint_every", "sampling.steps", "sampling.batch_size",
+             "evaluation.feature_batch_size", "diffusion.num_train_timesteps")
+
+
+def _check_choices(spec: TaskSpec, path: Path) -> None:
+    config = spec.to_dict()
+
+    def get(dotted: str):
+        section, field = dotted.split(".")
+        return config[section][field]
+
+    for dotted, allowed in _CHOICES.items():
+        if get(dotted) not in allowed:
+            raise HarnessError(f"{path}: {dotted} must be {' or '.join(repr(a) for a in allowed)}, not {get(dotted)!r}; "
+                               f"the protocol implements only these.")
+    for dotted in _POSITIVE:
+        if not isinstance(get(dotted), int) or get(dotted) < 1:
+            raise HarnessError(f"{path}: {dotted} must be a positive integer, not {get(dotted)!r}.")
+    if spec.sampling.steps > spec.diffusion.num_train_timesteps:
+        raise HarnessError(f"{path}: sampling.steps ({spec.sampling.steps}) cannot exceed "
+                           f"diffusion.num_train_timesteps ({spec.diffusion.num_train_timesteps}).")
+    if not 0.0 <= spec.sampling.eta <= 1.0:
+        raise HarnessError(f"{path}: sampling.eta must be between 0 (DDIM) and 1, not {spec.sampling.eta!r}.")
+    if not 0.0 <= spec.training.ema_decay < 1.0:
+        raise HarnessError(f"{path}: training.ema_decay must be in [0, 1), not {spec.training.ema_decay!r}.")
+    reference = spec.evaluation.reference
+    if reference != "dataset":
+        parts = reference.split(":", 1)[1].split("/") if reference.startswith("cleanfid:") else []
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise HarnessError(f"{path}: evaluation.reference must be 'dataset' or 'cleanfid:NAME/SPLIT/RES' "
+                               f"(e.g. 'cifar10/train/32'), not {reference!r}.")

@@ -48,13 +48,16 @@ def test_debug_shows_the_traceback():
     assert result.returncode != 0 and "Traceback" in result.stderr and "HarnessError" in result.stderr
 
 
-def test_missing_cifar_offline_exits_non_zero_with_instructions(tmp_path, monkeypatch):
+def test_missing_cifar_offline_exits_non_zero_with_instructions(tmp_path, monkeypatch, capsys):
     import torchvision
 
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     assert main(["run", "--arch", "standard", "--tier", "smoke", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert "--data-dir" in err and "cifar-10" in err.lower()  # says how to provide the data
 
 
 def test_list_json_has_exact_parameter_counts_for_every_tier():
@@ -73,3 +76,21 @@ def test_help_tells_the_story():
     result = harness("--help")
     assert result.returncode == 0 and "run" in result.stdout and "list" in result.stdout and "example" in result.stdout
     assert "example" in harness("run", "--help").stdout
+
+
+def test_list_reports_a_broken_file_on_its_row_and_lists_the_rest(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from harness import registry
+
+    arch_dir = tmp_path / "archs"
+    arch_dir.mkdir()
+    shutil.copy(registry.find_architecture("no_attn").path, arch_dir / "no_attn.py")
+    (arch_dir / "broken.py").write_text("def build_model(device):\n    raise RuntimeError('boom')\n")
+    monkeypatch.setenv("HARNESS_ARCH_DIR", str(arch_dir))
+    assert main(["list", "--json"]) == 1
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["architectures"]}
+    assert "boom" in rows["broken"]["error"] and rows["no_attn"]["param_count"]["small"] > 0
+    assert main(["list"]) == 1
+    captured = capsys.readouterr()
+    assert "broken" in captured.out and "error:" in captured.out and "Traceback" not in captured.out + captured.err

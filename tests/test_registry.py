@@ -143,3 +143,49 @@ def test_validation_does_not_touch_the_global_rng():
     model = registry.build(arch, SMOKE_ENV, CPU)
     registry.validate(model, arch, CPU)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_file_with_future_annotations_and_dataclasses_imports(write_arch):
+    # dataclasses look their module up in sys.modules while the class is created, as in any import
+    path = write_arch("dataclass_style", '''
+        from __future__ import annotations
+        from dataclasses import dataclass
+        import torch
+
+        @dataclass
+        class Output:
+            sample: torch.Tensor
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+            def forward(self, x, timestep) -> Output:
+                return Output(self.conv(x))
+
+        def build_model(device):
+            return Net().to(device)
+    ''')
+    _, model = _load(path)
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_file_that_cannot_build_on_meta_is_counted_on_the_cpu(write_arch):
+    # .item() while initialising fails on the meta device; the count must still be exact
+    path = write_arch("item_in_init", '''
+        import torch
+        from diffusers.models.unets.unet_2d import UNet2DOutput
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+                self.scale = float(torch.ones(1).sum().item())
+            def forward(self, x, timestep):
+                return UNet2DOutput(sample=self.conv(x) * self.scale)
+
+        def build_model(device):
+            return Net().to(device)
+    ''')
+    arch = registry.find_architecture(str(path))
+    assert registry.parameter_count(arch, {"BLOCK_OUT_CHANNELS": "32,64,64,64", "LAYERS_PER_BLOCK": "1"}) == 3 * 3 * 9 + 3

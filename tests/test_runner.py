@@ -60,6 +60,10 @@ def test_rerunning_a_finished_run_does_nothing(tiny_arch, tmp_path):
     logs = []
     again = run("shapes", str(tiny_arch), "smoke", device="cpu", results_dir=tmp_path, overrides=FAST, progress=False, log=logs.append)
     assert again.final_fid == first.final_fid and any("Nothing to do" in m for m in logs)
+    # the rewritten record keeps everything the first session wrote
+    saved = json.loads((tmp_path / "shapes" / "tiny" / "smoke" / "seed42" / "record.json").read_text())
+    assert saved["reference"] == first.reference and saved["reference"]["source"].startswith("computed from")
+    assert saved["samples_png"] == "samples.png" and saved["evaluations"] == first.evaluations
 
 
 def test_more_steps_continue_a_finished_run(tiny_arch, tmp_path):
@@ -108,3 +112,38 @@ def test_unwritable_results_dir_is_a_clear_error(tiny_arch, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(HarnessError, match="Cannot write results to .*--results-dir"):
         _run(tiny_arch, blocker / "results")
+
+
+def test_evaluation_settings_are_fixed_but_batch_sizes_may_change(tiny_arch, tmp_path):
+    with pytest.raises(RunInterrupted):
+        _run(tiny_arch, tmp_path, should_stop=lambda step: step == 2)
+    # a different FID sample count would make this run's evaluations incomparable with each other
+    with pytest.raises(HarnessError, match=r"evaluation.num_samples: 6 -> 8"):
+        _run(tiny_arch, tmp_path, overrides={"evaluation.num_samples": 8})
+    with pytest.raises(HarnessError, match=r"sampling.steps: 5 -> 10"):
+        _run(tiny_arch, tmp_path, overrides={"sampling.steps": 10})
+    # batch sizes change speed, not results
+    assert _run(tiny_arch, tmp_path, overrides={"sampling.batch_size": 4, "evaluation.feature_batch_size": 5}).status == "completed"
+
+
+def test_checkpoint_from_another_device_type_is_refused_clearly(tiny_arch, tmp_path):
+    from harness.registry import find_architecture
+    from harness.runner import _check_resumable
+
+    with pytest.raises(RunInterrupted):
+        _run(tiny_arch, tmp_path, should_stop=lambda step: step == 2)
+    state = _checkpoint(tmp_path)
+    assert state["fingerprint"]["device type"] == "cpu" and state["fingerprint"]["precision"] == "fp32"
+    on_gpu = dict(state["fingerprint"], **{"device type": "cuda", "precision": "bf16"})
+    with pytest.raises(HarnessError, match=r"written on 'cpu'.*Resume with --device cpu"):
+        _check_resumable(state, on_gpu, find_architecture(str(tiny_arch)), tmp_path / "checkpoint.pt")
+
+
+def test_evaluation_point_behind_the_checkpoint_is_skipped_not_repeated(tiny_arch, tmp_path):
+    with pytest.raises(RunInterrupted):
+        _run(tiny_arch, tmp_path, should_stop=lambda step: step == 4)
+    logs = []
+    record = run("shapes", str(tiny_arch), "smoke", device="cpu", results_dir=tmp_path, progress=False, log=logs.append,
+                 overrides=dict(FAST, **{"evaluation.eval_points": [2]}))
+    assert [e["step"] for e in record.evaluations] == [6]  # no evaluation of step 4's weights filed as step 2
+    assert any("Skipping evaluation point(s) 2" in m for m in logs)

@@ -90,3 +90,23 @@ def test_overrides_are_typed_and_checked():
         resolve_task("cifar10", "small", {"training.stepz": 3})
     with pytest.raises(HarnessError, match="KEY=VALUE"):
         parse_override("lr")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("optimizer.name", "sgd", "optimizer.name must be 'adamw'"),
+    ("diffusion.prediction_type", "v_prediction", "diffusion.prediction_type must be 'epsilon'"),
+    ("sampling.sampler", "ddpm", "sampling.sampler must be 'ddim'"),
+    ("evaluation.mode", "legacy_pytorch", "evaluation.mode must be 'clean'"),
+    ("training.log_every", 0, "training.log_every must be a positive integer"),
+    ("training.checkpoint_every", -5, "training.checkpoint_every must be a positive integer"),
+    ("sampling.batch_size", 0, "sampling.batch_size must be a positive integer"),
+    ("evaluation.feature_batch_size", 0, "evaluation.feature_batch_size must be a positive integer"),
+    ("sampling.steps", 2000, "cannot exceed"),
+    ("sampling.eta", 2.0, "sampling.eta must be between"),
+    ("training.ema_decay", 1.0, "training.ema_decay must be in"),
+    ("evaluation.reference", "cleanfid:cifar10/train", "cleanfid:NAME/SPLIT/RES"),
+])
+def test_values_the_protocol_does_not_implement_are_refused_when_read(field, value, message):
+    # refused before any training, not at the first evaluation hours later
+    with pytest.raises(HarnessError, match=message):
+        resolve_task("cifar10", "smoke", {field: value})
