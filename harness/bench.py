@@ -47,12 +47,13 @@ class BenchSizes:
     steps_per_block: int
     sample_batch: int  # images in the DDIM comparison
     fid_images: int  # generated (and real) images in the FID comparison
+    sampling_rounds: int = 2  # timed A-B-B-A rounds of the two samplers, after one untimed call of each
 
     @classmethod
     def for_device(cls, device: torch.device) -> "BenchSizes":
         if device.type == "cuda":
-            return cls(tier="small", train_blocks=5, steps_per_block=20, sample_batch=256, fid_images=5000)
-        return cls(tier="smoke", train_blocks=3, steps_per_block=4, sample_batch=16, fid_images=64)
+            return cls(tier="small", train_blocks=6, steps_per_block=20, sample_batch=256, fid_images=5000)
+        return cls(tier="smoke", train_blocks=6, steps_per_block=4, sample_batch=16, fid_images=64)
 
 
 def _sync(device: torch.device) -> None:
@@ -132,9 +133,11 @@ def bench_training(model, images, spec, device, sizes: BenchSizes) -> dict:
         harness.train_step()
         bare.train_step()
     harness_times, bare_times = [], []
-    for _ in range(sizes.train_blocks):
-        harness_times.append(_time_block(harness.train_step, sizes.steps_per_block, device))
-        bare_times.append(_time_block(bare.train_step, sizes.steps_per_block, device))
+    for block in range(sizes.train_blocks):
+        # A-B then B-A: neither side always runs first (caches, clock boost), and drift hits both
+        order = ((harness, harness_times), (bare, bare_times))
+        for loop, times in order if block % 2 == 0 else order[::-1]:
+            times.append(_time_block(loop.train_step, sizes.steps_per_block, device))
     harness.flush_losses()
     h, b = statistics.median(harness_times), statistics.median(bare_times)
     batch = spec.training.batch_size
@@ -152,12 +155,6 @@ def bench_sampling(trainer: Trainer, spec, device, sizes: BenchSizes) -> dict:
     pipe = DDIMPipeline(unet=model, scheduler=ddim_scheduler(spec.diffusion, spec.sampling))
     pipe.set_progress_bar_config(disable=True)
     seeds = sample_seeds(spec.seed, sizes.sample_batch)
-    with torch.no_grad():  # warm-up forward of both models at this batch
-        x = torch.zeros(sizes.sample_batch, 3, 32, 32, device=device)
-        t = torch.zeros(sizes.sample_batch, dtype=torch.int64, device=device)
-        model(x, t)
-    _sync(device)
-
     def harness_sampler():
         return ddim_sample(model, spec.diffusion, spec.sampling, seeds, device, trainer.autocast)
 
@@ -167,16 +164,20 @@ def bench_sampling(trainer: Trainer, spec, device, sizes: BenchSizes) -> dict:
             return pipe(batch_size=len(seeds), generator=generators, eta=spec.sampling.eta,
                         num_inference_steps=spec.sampling.steps, output_type="pt").images
 
-    # A-B-B-A order, so that whichever runs first or while the machine drifts is not favoured
+    # One untimed call of each (first-call allocations, lazy initialisation), then A-B-B-A rounds
+    # so that neither sampler always runs first and drift in the machine's speed hits both alike.
+    samplers = {"harness": harness_sampler, "pipeline": pipeline_sampler}
+    outputs = {name: sampler() for name, sampler in samplers.items()}
     times: dict[str, list[float]] = {"harness": [], "pipeline": []}
-    outputs = {}
-    for name in ("harness", "pipeline", "pipeline", "harness"):
-        start = time.perf_counter()
-        outputs[name] = (harness_sampler if name == "harness" else pipeline_sampler)()
-        _sync(device)
-        times[name].append(time.perf_counter() - start)
+    for _ in range(sizes.sampling_rounds):
+        for name in ("harness", "pipeline", "pipeline", "harness"):
+            _sync(device)
+            start = time.perf_counter()
+            samplers[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
     ours, theirs = outputs["harness"], outputs["pipeline"]
-    harness_seconds, pipeline_seconds = statistics.mean(times["harness"]), statistics.mean(times["pipeline"])
+    harness_seconds, pipeline_seconds = statistics.median(times["harness"]), statistics.median(times["pipeline"])
     diff = float(((ours.float() / 2 + 0.5).clamp(0, 1) - theirs.float().to(ours.device)).abs().max())
     n = len(seeds)
     return {"sampling_ratio": round(harness_seconds / pipeline_seconds, 4), "sampling_max_abs_diff": diff,

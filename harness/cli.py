@@ -167,7 +167,7 @@ def cmd_list(args) -> int:
         if "error" in r:
             print("  " + r["name"].ljust(width) + "  error: " + r["error"])
             continue
-        gmacs = "    " + " / ".join(f"{r['gmacs'][t]:.3g}" for t in tiers) if args.gmacs else ""
+        gmacs = "    " + " / ".join(f"{r['gmacs'][t]:.3f}" for t in tiers) if args.gmacs else ""
         print("  " + r["name"].ljust(width) + "".join(f"{r['param_count'][t]:>14,}" for t in tiers) + gmacs)
     print(f"\nTasks: {', '.join(task_names())}")
     print("Tiers:")

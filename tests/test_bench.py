@@ -6,7 +6,8 @@ import torch
 from harness import bench
 from harness.cli import main
 
-TINY = bench.BenchSizes(tier="smoke", train_blocks=1, steps_per_block=1, sample_batch=2, fid_images=24)
+TINY = bench.BenchSizes(tier="smoke", train_blocks=1, steps_per_block=1, sample_batch=2, fid_images=24,
+                        sampling_rounds=1)
 
 
 def test_bench_outputs_match_diffusers_and_cleanfid(monkeypatch, capsys):
