@@ -201,6 +201,36 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _field_paths(cls=None, prefix: str = "") -> list[str]:
+    """Every settable dotted field of a task: ``seed``, ``training.steps``, ``optimizer.lr``, ..."""
+    out = []
+    hints = typing.get_type_hints(cls or TaskSpec)
+    for f in dataclasses.fields(cls or TaskSpec):
+        if f.name in ("version", "tier"):  # set by the harness, not the user
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _field_paths(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def _check_override_key(key: str) -> None:
+    """An override names a real field; a wrong one is reported as the user's --set, with the
+    closest real field (``training.lr`` -> ``optimizer.lr``), not as an error in the task file."""
+    paths = _field_paths()
+    if key in paths or key.startswith("reference_results."):  # a free-form mapping
+        return
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [p for p in paths if p.rsplit(".", 1)[-1] == leaf]
+    close = same_leaf or difflib.get_close_matches(key, paths, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise HarnessError(
+        f"Cannot override '{key}': the task has no such field.{hint} Overrides (--set KEY=VALUE) take a "
+        f"dotted field of the task, e.g. optimizer.lr or training.batch_size (all fields: the dataclasses in harness/tasks.py)."
+    )
+
+
 def resolve_task(task: str, tier: str, overrides: dict[str, Any] | None = None) -> TaskSpec:
     """Merge task file, tier and overrides (dotted keys, e.g. ``training.steps``) into a TaskSpec."""
     raw, path = load_task_file(task)
@@ -214,6 +244,7 @@ def resolve_task(task: str, tier: str, overrides: dict[str, Any] | None = None) 
         )
     merged = _deep_merge(raw, tiers[tier] or {})
     for key, value in (overrides or {}).items():
+        _check_override_key(key)
         _set_dotted(merged, key, value)
     metadata = merged.pop("metadata", {}) or {}
     if not isinstance(metadata.get("version"), int):

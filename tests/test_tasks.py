@@ -86,8 +86,11 @@ def test_overrides_are_typed_and_checked():
     assert parse_override("optimizer.lr=1e-3") == ("optimizer.lr", 0.001)
     assert parse_override("evaluation.eval_points=[1, 2]") == ("evaluation.eval_points", [1, 2])
     assert resolve_task("cifar10", "small", dict([parse_override("training.batch_size=64")])).training.batch_size == 64
-    with pytest.raises(HarnessError, match="unknown field 'training.stepz'"):
+    with pytest.raises(HarnessError, match="Cannot override 'training.stepz'.*Did you mean 'training.steps'"):
         resolve_task("cifar10", "small", {"training.stepz": 3})
+    # a field put in the wrong section points to the right one
+    with pytest.raises(HarnessError, match="Cannot override 'training.lr'.*Did you mean 'optimizer.lr'"):
+        resolve_task("cifar10", "small", {"training.lr": 1e-3})
     with pytest.raises(HarnessError, match="KEY=VALUE"):
         parse_override("lr")
 
