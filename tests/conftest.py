@@ -71,3 +71,18 @@ def write_arch(tmp_path):
 @pytest.fixture
 def tiny_arch(write_arch):
     return write_arch("tiny", TINY_ARCH)
+
+
+@pytest.fixture
+def arch_dir_with_a_broken_file(tmp_path, monkeypatch):
+    """HARNESS_ARCH_DIR holding a copy of no_attn.py and broken.py, whose build_model raises 'boom'."""
+    import shutil
+
+    from harness import registry
+
+    arch_dir = tmp_path / "archs"
+    arch_dir.mkdir()
+    shutil.copy(registry.find_architecture("no_attn").path, arch_dir / "no_attn.py")
+    (arch_dir / "broken.py").write_text("def build_model(device):\n    raise RuntimeError('boom')\n")
+    monkeypatch.setenv("HARNESS_ARCH_DIR", str(arch_dir))
+    return arch_dir

@@ -1,5 +1,4 @@
 import json
-import shutil
 
 import pytest
 import torch
@@ -34,12 +33,7 @@ def test_timed_profile_measures_every_key():
     assert result["dtype"] == "fp32" and result["device_type"] == "cpu"
 
 
-def test_one_broken_architecture_records_an_error_and_the_rest_go_on(tmp_path, monkeypatch, capsys):
-    arch_dir = tmp_path / "archs"
-    arch_dir.mkdir()
-    shutil.copy(registry.find_architecture("no_attn").path, arch_dir / "no_attn.py")
-    (arch_dir / "broken.py").write_text("def build_model(device):\n    raise RuntimeError('boom')\n")
-    monkeypatch.setenv("HARNESS_ARCH_DIR", str(arch_dir))
+def test_one_broken_architecture_records_an_error_and_the_rest_go_on(arch_dir_with_a_broken_file, tmp_path, capsys):
     assert main(["profile", "--all", "--tier", "smoke", "--no-timing", "--json", "--results-dir", str(tmp_path)]) == 1
     results = {r["arch"]: r for r in json.loads(capsys.readouterr().out)}
     assert "boom" in results["broken"]["error"] and results["no_attn"]["gmacs"] > 0
