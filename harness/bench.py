@@ -37,7 +37,7 @@ from harness.fid import InceptionFeatures, frechet_distance, mean_cov
 from harness.flops import count_macs, mfu
 from harness.records import device_info, library_versions, now
 from harness.tasks import resolve_task
-from harness.trainer import Trainer, autocast_dtype
+from harness.trainer import Trainer, precision_name
 
 
 @dataclass
@@ -233,7 +233,7 @@ def run_bench(device: torch.device, sizes: BenchSizes | None = None, compile: bo
     images = generate_shapes(max(2048, spec.training.batch_size * 4, sizes.fid_images), seed=0)
     out = {"device": device_info(device), "versions": library_versions(), "created_at": now(),
            "model": f"standard at {sizes.tier} widths {spec.width_env['BLOCK_OUT_CHANNELS']}",
-           "batch_size": spec.training.batch_size, "precision": "bf16" if autocast_dtype(spec, device) else "fp32",
+           "batch_size": spec.training.batch_size, "precision": precision_name(spec, device),
            "compile": compile, "sizes": sizes.__dict__}
     raw = {}
     progress("training step: harness vs diffusers-style loop ...")

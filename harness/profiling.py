@@ -25,7 +25,7 @@ from harness.errors import HarnessError
 from harness.flops import count_macs, mfu
 from harness.records import atomic_write_json, device_info, library_versions, now
 from harness.tasks import TaskSpec, resolve_task
-from harness.trainer import Trainer, autocast_dtype
+from harness.trainer import Trainer, autocast_dtype, precision_name
 
 SAMPLE_BATCH = {"cuda": 256, "cpu": 8}  # fixed DDIM batch per device type, the same for every architecture
 
@@ -167,7 +167,7 @@ def profile(arch_name: str, tier: str, task: str = "cifar10", device: torch.devi
     spec = resolve_task(task, tier)
     out = {"arch": registry.canonical_name(Path(arch_name).stem), "tier": tier, "task": spec.name,
            "task_version": spec.version, "device": device_info(device)["name"], "device_type": device.type,
-           "dtype": "bf16" if autocast_dtype(spec, device) else "fp32", "timing": timing}
+           "dtype": precision_name(spec, device), "timing": timing}
     try:
         arch = registry.find_architecture(arch_name)
         out["arch"] = arch.name

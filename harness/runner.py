@@ -30,7 +30,7 @@ from harness.records import (
     ensure_writable, git_commit, library_versions, now, run_dir,
 )
 from harness.tasks import TaskSpec, resolve_task
-from harness.trainer import NonFiniteLoss, Trainer, autocast_dtype
+from harness.trainer import NonFiniteLoss, Trainer, autocast_dtype, precision_name
 
 
 class RunInterrupted(HarnessError):
@@ -161,7 +161,7 @@ def run(
         status="running", config=spec.to_dict(), arch_file=str(architecture.path), arch_sha256=architecture.sha256,
         param_count=registry.count_parameters(trainer.model), device=device_info(dev), versions=library_versions(),
         git_commit=git_commit(), created_at=now(), updated_at=now(), samples_png=None, profile=profile,
-        precision="bf16" if autocast_dtype(spec, dev) else "fp32",
+        precision=precision_name(spec, dev),
     )
     totals = {"train_seconds": 0.0, "train_images": 0, "eval_seconds": 0.0, "wall_seconds": 0.0}
     if checkpoint_path.exists():
@@ -229,8 +229,18 @@ def run(
     bar = tqdm(total=spec.training.steps, initial=trainer.step, desc=f"{architecture.name}/{spec.tier}", unit="step",
                disable=not progress, dynamic_ncols=True)
     last_good_step = trainer.step
+    stop = _StopOnSignal()
+
+    def stop_requested() -> bool:  # Ctrl-C, or the caller's should_stop
+        return stop.requested or (should_stop is not None and should_stop(trainer.step))
+
+    def interrupt(where: str) -> RunInterrupted:
+        write_record("interrupted")
+        return RunInterrupted(f"Stopped at step {trainer.step}{where}; checkpoint saved to {checkpoint_path}. "
+                              f"Run the same command again to resume.")
+
     try:
-        with _StopOnSignal() as stop:
+        with stop:
             for point in pending:
                 segment_start, segment_step = time.perf_counter(), trainer.step
                 while trainer.step < point:
@@ -238,7 +248,7 @@ def run(
                     bar.update(1)
                     at_log = trainer.step % spec.training.log_every == 0
                     at_ckpt = trainer.step % spec.training.checkpoint_every == 0
-                    stopping = stop.requested or (should_stop is not None and should_stop(trainer.step))
+                    stopping = stop_requested()
                     if at_log or at_ckpt or stopping or trainer.step == point:
                         # the loss curve gets a point every log_every steps and at the last step,
                         # wherever a run was interrupted
@@ -252,11 +262,7 @@ def run(
                         checkpoint()
                         last_good_step = trainer.step
                     if stopping:
-                        write_record("interrupted")
-                        raise RunInterrupted(
-                            f"Stopped at step {trainer.step}; checkpoint saved to {checkpoint_path}. "
-                            f"Run the same command again to resume."
-                        )
+                        raise interrupt("")
                 _account(totals, trainer, segment_start, segment_step, spec)
                 eval_start = time.perf_counter()
                 result = evaluator.evaluate(trainer.ema_model(), trainer.step)
@@ -274,12 +280,8 @@ def run(
                 last_good_step = trainer.step
                 write_record("running")
                 # a Ctrl-C during the evaluation stops here, before any further training
-                if point != pending[-1] and (stop.requested or (should_stop is not None and should_stop(trainer.step))):
-                    write_record("interrupted")
-                    raise RunInterrupted(
-                        f"Stopped at step {trainer.step} after its evaluation; checkpoint saved to {checkpoint_path}. "
-                        f"Run the same command again to resume."
-                    )
+                if point != pending[-1] and stop_requested():
+                    raise interrupt(" after its evaluation")
     except NonFiniteLoss as exc:
         bar.close()
         record.failure = {"step": exc.step, "message": str(exc)}

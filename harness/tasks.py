@@ -263,12 +263,6 @@ def _normalise(spec: TaskSpec, path: Path) -> TaskSpec:
         raise HarnessError(f"{path}: training.steps must be >= 0 and training.batch_size >= 1.")
     if spec.evaluation.num_samples < 2:
         raise HarnessError(f"{path}: evaluation.num_samples must be at least 2 (FID needs a covariance).")
-    if spec.training.precision not in ("fp32", "bf16"):
-        raise HarnessError(f"{path}: training.precision must be 'fp32' or 'bf16', not '{spec.training.precision}'.")
-    if spec.training.channels_last not in ("cuda", "always", "never"):
-        raise HarnessError(f"{path}: training.channels_last must be 'cuda', 'always' or 'never', not '{spec.training.channels_last}'.")
-    if spec.data.dataset not in ("cifar10", "shapes"):
-        raise HarnessError(f"{path}: data.dataset must be 'cifar10' or 'shapes', not '{spec.data.dataset}'.")
     _check_choices(spec, path)
     points = sorted({p for p in spec.evaluation.eval_points if 0 <= p <= steps} | {steps})
     evaluation = dataclasses.replace(spec.evaluation, eval_points=tuple(points))
@@ -340,6 +334,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 # Values the harness implements; anything else is refused when the task is read, not hours into a run.
 _CHOICES = {
+    "data.dataset": ("cifar10", "shapes"),
+    "training.precision": ("fp32", "bf16"),
+    "training.channels_last": ("cuda", "always", "never"),
     "optimizer.name": ("adamw",),
     "diffusion.prediction_type": ("epsilon",),
     "diffusion.beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),

@@ -28,6 +28,11 @@ def autocast_dtype(spec: TaskSpec, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if spec.training.precision == "bf16" and device.type == "cuda" else None
 
 
+def precision_name(spec: TaskSpec, device: torch.device) -> str:
+    """What a record or profile calls the precision a run really used: "bf16" or "fp32"."""
+    return "bf16" if autocast_dtype(spec, device) else "fp32"
+
+
 def uses_channels_last(spec: TaskSpec, device: torch.device) -> bool:
     mode = spec.training.channels_last
     return mode == "always" or (mode == "cuda" and device.type == "cuda")
