@@ -22,7 +22,7 @@ examples:
   python -m harness run --task shapes --arch standard --tier smoke   # offline, CPU, < 5 min
   python -m harness run --arch full_attn --tier medium                # the real protocol (GPU)
   python -m harness list --json
-"""
+  python -m harness sweep --task shapes --arch standard,no_attn --tier smoke --seed 42,43\n"""
 
 
 def _add_run(sub) -> None:
@@ -36,18 +36,10 @@ def _add_run(sub) -> None:
     )
     p.add_argument("--arch", required=True, help="architecture name (see `list`) or a path to a .py file")
     p.add_argument("--tier", required=True, help="width tier: smoke, small, medium, large")
-    p.add_argument("--task", default="cifar10", help="task protocol in tasks/ (default: cifar10)")
-    p.add_argument("--steps", type=int, help="training steps (default: the tier's)")
-    p.add_argument("--fid-samples", type=int, help="generated images per FID evaluation (default: the tier's)")
     p.add_argument("--seed", type=int, help="run seed (default: the task's, 42)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--results-dir", default="results", help="where run records go (default: results)")
-    p.add_argument("--data-dir", help="folder holding CIFAR-10 (cifar-10-batches-py or cifar-10-python.tar.gz)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any task field, e.g. --set training.batch_size=64 (recorded in the run record)")
+    _add_run_options(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training (same as --set training.compile=true)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _add_list(sub) -> None:
@@ -100,6 +92,65 @@ def _add_bench(sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the harness model (the bare loop stays eager)")
 
 
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="many runs (archs x tiers x seeds) on Ray: local GPUs/CPUs or a cluster; resumable",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the cross product of --arch x --tier x --seed (comma lists), each cell exactly the run "
+                    "`run` makes with the same flags (same folder, record and checkpoint), as Ray tasks: on a "
+                    "private Ray instance on this machine by default, or on a cluster with --address. Completed "
+                    "cells with the same settings are skipped and partial ones resume, so re-running the same "
+                    "command after any crash continues the sweep. A worker or node that dies is retried from the "
+                    "run's checkpoint; a run that fails by itself (broken file, non-finite loss, out of memory) is "
+                    "not retried, and the sweep exits 1 naming it. Ctrl-C stops every run with a checkpoint.",
+        epilog="examples:\n"
+               "  python -m harness sweep --task shapes --arch standard,no_attn --tier smoke --seed 42,43\n"
+               "  python -m harness sweep --arch all --tier small,medium,large --seed 42,43,44 --dry-run\n"
+               "  python -m harness sweep --arch standard,full_attn --tier small --address auto --results-dir /shared/results",
+    )
+    p.add_argument("--arch", required=True, help="comma list of architecture names or paths, or `all`")
+    p.add_argument("--tier", required=True, help="comma list of tiers (smoke, small, medium, large)")
+    p.add_argument("--seed", help="comma list of seeds (default: the task's, 42)")
+    _add_run_options(p)
+    p.add_argument("--address", help="Ray cluster to join: auto (one started with `ray start --head`) or HOST:PORT "
+                                     "(default: RAY_ADDRESS, else a private instance on this machine)")
+    p.add_argument("--gpus-per-run", type=float, help="GPUs per run (default: 1 where the cluster has GPUs, else 0)")
+    p.add_argument("--cpus-per-run", type=float, help="CPUs per run, also its torch threads (default: the node's "
+                                                       "CPUs / GPUs per GPU run; all of a node's CPUs on CPUs alone)")
+    p.add_argument("--max-parallel", type=int, help="runs at once (default: as many as the cluster's resources hold)")
+    p.add_argument("--max-retries", type=int, default=3, help="retries of a run whose worker or node died (default: 3)")
+    p.add_argument("--dry-run", action="store_true", help="print the cells, which are skipped or resumed, and the "
+                                                          "resources asked for; start nothing")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON (progress goes to stderr)")
+
+
+def _add_run_options(p) -> None:
+    """The options of `run` that a sweep shares."""
+    p.add_argument("--task", default="cifar10", help="task protocol in tasks/ (default: cifar10)")
+    p.add_argument("--steps", type=int, help="training steps (default: the tier's)")
+    p.add_argument("--fid-samples", type=int, help="generated images per FID evaluation (default: the tier's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any task field, e.g. --set training.batch_size=64 (recorded in the run record)")
+    p.add_argument("--results-dir", default="results", help="where run records go (default: results)")
+    p.add_argument("--data-dir", help="folder holding CIFAR-10 (cifar-10-batches-py or cifar-10-python.tar.gz)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _overrides(args) -> dict:
+    """--set, --steps, --fid-samples and --compile as dotted task fields."""
+    from harness.tasks import parse_override
+
+    overrides = dict(parse_override(s) for s in args.set)
+    if args.steps is not None:
+        overrides["training.steps"] = args.steps
+    if args.fid_samples is not None:
+        overrides["evaluation.num_samples"] = args.fid_samples
+    if getattr(args, "compile", False):
+        overrides["training.compile"] = True
+    return overrides
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,22 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_list(sub)
     _add_profile(sub)
     _add_bench(sub)
+    _add_sweep(sub)
     return parser
 
 
 def cmd_run(args) -> int:
     from harness.runner import run
-    from harness.tasks import parse_override
 
-    overrides = dict(parse_override(s) for s in args.set)
-    if args.steps is not None:
-        overrides["training.steps"] = args.steps
-    if args.fid_samples is not None:
-        overrides["evaluation.num_samples"] = args.fid_samples
-    if args.compile:
-        overrides["training.compile"] = True
     record = run(args.task, args.arch, args.tier, args.seed, device=args.device, results_dir=args.results_dir,
-                 data_dir=args.data_dir, overrides=overrides, fresh=args.fresh, progress=not args.no_progress)
+                 data_dir=args.data_dir, overrides=_overrides(args), fresh=args.fresh, progress=not args.no_progress)
     from harness.records import run_dir
 
     path = run_dir(args.results_dir, record.task, record.arch, record.tier, record.seed) / "record.json"
@@ -249,7 +293,69 @@ def cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "profile": cmd_profile, "bench": cmd_bench}
+def _comma_list(text: str, what: str, cast=str) -> list:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return [cast(t) for t in items] or [None]
+    except ValueError:
+        raise HarnessError(f"--{what} takes a comma list of integers, e.g. --{what} 42,43,44; got {text!r}.") from None
+
+
+def cmd_sweep(args) -> int:
+    from harness.sweep import FINAL, Sweep, SweepSpec
+
+    seeds = _comma_list(args.seed, "seed", int) if args.seed else [None]
+    spec = SweepSpec(args.task, _comma_list(args.arch, "arch"), _comma_list(args.tier, "tier"), seeds,
+                     results_dir=args.results_dir, overrides=_overrides(args), data_dir=args.data_dir, device=args.device)
+    out = sys.stderr if args.json else sys.stdout
+    sweep = Sweep(spec, address=args.address, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
+                  max_parallel=args.max_parallel, max_retries=args.max_retries, progress=not args.no_progress, stream=out)
+    if args.dry_run:
+        plan = sweep.dry_run()
+        if args.json:
+            print(json.dumps(plan, indent=2))
+            return 0
+        alloc, res = plan["allocation"], plan["resources"]
+        print(f"Sweep {plan['sweep']} ({len(plan['cells'])} cells); manifest {plan['manifest']}")
+        print(f"Resources: {res['nodes']} node(s), {res['cpus']:g} CPUs, {res['gpus']:g} GPUs. Each run asks for "
+              f"{alloc['gpus_per_run']:g} GPU(s) and {alloc['cpus_per_run']:g} CPU(s) ({alloc['torch_threads_per_run']} "
+              f"torch threads), on {alloc['device_type']}; up to {alloc['max_parallel']} at once.")
+        for cell in plan["cells"]:
+            what = {"run": "run from step 0", "skip": f"skip: completed ({cell.get('step')} steps, same settings)",
+                    "resume": f"resume from its checkpoint (step {cell.get('resume_step', '?')})",
+                    "locked": f"locked: {cell.get('message', '')}"}[cell["action"]]
+            print(f"  {cell['key']:<36} {what}")
+        return 0
+    try:
+        manifest = sweep.execute()
+    except KeyboardInterrupt:
+        print(f"Sweep stopped; every run that was going has a checkpoint. Run the same command to continue "
+              f"(manifest: {sweep.manifest_path}).", file=sys.stderr)
+        return 130
+    _print_sweep_summary(manifest, out)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    unfinished = [c for c in manifest["cells"] if c["status"] not in FINAL]
+    for cell in unfinished:
+        print(f"{cell['status']}: {cell['key']}: {cell.get('message', '')} (log: {cell['log']})", file=sys.stderr)
+    if unfinished:
+        print(f"{len(unfinished)} of {len(manifest['cells'])} runs did not complete (above). Fix what they say and run "
+              f"the same command again: completed runs are skipped.", file=sys.stderr)
+    return 1 if unfinished else 0
+
+
+def _print_sweep_summary(manifest: dict, out) -> None:
+    import pandas as pd
+
+    rows = [{"arch": c["arch"], "tier": c["tier"], "seed": c["seed"], "status": c["status"],
+             "best FID": c.get("best_fid"), "at step": c.get("best_step"),
+             "wall s": c.get("wall_seconds"), "node": c.get("node", "")} for c in manifest["cells"]]
+    table = pd.DataFrame(rows).to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}")
+    print(f"\nSweep {manifest['sweep']} (manifest: {manifest['results_dir']}/sweeps/{manifest['sweep']}.json)\n{table}",
+          file=out)
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "profile": cmd_profile, "bench": cmd_bench, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

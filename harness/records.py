@@ -150,8 +150,8 @@ class RunRecord:
     status: str  # "running", "completed", "failed", "interrupted"
     config: dict  # the resolved TaskSpec
     arch_file: str
-    arch_sha256: str
-    param_count: int
+    arch_sha256: str | None
+    param_count: int | None  # None only when the model could not be built (status failed)
     device: dict
     versions: dict
     git_commit: str | None
@@ -168,7 +168,7 @@ class RunRecord:
     reference: dict = field(default_factory=dict)  # FID reference: source, images, cache file
     inception: dict = field(default_factory=dict)  # weights: path, where found, id
     timings: dict = field(default_factory=dict)
-    failure: dict | None = None  # {"step", "message"} when status is "failed"
+    failure: dict | None = None  # {"step", "message", "error"} when status is "failed"
     profile: dict | None = None  # parameters and FLOPs, when profiling is available
     samples_png: str | None = None
     schema_version: int = SCHEMA_VERSION

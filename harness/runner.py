@@ -3,15 +3,19 @@
 Everything else (the CLI, sweeps, searches) calls this one function. It resolves the whole
 config first, builds and validates the model, then alternates training segments and evaluation
 points, writing a checkpoint and the record atomically after each evaluation and every
-``checkpoint_every`` steps. Re-running the same call resumes from the checkpoint.
+``checkpoint_every`` steps. Re-running the same call resumes from the checkpoint. A run holds a
+lock on its folder (``run.lock``) from start to end and appends its messages to ``run.log``.
 
     record = run("shapes", "standard", "smoke")
     record.best_fid, record.status
 """
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,17 +24,20 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from harness import registry
+from harness import checkpoints, locks, registry
 from harness.data import ImageBatches, load_images
 from harness.errors import HarnessError, RunFailed
 from harness.evaluation import Evaluator
 from harness.flops import count_macs, mfu
 from harness.records import (
-    CHECKPOINT_FILE, RECORD_FILE, RunRecord, atomic_torch_save, atomic_write_bytes, device_info,
+    CHECKPOINT_FILE, RECORD_FILE, RunRecord, atomic_write_bytes, device_info,
     ensure_writable, git_commit, library_versions, now, run_dir,
 )
 from harness.tasks import TaskSpec, resolve_task
 from harness.trainer import NonFiniteLoss, Trainer, autocast_dtype, precision_name
+
+
+LOG_FILE = "run.log"
 
 
 class RunInterrupted(HarnessError):
@@ -115,99 +122,264 @@ class _StopOnSignal:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def run(
-    task: str = "cifar10",
-    arch: str = "standard",
-    tier: str = "smoke",
-    seed: int | None = None,
-    *,
-    device: str = "auto",
-    results_dir: str | Path = "results",
-    data_dir: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    fresh: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] = tqdm.write,
-    should_stop: Callable[[int], bool] | None = None,
-) -> RunRecord:
-    """Train and evaluate one architecture under a task's protocol; return its run record.
+class Run:
+    """One run, as phases: ``prepare`` (lock, build, data), ``resume`` (from the checkpoint),
+    ``train_to`` (one training segment up to an evaluation point), ``evaluate``, ``finish``.
+    ``execute`` strings them together; ``run()`` is ``Run(...).execute()``.
 
-    ``overrides`` are dotted task fields (``{"training.steps": 100}``). ``should_stop(step)``
-    is asked after every step; returning True checkpoints and stops the run (as Ctrl-C does),
-    raising RunInterrupted. Raises RunFailed (record status ``failed``) on a non-finite loss.
+    ``should_stop(step)`` is asked after every step: True checkpoints and raises RunInterrupted
+    (as Ctrl-C does). ``on_evaluation(evaluation)`` is told of every evaluation once it is saved
+    (a sweep or a search reads FID from it as the run goes).
     """
-    started = time.perf_counter()
-    overrides = dict(overrides or {})
-    if seed is not None:
-        overrides["seed"] = seed
-    spec = resolve_task(task, tier, overrides)
-    dev = pick_device(device)
-    architecture = registry.find_architecture(arch)
-    directory = run_dir(results_dir, spec.name, architecture.name, spec.tier, spec.seed)
-    ensure_writable(directory)
-    checkpoint_path, record_path = directory / CHECKPOINT_FILE, directory / RECORD_FILE
-    if fresh:
-        for path in (checkpoint_path, record_path):
-            path.unlink(missing_ok=True)
 
-    architecture, model = registry.load(arch, spec.width_env, dev, spec.seed)
-    profile = _static_profile(model, dev)
-    images = load_images(spec.data, data_dir)  # uint8 [N,3,32,32] on the host
-    batches = ImageBatches(images, spec.training.batch_size, dev, flip=spec.data.horizontal_flip)
-    trainer = Trainer(model, spec, batches, dev)
+    def __init__(self, task: str = "cifar10", arch: str = "standard", tier: str = "smoke", seed: int | None = None, *,
+                 device: str = "auto", results_dir: str | Path = "results", data_dir: str | Path | None = None,
+                 overrides: dict[str, Any] | None = None, fresh: bool = False, progress: bool = True,
+                 log: Callable[[str], None] = tqdm.write, should_stop: Callable[[int], bool] | None = None,
+                 on_evaluation: Callable[[dict], None] | None = None):
+        self.started = time.perf_counter()
+        overrides = dict(overrides or {})
+        if seed is not None:
+            overrides["seed"] = seed
+        self.spec = resolve_task(task, tier, overrides)
+        self.device = pick_device(device)
+        self.architecture = registry.find_architecture(arch)
+        self.directory = run_dir(results_dir, self.spec.name, self.architecture.name, self.spec.tier, self.spec.seed)
+        self.arch_name, self.data_dir, self.fresh, self.progress = arch, data_dir, fresh, progress
+        self.should_stop, self.on_evaluation = should_stop, on_evaluation
+        self.run_log = RunLog(self.directory / LOG_FILE, echo=log)
+        self.log = self.run_log.write
+        self.stop = _StopOnSignal()
+        self.totals = {"train_seconds": 0.0, "train_images": 0, "eval_seconds": 0.0, "wall_seconds": 0.0}
+        self.record: RunRecord | None = None
 
-    record = RunRecord(
-        task=spec.name, task_version=spec.version, tier=spec.tier, arch=architecture.name, seed=spec.seed,
-        status="running", config=spec.to_dict(), arch_file=str(architecture.path), arch_sha256=architecture.sha256,
-        param_count=registry.count_parameters(trainer.model), device=device_info(dev), versions=library_versions(),
-        git_commit=git_commit(), created_at=now(), updated_at=now(), samples_png=None, profile=profile,
-        precision=precision_name(spec, dev),
-    )
-    totals = {"train_seconds": 0.0, "train_images": 0, "eval_seconds": 0.0, "wall_seconds": 0.0}
-    if checkpoint_path.exists():
-        # on the CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        _check_resumable(state, _run_fingerprint(spec, dev, record.precision), architecture, checkpoint_path)
-        trainer.load_state_dict(state["trainer"])
-        record.evaluations, totals = state["evaluations"], state["totals"]
-        record.created_at = state.get("created_at", record.created_at)
-        record.reference = state.get("reference", record.reference)
-        record.samples_png = state.get("samples_png", record.samples_png)
-        for evaluation in list(record.evaluations):
-            record.add_evaluation(evaluation)
-        log(f"Resuming {spec.name}/{architecture.name}/{spec.tier}/seed{spec.seed} from its checkpoint at step "
-            f"{trainer.step} ({checkpoint_path}); pass --fresh to start over.")
+    @property
+    def record_path(self) -> Path:
+        return self.directory / RECORD_FILE
 
-    done_steps = {e["step"] for e in record.evaluations}
-    missed = [p for p in spec.evaluation.eval_points if p not in done_steps and p < trainer.step]
-    if missed:  # a point added (e.g. with --set) below where the checkpoint already is
-        log(f"Skipping evaluation point(s) {', '.join(map(str, missed))}: the checkpoint is already at step "
-            f"{trainer.step}. Pass --fresh to evaluate them.")
-    pending = [p for p in spec.evaluation.eval_points if p not in done_steps and p >= trainer.step]
-    if trainer.step > spec.training.steps:
-        raise HarnessError(
-            f"The checkpoint in {directory} is at step {trainer.step}, past the {spec.training.steps} steps asked for. "
-            f"Ask for at least {trainer.step} steps, or pass --fresh to start over."
+    def execute(self) -> RunRecord:
+        ensure_writable(self.directory)
+        with locks.RunLock(self.directory), self.run_log:
+            self.log(f"Run {self.spec.name}/{self.architecture.name}/{self.spec.tier}/seed{self.spec.seed} on "
+                     f"{socket.gethostname()}, pid {os.getpid()}, {self.device} ({locks.holder_command()})")
+            try:
+                self.prepare()
+            except Exception as exc:  # a broken file, missing data or weights: say so in a record
+                self._record_failure_before_training(exc)
+                raise
+            self.resume()
+            pending = self._pending_points()
+            if not pending:
+                self.log(f"Nothing to do: this run already finished {self.trainer.step} steps and every evaluation. "
+                         f"Record: {self.record_path}. Pass --fresh to run it again, or more --steps to continue it.")
+                return self.finish("completed")
+            self.bar = tqdm(total=self.spec.training.steps, initial=self.trainer.step, unit="step", dynamic_ncols=True,
+                            desc=f"{self.architecture.name}/{self.spec.tier}", disable=not self.progress)
+            try:
+                with self.stop:
+                    for point in pending:
+                        self.train_to(point)
+                        self.evaluate()
+                        # a Ctrl-C during the evaluation stops here, before any further training
+                        if point != pending[-1] and self._stop_requested():
+                            raise self._interrupt(" after its evaluation")
+            except (RunInterrupted, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                raise self._fail(exc) from exc
+            finally:
+                self.bar.close()
+            return self.finish("completed")
+
+    # -- phases ---------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Build and validate the model, load the data, create the trainer, evaluator and record."""
+        spec, dev = self.spec, self.device
+        if self.fresh:
+            checkpoints.remove(self.directory)
+            self.record_path.unlink(missing_ok=True)
+        self.architecture, model = registry.load(self.arch_name, spec.width_env, dev, spec.seed)
+        profile = _static_profile(model, dev)
+        images = load_images(spec.data, self.data_dir)  # uint8 [N,3,32,32] on the host
+        batches = ImageBatches(images, spec.training.batch_size, dev, flip=spec.data.horizontal_flip)
+        self.trainer = Trainer(model, spec, batches, dev)
+        self.record = RunRecord(
+            task=spec.name, task_version=spec.version, tier=spec.tier, arch=self.architecture.name, seed=spec.seed,
+            status="running", config=spec.to_dict(), arch_file=str(self.architecture.path),
+            arch_sha256=self.architecture.sha256, param_count=registry.count_parameters(self.trainer.model),
+            device=device_info(dev), versions=library_versions(), git_commit=git_commit(), created_at=now(),
+            updated_at=now(), samples_png=None, profile=profile, precision=precision_name(spec, dev),
         )
 
-    def bar_factory(total: int, desc: str):
-        return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not progress, dynamic_ncols=True)
+        def bar_factory(total: int, desc: str):
+            return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not self.progress, dynamic_ncols=True)
 
-    evaluator = Evaluator(spec, dev, lambda: images, autocast_dtype(spec, dev), bar_factory)
-    record.inception = {"path": str(evaluator.features.path), "source": evaluator.features.source,
-                        "weights_id": evaluator.features.weights_id}
+        self.evaluator = Evaluator(spec, dev, lambda: images, autocast_dtype(spec, dev), bar_factory)
+        self.record.inception = {"path": str(self.evaluator.features.path), "source": self.evaluator.features.source,
+                                 "weights_id": self.evaluator.features.weights_id}
 
-    def checkpoint() -> None:
-        totals["wall_seconds"] = wall_before + time.perf_counter() - started
-        state = {"trainer": trainer.state_dict(), "evaluations": record.evaluations, "totals": totals,
-                 "fingerprint": _run_fingerprint(spec, dev, record.precision), "arch_sha256": architecture.sha256,
+    def resume(self) -> None:
+        """Continue from the newest readable checkpoint, if there is one and its settings match."""
+        state = checkpoints.load(self.directory, self.log)
+        if state is not None:
+            _check_resumable(state, self._fingerprint(), self.architecture, self.directory / CHECKPOINT_FILE)
+            self.trainer.load_state_dict(state["trainer"])
+            record = self.record
+            record.evaluations, self.totals = state["evaluations"], state["totals"]
+            record.created_at = state.get("created_at", record.created_at)
+            record.reference = state.get("reference", record.reference)
+            record.samples_png = state.get("samples_png", record.samples_png)
+            for evaluation in list(record.evaluations):
+                record.add_evaluation(evaluation)
+            self.log(f"Resuming {self.spec.name}/{self.architecture.name}/{self.spec.tier}/seed{self.spec.seed} from "
+                     f"its checkpoint at step {self.trainer.step} ({self.directory}); pass --fresh to start over.")
+        self.wall_before = self.totals["wall_seconds"]
+        self.last_good_step = self.trainer.step
+        if self.trainer.step > self.spec.training.steps:
+            raise HarnessError(
+                f"The checkpoint in {self.directory} is at step {self.trainer.step}, past the {self.spec.training.steps} "
+                f"steps asked for. Ask for at least {self.trainer.step} steps, or pass --fresh to start over."
+            )
+
+    def train_to(self, point: int) -> None:
+        """Train until step ``point``, logging the loss and checkpointing on the task's schedule."""
+        trainer, training = self.trainer, self.spec.training
+        segment_start, segment_step = time.perf_counter(), trainer.step
+        while trainer.step < point:
+            trainer.train_step()
+            self.bar.update(1)
+            at_log = trainer.step % training.log_every == 0
+            at_ckpt = trainer.step % training.checkpoint_every == 0
+            stopping = self._stop_requested()
+            if at_log or at_ckpt or stopping or trainer.step == point:
+                # the loss curve gets a point every log_every steps and at the last step,
+                # wherever a run was interrupted
+                loss = trainer.flush_losses(close_interval=at_log or trainer.step == training.steps)
+                elapsed = time.perf_counter() - segment_start
+                rate = (trainer.step - segment_step) * training.batch_size / max(elapsed, 1e-9)
+                self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
+            if at_ckpt or stopping:
+                self._account(segment_start, segment_step)
+                segment_start, segment_step = time.perf_counter(), trainer.step
+                self.checkpoint()
+            if stopping:
+                raise self._interrupt("")
+        self._account(segment_start, segment_step)
+
+    def evaluate(self) -> None:
+        """FID/KID of the EMA model at the current step; saved with a checkpoint and the record."""
+        eval_start = time.perf_counter()
+        result = self.evaluator.evaluate(self.trainer.ema_model(), self.trainer.step)
+        self.totals["eval_seconds"] += time.perf_counter() - eval_start
+        record, reference = self.record, self.evaluator.reference
+        record.add_evaluation(result.to_dict())
+        record.reference = {"source": reference.source, "num_images": reference.num_images,
+                            "cache_file": str(reference.path)}
+        save_grid(result.grid, self.directory / f"samples_step{self.trainer.step:06d}.png")
+        save_grid(result.grid, self.directory / "samples.png")
+        record.samples_png = "samples.png"
+        self.log(f"step {self.trainer.step}: FID {result.fid:.2f}"
+                 + (f", KID {result.kid:.4f}" if result.kid is not None else "") + f" ({result.num_samples} samples)")
+        self.checkpoint()
+        if self.on_evaluation is not None:
+            self.on_evaluation(result.to_dict())
+
+    def checkpoint(self) -> None:
+        """Save the checkpoint (the previous one kept) and the record, status running."""
+        self.totals["wall_seconds"] = self._wall()
+        record = self.record
+        state = {"trainer": self.trainer.state_dict(), "evaluations": record.evaluations, "totals": self.totals,
+                 "fingerprint": self._fingerprint(), "arch_sha256": self.architecture.sha256,
                  "created_at": record.created_at, "reference": record.reference, "samples_png": record.samples_png}
-        atomic_torch_save(checkpoint_path, state)
+        checkpoints.save(self.directory, state)
+        self.last_good_step = self.trainer.step
+        self._write_record("running")
 
-    def write_record(status: str) -> None:
+    def finish(self, status: str) -> RunRecord:
+        self._write_record(status)
+        self.log(f"Run {status} at step {self.trainer.step}: best FID "
+                 + (f"{self.record.best_fid:.2f} at step {self.record.best_step}" if self.record.best_fid is not None
+                    else "n/a") + f"; record {self.record_path}")
+        return self.record
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _pending_points(self) -> list[int]:
+        step, points = self.trainer.step, self.spec.evaluation.eval_points
+        done = {e["step"] for e in self.record.evaluations}
+        missed = [p for p in points if p not in done and p < step]
+        if missed:  # a point added (e.g. with --set) below where the checkpoint already is
+            self.log(f"Skipping evaluation point(s) {', '.join(map(str, missed))}: the checkpoint is already at step "
+                     f"{step}. Pass --fresh to evaluate them.")
+        return [p for p in points if p not in done and p >= step]
+
+    def _fingerprint(self) -> dict:
+        return _run_fingerprint(self.spec, self.device, self.record.precision)
+
+    def _stop_requested(self) -> bool:  # Ctrl-C, or the caller's should_stop
+        return self.stop.requested or (self.should_stop is not None and self.should_stop(self.trainer.step))
+
+    def _interrupt(self, where: str) -> "RunInterrupted":
+        self._write_record("interrupted")
+        self.log(f"Stopped at step {self.trainer.step}{where} (checkpoint saved).")
+        return RunInterrupted(f"Stopped at step {self.trainer.step}{where}; checkpoint saved to "
+                              f"{self.directory / CHECKPOINT_FILE}. Run the same command again to resume.")
+
+    def _fail(self, exc: Exception) -> RunFailed:
+        """The run failed by itself: record why (status failed), keep the last good checkpoint."""
+        self.log(traceback.format_exc().rstrip())
+        if isinstance(exc, NonFiniteLoss):
+            self.trainer.step = exc.step
+            what = f"Training diverged: the loss was {exc.value} at step {exc.step}."
+            advice = "Check the architecture's initialisation and normalisation, or the learning rate."
+        elif isinstance(exc, torch.OutOfMemoryError):
+            what = f"Out of memory at step {self.trainer.step} ({str(exc).splitlines()[0]})."
+            advice = "Use a larger GPU, a smaller tier, or a smaller --set training.batch_size."
+        elif isinstance(exc, HarnessError):
+            what, advice = str(exc), ""
+        else:
+            what = f"The run raised {type(exc).__name__} at step {self.trainer.step}: {exc}."
+            advice = f"The traceback is in {self.run_log.path}."
+        self.record.failure = {"step": self.trainer.step, "message": what, "error": type(exc).__name__}
+        self._write_record("failed")
+        kept = self.directory / CHECKPOINT_FILE
+        return RunFailed(
+            f"{what} The run stopped; its record (status 'failed') is at {self.record_path}"
+            + (f" and the last good checkpoint (step {self.last_good_step}) is kept at {kept}. " if kept.exists() else ". ")
+            + advice
+        )
+
+    def _record_failure_before_training(self, exc: Exception) -> None:
+        """A run that cannot even start gets a record saying why, unless one with results exists."""
+        self.log(traceback.format_exc().rstrip())
+        if self.record_path.exists() and RunRecord.load(self.record_path).status != "failed":
+            return
+        message = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
+        spec, path = self.spec, self.architecture.path
+        RunRecord(
+            task=spec.name, task_version=spec.version, tier=spec.tier, arch=self.architecture.name, seed=spec.seed,
+            status="failed", config=spec.to_dict(), arch_file=str(path),
+            arch_sha256=self.architecture.sha256 if path.exists() else None, param_count=None,
+            device=device_info(self.device), versions=library_versions(), git_commit=git_commit(), created_at=now(),
+            updated_at=now(), precision=precision_name(spec, self.device),
+            failure={"step": 0, "message": message, "error": type(exc).__name__},
+        ).save(self.directory)
+
+    def _account(self, segment_start: float, segment_step: int) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.totals["train_seconds"] += time.perf_counter() - segment_start
+        self.totals["train_images"] += (self.trainer.step - segment_step) * self.spec.training.batch_size
+
+    def _wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self.started
+
+    def _write_record(self, status: str) -> None:
+        record, totals, trainer = self.record, self.totals, self.trainer
         record.status, record.step = status, trainer.step
         record.loss_curve = [list(x) for x in trainer.loss_curve]
-        totals["wall_seconds"] = wall_before + time.perf_counter() - started
+        totals["wall_seconds"] = self._wall()
         record.timings = {
             "train_images_per_sec": round(totals["train_images"] / totals["train_seconds"], 2) if totals["train_seconds"] else None,
             "sampling_images_per_sec": _sampling_rate(record.evaluations),
@@ -217,86 +389,41 @@ def run(
         if totals["train_seconds"] and "gflops" in record.profile:
             record.timings["train_mfu"] = mfu(record.profile["gflops"], totals["train_images"] / totals["train_seconds"],
                                               record.device["name"], record.precision)
-        record.save(directory)
+        record.save(self.directory)
 
-    wall_before = totals["wall_seconds"]
-    if not pending:
-        log(f"Nothing to do: this run already finished {trainer.step} steps and every evaluation. Record: {record_path}. "
-            f"Pass --fresh to run it again, or more --steps to continue it.")
-        write_record("completed")
-        return record
 
-    bar = tqdm(total=spec.training.steps, initial=trainer.step, desc=f"{architecture.name}/{spec.tier}", unit="step",
-               disable=not progress, dynamic_ncols=True)
-    last_good_step = trainer.step
-    stop = _StopOnSignal()
+def run(task: str = "cifar10", arch: str = "standard", tier: str = "smoke", seed: int | None = None,
+        **options: Any) -> RunRecord:
+    """Train and evaluate one architecture under a task's protocol; return its run record.
 
-    def stop_requested() -> bool:  # Ctrl-C, or the caller's should_stop
-        return stop.requested or (should_stop is not None and should_stop(trainer.step))
+    ``overrides`` are dotted task fields (``{"training.steps": 100}``); the other keyword options
+    are those of ``Run``. Raises RunInterrupted when stopped (Ctrl-C or ``should_stop``),
+    RunFailed (record status ``failed``) when the run fails by itself (a non-finite loss, out of
+    memory), RunLocked when another live process holds the run folder.
+    """
+    return Run(task, arch, tier, seed, **options).execute()
 
-    def interrupt(where: str) -> RunInterrupted:
-        write_record("interrupted")
-        return RunInterrupted(f"Stopped at step {trainer.step}{where}; checkpoint saved to {checkpoint_path}. "
-                              f"Run the same command again to resume.")
 
-    try:
-        with stop:
-            for point in pending:
-                segment_start, segment_step = time.perf_counter(), trainer.step
-                while trainer.step < point:
-                    trainer.train_step()
-                    bar.update(1)
-                    at_log = trainer.step % spec.training.log_every == 0
-                    at_ckpt = trainer.step % spec.training.checkpoint_every == 0
-                    stopping = stop_requested()
-                    if at_log or at_ckpt or stopping or trainer.step == point:
-                        # the loss curve gets a point every log_every steps and at the last step,
-                        # wherever a run was interrupted
-                        loss = trainer.flush_losses(close_interval=at_log or trainer.step == spec.training.steps)
-                        elapsed = time.perf_counter() - segment_start
-                        rate = (trainer.step - segment_step) * spec.training.batch_size / max(elapsed, 1e-9)
-                        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
-                    if at_ckpt or stopping:
-                        _account(totals, trainer, segment_start, segment_step, spec)
-                        segment_start, segment_step = time.perf_counter(), trainer.step
-                        checkpoint()
-                        last_good_step = trainer.step
-                    if stopping:
-                        raise interrupt("")
-                _account(totals, trainer, segment_start, segment_step, spec)
-                eval_start = time.perf_counter()
-                result = evaluator.evaluate(trainer.ema_model(), trainer.step)
-                totals["eval_seconds"] += time.perf_counter() - eval_start
-                record.add_evaluation(result.to_dict())
-                record.reference = {"source": evaluator.reference.source, "num_images": evaluator.reference.num_images,
-                                    "cache_file": str(evaluator.reference.path)}
-                grid_name = f"samples_step{trainer.step:06d}.png"
-                save_grid(result.grid, directory / grid_name)
-                save_grid(result.grid, directory / "samples.png")
-                record.samples_png = "samples.png"
-                bar.write(f"step {trainer.step}: FID {result.fid:.2f}" + (f", KID {result.kid:.4f}" if result.kid is not None else "")
-                          + f" ({result.num_samples} samples)")
-                checkpoint()
-                last_good_step = trainer.step
-                write_record("running")
-                # a Ctrl-C during the evaluation stops here, before any further training
-                if point != pending[-1] and stop_requested():
-                    raise interrupt(" after its evaluation")
-    except NonFiniteLoss as exc:
-        bar.close()
-        record.failure = {"step": exc.step, "message": str(exc)}
-        trainer.step = exc.step
-        write_record("failed")
-        raise RunFailed(
-            f"Training diverged: the loss was {exc.value} at step {exc.step}. The run stopped; its record "
-            f"(status 'failed') is at {record_path}"
-            + (f" and the last good checkpoint (step {last_good_step}) is kept at {checkpoint_path}. "
-               if checkpoint_path.exists() else ". ")
-            + "Check the architecture's initialisation and normalisation, or the learning rate."
-        ) from exc
-    bar.close()
-    write_record("completed")
-    return record
+class RunLog:
+    """Every message of a run, appended with a UTC time to ``run.log`` in its folder, and echoed."""
+
+    def __init__(self, path: Path, echo: Callable[[str], None]):
+        self.path, self.echo, self._file = path, echo, None
+
+    def __enter__(self) -> "RunLog":
+        self._file = open(self.path, "a", encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+        self._file = None
+
+    def write(self, message: str) -> None:
+        if self._file is not None:
+            self._file.write(f"[{now()}] {message}\n")
+            self._file.flush()
+        if not message.startswith("Traceback"):
+            self.echo(message)
 
 
 def _static_profile(model: torch.nn.Module, device: torch.device) -> dict:
@@ -307,13 +434,6 @@ def _static_profile(model: torch.nn.Module, device: torch.device) -> dict:
         return {"error": f"MAC count failed: {type(exc).__name__}: {exc}"}
     return {"param_count": registry.count_parameters(model), "gmacs": round(macs.gmacs, 4),
             "gflops": round(macs.gflops, 4), "macs_by_op": macs.by_op, "unsupported_ops": macs.unsupported_ops}
-
-
-def _account(totals: dict, trainer: Trainer, segment_start: float, segment_step: int, spec: TaskSpec) -> None:
-    if trainer.device.type == "cuda":
-        torch.cuda.synchronize(trainer.device)
-    totals["train_seconds"] += time.perf_counter() - segment_start
-    totals["train_images"] += (trainer.step - segment_step) * spec.training.batch_size
 
 
 def _sampling_rate(evaluations: list[dict]) -> float | None:

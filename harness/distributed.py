@@ -1,0 +1,336 @@
+"""Runs on Ray: one Ray task per run, a channel for progress and stop requests, checks first.
+
+This module knows nothing of training. A ``Job`` is the arguments of ``runner.run``; the Ray
+task ``_execute`` calls ``run`` and returns an ``Outcome``. Sweeps (and searches) drive a
+``RayPool``: ``submit`` jobs, ``wait`` for events and outcomes, ``stop`` a run (it checkpoints at
+its next step and returns ``interrupted``).
+
+Failures are split the way a user needs them: a worker process or node that dies is Ray's
+business (``max_retries``: the task runs again and the run resumes from its checkpoint); a run
+that fails by itself (a broken file, a non-finite loss, out of memory) returns ``failed`` and is
+not retried, because it would fail the same way again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+
+POLL_SECONDS = 1.0  # how often a run asks the driver whether to stop (and says which step it is at)
+FORWARDED_ENV = ("HARNESS_CACHE_DIR", "HARNESS_ARCH_DIR", "HARNESS_DATA_DIR", "HARNESS_INCEPTION_WEIGHTS",
+                 "HARNESS_TASKS_DIR", "HARNESS_PEAK_TFLOPS")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ``runner.run`` call. Paths are absolute: workers may run in another directory."""
+
+    key: str  # unique within a pool, e.g. "standard/small/seed42"
+    task: str
+    arch: str
+    tier: str
+    seed: int
+    results_dir: str
+    overrides: dict = field(default_factory=dict)
+    data_dir: str | None = None
+    device: str = "auto"
+
+
+@dataclass
+class Outcome:
+    key: str
+    status: str  # completed | failed | interrupted | locked
+    message: str = ""
+    record: str | None = None  # path of record.json
+    log: str | None = None  # path of run.log
+    best_fid: float | None = None
+    best_step: int | None = None
+    step: int | None = None
+    wall_seconds: float | None = None
+    node: str | None = None
+    holder: dict | None = None  # who holds the run folder, when locked
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Channel:
+    """A small Ray actor between the driver and its runs: runs report events and their step,
+    and ask whether to stop; the driver drains the events and asks runs to stop."""
+
+    def __init__(self):
+        self.events: list[tuple[str, dict]] = []
+        self.steps: dict[str, int] = {}
+        self.stop_keys: set[str] = set()
+        self.stop_everything = False
+
+    def report(self, key: str, event: dict) -> None:
+        self.events.append((key, event))
+
+    def poll(self, key: str, step: int | None) -> bool:
+        if step is not None:
+            self.steps[key] = step
+        return self.stop_everything or key in self.stop_keys
+
+    def drain(self) -> tuple[list[tuple[str, dict]], dict[str, int]]:
+        events, self.events = self.events, []
+        return events, dict(self.steps)
+
+    def stop(self, key: str | None) -> None:
+        if key is None:
+            self.stop_everything = True
+        else:
+            self.stop_keys.add(key)
+
+
+def _execute(job: Job, channel, threads: int) -> Outcome:
+    """The Ray task: one run, reporting to ``channel``; returns its Outcome, never raises for a
+    run that fails by itself (only a dying process makes Ray retry it)."""
+    import ray
+    import torch
+
+    from harness import locks
+    from harness.errors import RunFailed
+    from harness.locks import RunLocked
+    from harness.records import RECORD_FILE, run_dir
+    from harness.runner import LOG_FILE, RunInterrupted, run
+
+    torch.set_num_threads(threads)
+    locks.command_label = f"a sweep's Ray task for {job.key}"
+    node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+    folder = run_dir(job.results_dir, job.task, arch_folder(job.arch), job.tier, job.seed)
+    outcome = Outcome(job.key, "failed", record=str(folder / RECORD_FILE), log=str(folder / LOG_FILE), node=node)
+    state = {"step": None, "stop": ray.get(channel.poll.remote(job.key, None)), "done": False}
+
+    def poller():  # a stop request reaches the run within POLL_SECONDS; a lost driver stops it too
+        while not state["done"]:
+            try:
+                state["stop"] = state["stop"] or ray.get(channel.poll.remote(job.key, state["step"]), timeout=30)
+            except Exception:
+                state["stop"] = True
+            time.sleep(POLL_SECONDS)
+
+    def should_stop(step: int) -> bool:
+        state["step"] = step
+        return state["stop"]
+
+    if state["stop"]:
+        outcome.status, outcome.message = "interrupted", "stopped before it started"
+        return outcome
+    channel.report.remote(job.key, {"kind": "started", "node": node, "pid": os.getpid()})
+    threading.Thread(target=poller, daemon=True).start()
+    started = time.perf_counter()
+    try:
+        record = run(job.task, job.arch, job.tier, job.seed, device=job.device, results_dir=job.results_dir,
+                     data_dir=job.data_dir, overrides=job.overrides, progress=False, log=lambda message: None,
+                     should_stop=should_stop,
+                     on_evaluation=lambda e: channel.report.remote(job.key, {"kind": "evaluation", **e}))
+        outcome.status = "completed"
+        outcome.best_fid, outcome.best_step, outcome.step = record.best_fid, record.best_step, record.step
+    except RunLocked as exc:
+        outcome.status, outcome.message, outcome.holder = "locked", str(exc), exc.holder
+    except RunInterrupted as exc:
+        outcome.status, outcome.message, outcome.step = "interrupted", str(exc), state["step"]
+    except (RunFailed, HarnessError) as exc:
+        outcome.message = str(exc)
+    except Exception as exc:  # the run itself logged its traceback when it got that far
+        outcome.message = f"{type(exc).__name__}: {exc}"
+        _append_traceback(folder / LOG_FILE)
+    finally:
+        state["done"] = True
+    outcome.wall_seconds = round(time.perf_counter() - started, 2)
+    return outcome
+
+
+def arch_folder(arch: str) -> str:
+    """The folder name a run of ``arch`` writes to: the registry's name for it (a file's stem)."""
+    from harness import registry
+
+    try:
+        return registry.find_architecture(arch).name
+    except HarnessError:
+        return Path(arch).stem
+
+
+def _append_traceback(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(traceback.format_exc())
+    except OSError:
+        pass
+
+
+def _check_node(results_dir: str, marker: str, token: str, arch_hashes: dict[str, str]) -> dict:
+    """Runs once on every node before a sweep: can it write the results folder, is it the same
+    folder the driver sees (shared storage on a cluster), and are the architecture files the same?"""
+    import ray
+
+    from harness import registry
+    from harness.records import ensure_writable
+
+    problems = []
+    node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+    try:
+        ensure_writable(Path(results_dir))
+        seen = (Path(results_dir) / marker).read_text() if (Path(results_dir) / marker).exists() else None
+        if seen != token:
+            problems.append(f"the results folder {results_dir} there is not the driver's (no shared storage?)")
+    except HarnessError as exc:
+        problems.append(str(exc))
+    for name, digest in arch_hashes.items():
+        try:
+            theirs = registry.find_architecture(name).sha256
+        except Exception as exc:
+            problems.append(f"architecture {name!r} is missing there ({exc})")
+            continue
+        if theirs != digest:
+            problems.append(f"architecture {name!r} differs there from the driver's file")
+    return {"node": node, "problems": problems}
+
+
+@dataclass
+class Resources:
+    cpus: float
+    gpus: float
+    nodes: int
+    max_node_cpus: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def local_resources() -> Resources:
+    """What a private Ray instance on this machine would have (without starting one)."""
+    import torch
+
+    cpus = os.cpu_count() or 1
+    return Resources(cpus=cpus, gpus=torch.cuda.device_count(), nodes=1, max_node_cpus=cpus)
+
+
+def cluster_resources() -> Resources:
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources()
+    return Resources(cpus=total.get("CPU", 0), gpus=total.get("GPU", 0), nodes=len(alive),
+                     max_node_cpus=max((n["Resources"].get("CPU", 0) for n in alive), default=0))
+
+
+def connect(address: str | None) -> bool:
+    """Join the cluster at ``address`` (or RAY_ADDRESS), or start a private local instance.
+    Returns True if this process started (and so must shut down) the instance."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    options = dict(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
+    try:
+        if address:
+            ray.init(address=address, **options)
+            return False
+        # loopback only: a private instance needs no network, and exposes nothing on one
+        ray.init(address="local", _node_ip_address="127.0.0.1", **options)
+        return True
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+        raise HarnessError(
+            f"Could not connect to {where} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). "
+            + ("Start one with `ray start --head` on the head node (and `ray start --address HEAD:6379` on the "
+               "others), then pass --address auto on a cluster node or --address HEAD:6379; or leave --address out "
+               "to run on this machine alone." if address else "Check `ray status` and the logs under /tmp/ray.")
+        ) from exc
+
+
+class RayPool:
+    """Runs jobs as Ray tasks, at most as many at once as the caller submits."""
+
+    def __init__(self, gpus_per_run: float, cpus_per_run: float, max_retries: int):
+        import ray
+
+        self.gpus_per_run, self.cpus_per_run, self.max_retries = gpus_per_run, cpus_per_run, max_retries
+        self.channel = ray.remote(num_cpus=0)(Channel).remote()
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        self._task = ray.remote(_execute).options(
+            num_gpus=gpus_per_run, num_cpus=cpus_per_run, max_retries=max_retries, retry_exceptions=False,
+            runtime_env={"env_vars": env} if env else None,
+        )
+        self.running: dict[Any, Job] = {}  # ObjectRef -> job
+
+    def check_nodes(self, results_dir: Path, arch_hashes: dict[str, str]) -> list[str]:
+        """Problems found on any alive node (empty when every node can run every job)."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from harness.records import atomic_write_bytes
+
+        marker, token = f".sweep-check-{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
+        atomic_write_bytes(results_dir / marker, token.encode())
+        check = ray.remote(_check_node)
+        try:
+            refs = [check.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                    .remote(str(results_dir), marker, token, arch_hashes) for n in ray.nodes() if n.get("Alive")]
+            try:
+                reports = ray.get(refs, timeout=300)
+            except ray.exceptions.RayTaskError as exc:
+                return [f"a worker could not run the harness ({str(exc).splitlines()[0]}): install it on every node "
+                        f"(`pip install -e .` in the same place) or submit with `ray job submit --working-dir .`"]
+        finally:
+            (results_dir / marker).unlink(missing_ok=True)
+        return [f"on {r['node']}: {p}" for r in reports for p in r["problems"]]
+
+    def submit(self, job: Job) -> None:
+        threads = max(1, int(self.cpus_per_run))
+        if job.device == "auto" and not self.gpus_per_run:
+            # Ray does not hide GPUs from a task that asked for none: keep such runs off them
+            job = Job(**{**asdict(job), "device": "cpu"})
+        self.running[self._task.remote(job, self.channel, threads)] = job
+
+    def wait(self, timeout: float) -> tuple[list[tuple[str, dict]], dict[str, int], list[Outcome]]:
+        """Block up to ``timeout`` s; return (events, current step of each run, finished outcomes)."""
+        import ray
+
+        finished = []
+        if self.running:
+            ready, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=timeout)
+            for ref in ready:
+                job = self.running.pop(ref)
+                finished.append(self._outcome(ref, job))
+        else:
+            time.sleep(timeout)
+        events, steps = ray.get(self.channel.drain.remote())
+        return events, steps, finished
+
+    def _outcome(self, ref, job: Job) -> Outcome:
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.TaskCancelledError:
+            return Outcome(job.key, "interrupted", "cancelled before it started")
+        except ray.exceptions.RayTaskError as exc:  # _execute itself raised: a bug, not a dead worker
+            return Outcome(job.key, "failed", f"the run's task raised {str(exc).strip().splitlines()[-1]}")
+        except ray.exceptions.RayError as exc:  # the worker or its node died more often than max_retries
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return Outcome(job.key, "failed", f"its worker died {self.max_retries + 1} time(s) ({type(exc).__name__}: "
+                           f"{first}); its checkpoint is kept: run the sweep again to resume it")
+
+    def stop(self, key: str | None = None) -> None:
+        """Ask one run (or all, with None) to checkpoint at its next step and return."""
+        import ray
+
+        ray.get(self.channel.stop.remote(key))
+
+    def kill(self) -> None:
+        import ray
+
+        for ref in self.running:
+            ray.cancel(ref, force=True)

@@ -1,0 +1,365 @@
+"""Sweeps: the cross product of architectures x tiers x seeds, each cell one ``run`` on Ray.
+
+A cell is exactly the run ``python -m harness run`` makes with the same flags (same folder,
+record and checkpoint), so sweeps and single runs resume each other. The plan looks at every
+cell's folder first: a completed run with the same settings is skipped, a partial one resumes
+from its checkpoint, one locked by a live process is reported and left alone. The manifest
+``RESULTS_DIR/sweeps/<task>-<id>.json`` (the id is a hash of the cells and settings, so the same
+command finds it again) says where every cell stands; the leaderboard report reads it.
+
+    sweep = Sweep(SweepSpec("shapes", ["standard", "no_attn"], ["smoke"], [42, 43], results_dir="results"))
+    manifest = sweep.execute()
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from harness import registry
+from harness.distributed import Job, Outcome, RayPool, Resources, cluster_resources, connect, local_resources
+from harness.errors import HarnessError
+from harness.locks import LOCK_FILE, RunLock, RunLocked
+from harness.records import RECORD_FILE, RunRecord, atomic_write_json, ensure_writable, git_commit, now, run_dir
+from harness.runner import LOG_FILE
+from harness.tasks import TaskSpec, resolve_task
+
+FINAL = ("completed", "skipped")  # a cell in one of these states needs nothing more
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What to run: the cross product of ``archs`` x ``tiers`` x ``seeds`` under one task."""
+
+    task: str
+    archs: list[str]
+    tiers: list[str]
+    seeds: list[int | None]
+    results_dir: str | Path = "results"
+    overrides: dict = field(default_factory=dict)
+    data_dir: str | Path | None = None
+    device: str = "auto"
+
+
+@dataclass
+class Cell:
+    arch: str  # the registry's name (the file's stem)
+    arch_ref: str  # what the run is given: a name, or an absolute path for a file outside architectures/
+    tier: str
+    seed: int
+    spec: TaskSpec
+    folder: Path
+    action: str = "run"  # run | resume | skip | locked
+    resume_step: int | None = None
+    holder: dict | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.arch}/{self.tier}/seed{self.seed}"
+
+
+def expand(sweep: SweepSpec) -> list[Cell]:
+    """Every (tier, seed, arch), resolved and checked before anything starts; tiers first, so
+    the cheap tier of every architecture finishes before the expensive ones."""
+    names = registry.architecture_names() if sweep.archs == ["all"] else sweep.archs
+    archs = []
+    for name in dict.fromkeys(names):
+        arch = registry.find_architecture(name)
+        in_registry = arch.path.parent.resolve() == registry.architectures_dir().resolve()
+        archs.append((arch, arch.name if in_registry else str(arch.path.resolve())))
+    if len({a.name for a, _ in archs}) < len(archs):
+        raise HarnessError("Two of the architectures given have the same name (file stem), so their runs would share "
+                           "a folder. Rename one of the files.")
+    cells = []
+    for tier in dict.fromkeys(sweep.tiers):
+        for seed in dict.fromkeys(sweep.seeds):
+            overrides = dict(sweep.overrides, **({"seed": seed} if seed is not None else {}))
+            spec = resolve_task(sweep.task, tier, overrides)
+            for arch, ref in archs:
+                folder = run_dir(sweep.results_dir, spec.name, arch.name, spec.tier, spec.seed)
+                cells.append(Cell(arch.name, ref, spec.tier, spec.seed, spec, folder))
+    return cells
+
+
+def _same_config(record: RunRecord, spec: TaskSpec) -> bool:
+    return json.loads(json.dumps(record.config, default=list)) == json.loads(json.dumps(spec.to_dict(), default=list))
+
+
+def inspect(cell: Cell, device_type: str) -> None:
+    """Set ``cell.action`` from what its folder holds."""
+    from harness import checkpoints
+
+    record_path = cell.folder / RECORD_FILE
+    record = RunRecord.load(record_path) if record_path.exists() else None
+    if (record is not None and record.status == "completed" and _same_config(record, cell.spec)
+            and record.arch_sha256 == registry.find_architecture(cell.arch_ref).sha256
+            and (record.device or {}).get("type") == device_type):
+        cell.action, cell.resume_step = "skip", record.step
+        return
+    if (cell.folder / LOCK_FILE).exists():
+        try:
+            RunLock(cell.folder).acquire().release()
+        except RunLocked as exc:
+            cell.action, cell.holder = "locked", exc.holder
+            return
+    if checkpoints.exists(cell.folder):
+        cell.action, cell.resume_step = "resume", record.step if record is not None else None
+
+
+def sweep_id(sweep: SweepSpec, cells: list[Cell]) -> str:
+    """Stable across re-runs of the same command: a hash of the cells and the settings."""
+    identity = {"task": sweep.task, "cells": [c.key for c in cells], "overrides": sweep.overrides,
+                "archs": sorted({c.arch_ref for c in cells}), "device": sweep.device}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{cells[0].spec.name}-{digest}"
+
+
+class Sweep:
+    def __init__(self, spec: SweepSpec, *, address: str | None = None, gpus_per_run: float | None = None,
+                 cpus_per_run: float | None = None, max_parallel: int | None = None, max_retries: int = 3,
+                 progress: bool = True, stream=None):
+        results_dir = Path(spec.results_dir).expanduser().resolve()
+        if "runtime_resources" in results_dir.parts:
+            raise HarnessError(
+                f"The results folder {results_dir} is inside Ray's temporary copy of the working directory (a relative "
+                f"--results-dir under `ray job submit --working-dir`), which Ray deletes. Pass an absolute --results-dir "
+                f"on storage every node mounts at the same path, e.g. --results-dir /shared/results."
+            )
+        data_dir = str(Path(spec.data_dir).expanduser().resolve()) if spec.data_dir else None
+        self.spec = SweepSpec(**{**spec.__dict__, "results_dir": results_dir, "data_dir": data_dir})
+        self.address = address
+        self.requested = {"gpus_per_run": gpus_per_run, "cpus_per_run": cpus_per_run, "max_parallel": max_parallel}
+        self.max_retries, self.progress, self.stream = max_retries, progress, stream or sys.stdout
+        self.cells = expand(self.spec)
+        self.id = sweep_id(self.spec, self.cells)
+        self.manifest_path = results_dir / "sweeps" / f"{self.id}.json"
+
+    # -- resources --------------------------------------------------------------------------------
+
+    def allocation(self, resources: Resources) -> dict:
+        """GPUs and CPUs per run and how many runs at once, from the flags and the cluster."""
+        device = self.spec.device
+        gpus = self.requested["gpus_per_run"]
+        if gpus is None:
+            gpus = 1 if resources.gpus and device != "cpu" else 0
+        if gpus and device == "cpu":
+            raise HarnessError("--device cpu with --gpus-per-run above 0: drop one of them.")
+        if gpus > resources.gpus or (device.startswith("cuda") and not resources.gpus):
+            raise HarnessError(
+                f"The runs ask for {gpus or 1} GPU(s) each, but the Ray cluster has {resources.gpus:g}. Pass "
+                f"--gpus-per-run 0 (or --device cpu) to run on CPUs, or join a cluster with GPUs (--address)."
+            )
+        cpus = self.requested["cpus_per_run"]
+        if cpus is None:  # one run per GPU with its share of the CPUs; on CPUs alone, one run per node
+            cpus = max(1, int(resources.cpus / resources.gpus * gpus)) if gpus else resources.max_node_cpus
+        if cpus > resources.max_node_cpus:
+            raise HarnessError(f"--cpus-per-run {cpus:g} is more than any node has ({resources.max_node_cpus:g}), so "
+                               f"no run could ever start. Ask for at most {resources.max_node_cpus:g}.")
+        slots = int(resources.cpus // cpus) if cpus else len(self.cells)
+        if gpus:
+            slots = min(slots, int(resources.gpus // gpus))
+        max_parallel = self.requested["max_parallel"] or max(1, slots)
+        return {"gpus_per_run": gpus, "cpus_per_run": cpus, "max_parallel": max_parallel,
+                "torch_threads_per_run": max(1, int(cpus)), "device_type": "cuda" if gpus or device.startswith("cuda") else "cpu"}
+
+    def plan(self, allocation: dict) -> list[Cell]:
+        for cell in self.cells:
+            inspect(cell, allocation["device_type"])
+        return self.cells
+
+    # -- dry run ----------------------------------------------------------------------------------
+
+    def dry_run(self) -> dict:
+        """The cells, what each would do, and the resources asked for; starts nothing."""
+        if self.address or os.environ.get("RAY_ADDRESS"):
+            import ray
+
+            connect(self.address)
+            try:
+                resources = cluster_resources()
+            finally:
+                ray.shutdown()
+        else:
+            resources = local_resources()
+        allocation = self.allocation(resources)
+        self.plan(allocation)
+        return {"sweep": self.id, "manifest": str(self.manifest_path), "resources": resources.to_dict(),
+                "allocation": allocation, "cells": [self._cell_entry(c) for c in self.cells]}
+
+    # -- execution --------------------------------------------------------------------------------
+
+    def execute(self) -> dict:
+        """Run every cell that needs it; return the manifest (also written to ``manifest_path``).
+        Raises KeyboardInterrupt after a Ctrl-C has stopped every run with a checkpoint."""
+        import ray
+
+        ensure_writable(self.spec.results_dir)
+        connect(self.address)
+        try:
+            resources = cluster_resources()
+            allocation = self.allocation(resources)
+            self.plan(allocation)
+            self._open_manifest(resources, allocation)
+            todo = [c for c in self.cells if c.action in ("run", "resume")]
+            self._report_plan(todo)
+            if todo:
+                pool = RayPool(allocation["gpus_per_run"], allocation["cpus_per_run"], self.max_retries)
+                problems = pool.check_nodes(self.spec.results_dir, {c.arch_ref: registry.find_architecture(c.arch_ref).sha256
+                                                                     for c in todo})
+                if problems:
+                    raise HarnessError("The sweep cannot start: " + "; ".join(problems) + ". Put --results-dir on "
+                                       "storage every node mounts at the same path, and the same architecture files "
+                                       "on every node (or submit with `ray job submit --working-dir .`).")
+                self._drive(pool, todo, allocation["max_parallel"])
+        finally:
+            ray.shutdown()  # stops a private instance; only disconnects from a cluster
+        return self.manifest
+
+    def _drive(self, pool: RayPool, todo: list[Cell], max_parallel: int) -> None:
+        queue = list(todo)
+        cells = {c.key: c for c in todo}
+        start_steps = {c.key: c.resume_step or 0 for c in todo}
+        total = sum(c.spec.training.steps - start_steps[c.key] for c in todo)
+        bar = tqdm(total=total, unit="step", desc="sweep", disable=not self.progress, dynamic_ncols=True)
+        counts = {"done": 0, "running": 0, "failed": 0, "queued": len(queue)}
+        stopping = False
+        try:
+            while queue or pool.running:
+                try:
+                    while queue and len(pool.running) < max_parallel and not stopping:
+                        cell = queue.pop(0)
+                        pool.submit(self._job(cell))
+                        self._set(cell, status="queued")
+                    events, steps, outcomes = pool.wait(timeout=1.0)
+                    for key, event in events:
+                        self._on_event(cells[key], event, bar)
+                    for outcome in outcomes:
+                        self._on_outcome(cells[outcome.key], outcome, bar)
+                    statuses = [self._entry(c)["status"] for c in todo]
+                    bar.n = sum(c.spec.training.steps - start_steps[c.key] if status in FINAL
+                                else max(0, steps.get(c.key, start_steps[c.key]) - start_steps[c.key])
+                                for c, status in zip(todo, statuses))
+                    counts = {"done": sum(s in FINAL for s in statuses), "running": statuses.count("running"),
+                              "failed": sum(s in ("failed", "locked") for s in statuses),
+                              "queued": len(queue) + statuses.count("queued")}
+                    bar.set_postfix(counts, refresh=True)
+                except KeyboardInterrupt:
+                    if stopping:
+                        self.say("Second Ctrl-C: killing the runs now; each resumes from its last checkpoint.")
+                        pool.kill()
+                        raise
+                    stopping = True
+                    queue.clear()
+                    self.say("Stopping: every run checkpoints at its next step, then the sweep exits "
+                             "(Ctrl-C again to kill them at once). Run the same command to continue.")
+                    pool.stop()
+        finally:
+            bar.close()
+            self._close_session(interrupted=stopping)
+        if stopping:
+            raise KeyboardInterrupt
+
+    def _job(self, cell: Cell) -> Job:
+        s = self.spec
+        return Job(key=cell.key, task=s.task, arch=cell.arch_ref, tier=cell.tier, seed=cell.seed,
+                   results_dir=str(s.results_dir), overrides=dict(s.overrides), data_dir=s.data_dir, device=s.device)
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def _on_event(self, cell: Cell, event: dict, bar) -> None:
+        if event["kind"] == "started":
+            entry = self._entry(cell)
+            self._set(cell, status="running", node=event["node"], attempts=entry.get("attempts", 0) + 1,
+                      started_at=entry.get("started_at") or now())
+            if entry["attempts"] > 1:
+                self.say(f"retrying   {cell.key} on {event['node']} (attempt {entry['attempts']}): its worker died; "
+                          f"it resumes from its checkpoint")
+        elif event["kind"] == "evaluation":
+            self._set(cell, last_fid=event["fid"], last_eval_step=event["step"])
+
+    def _on_outcome(self, cell: Cell, outcome: Outcome, bar) -> None:
+        fields = {k: v for k, v in outcome.to_dict().items() if k != "key" and v is not None}
+        self._set(cell, ended_at=now(), **fields)
+        line = f"{outcome.status:<11}{cell.key}"
+        if outcome.status == "completed":
+            line += f"  best FID {outcome.best_fid:.2f} at step {outcome.best_step}" if outcome.best_fid is not None else ""
+            line += f"  {outcome.wall_seconds:.0f} s  on {outcome.node}"
+        elif outcome.status in ("failed", "locked"):
+            line += f"  {outcome.message}" + (f"  (log: {outcome.log})" if outcome.status == "failed" and outcome.log else "")
+        self.say(line)
+
+    # -- manifest ---------------------------------------------------------------------------------
+
+    def _cell_entry(self, cell: Cell) -> dict:
+        entry = {"key": cell.key, "arch": cell.arch, "tier": cell.tier, "seed": cell.seed, "action": cell.action,
+                 "status": {"skip": "skipped", "locked": "locked"}.get(cell.action, "queued"),
+                 "record": str(cell.folder / RECORD_FILE), "log": str(cell.folder / LOG_FILE)}
+        if cell.resume_step is not None:
+            entry["resume_step" if cell.action == "resume" else "step"] = cell.resume_step
+        if cell.holder:
+            entry["holder"] = cell.holder
+            entry["message"] = str(RunLocked(cell.folder, cell.holder))
+        return entry
+
+    def _open_manifest(self, resources: Resources, allocation: dict) -> None:
+        previous = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+        old_cells = {c["key"]: c for c in previous.get("cells", [])}
+        cells = []
+        for cell in self.cells:
+            entry = self._cell_entry(cell)
+            old = old_cells.get(cell.key, {})
+            entry["attempts"] = old.get("attempts", 0)
+            if cell.action == "skip":  # keep what the finishing session wrote (best FID, node, times)
+                entry = {**old, **entry}
+            cells.append(entry)
+        session = {"started_at": now(), "host": socket.gethostname(), "pid": os.getpid(), "command": " ".join(sys.argv)}
+        self.manifest = {
+            "sweep": self.id, "task": self.spec.task, "archs": sorted({c.arch for c in self.cells}),
+            "tiers": list(dict.fromkeys(c.tier for c in self.cells)), "seeds": list(dict.fromkeys(c.seed for c in self.cells)),
+            "overrides": self.spec.overrides, "results_dir": str(self.spec.results_dir),
+            "started_at": previous.get("started_at", now()), "ended_at": None, "git_commit": git_commit(),
+            "resources": resources.to_dict(), "allocation": allocation, "max_retries": self.max_retries,
+            "sessions": previous.get("sessions", []) + [session], "cells": cells,
+        }
+        self._save_manifest()
+
+    def _entry(self, cell: Cell) -> dict:
+        return next(e for e in self.manifest["cells"] if e["key"] == cell.key)
+
+    def _set(self, cell: Cell, **values) -> None:
+        self._entry(cell).update(values)
+        self._save_manifest()
+
+    def _save_manifest(self) -> None:
+        atomic_write_json(self.manifest_path, self.manifest)
+
+    def _close_session(self, interrupted: bool) -> None:
+        for entry in self.manifest["cells"]:
+            if entry["status"] in ("queued", "running"):  # not reached, or stopped by Ctrl-C
+                entry["status"] = "interrupted" if interrupted else entry["status"]
+        self.manifest["sessions"][-1].update(ended_at=now(), interrupted=interrupted)
+        if all(e["status"] in FINAL for e in self.manifest["cells"]):
+            self.manifest["ended_at"] = now()
+        self._save_manifest()
+
+    def _report_plan(self, todo: list[Cell]) -> None:
+        skipped = [c for c in self.cells if c.action == "skip"]
+        locked = [c for c in self.cells if c.action == "locked"]
+        resumed = [c for c in todo if c.action == "resume"]
+        alloc = self.manifest["allocation"]
+        self.say(f"Sweep {self.id}: {len(self.cells)} cells; {len(todo)} to run ({len(resumed)} resuming from "
+                 f"checkpoints), {len(skipped)} already completed, {len(locked)} locked by other processes. Each run: "
+                 f"{alloc['gpus_per_run']:g} GPU, {alloc['cpus_per_run']:g} CPU; up to {alloc['max_parallel']} at once. "
+                 f"Manifest: {self.manifest_path}")
+        for cell in locked:
+            self.say(f"locked     {cell.key}  {self._entry(cell)['message']}")
+
+    def say(self, line: str) -> None:
+        tqdm.write(line, file=self.stream)  # above the progress bar, not through it
