@@ -153,7 +153,7 @@ class Sweep:
             raise HarnessError("--device cpu with --gpus-per-run above 0: drop one of them.")
         if gpus > resources.gpus or (device.startswith("cuda") and not resources.gpus):
             raise HarnessError(
-                f"The runs ask for {gpus or 1} GPU(s) each, but the Ray cluster has {resources.gpus:g}. Pass "
+                f"The runs ask for {gpus or 1:g} GPU(s) each, but the Ray cluster has {resources.gpus:g}. Pass "
                 f"--gpus-per-run 0 (or --device cpu) to run on CPUs, or join a cluster with GPUs (--address)."
             )
         cpus = self.requested["cpus_per_run"]

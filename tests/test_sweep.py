@@ -1,0 +1,253 @@
+"""Sweeps on a real local Ray instance (and a `ray start --head` cluster), driven as users drive them."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.records import RunRecord
+from harness.runner import RunInterrupted, run
+
+from conftest import FAST, TINY_ARCH
+
+pytestmark = pytest.mark.slow
+
+# The tiny denoiser, slowed to ~0.25 s per training step so that a test can act while it trains.
+SLOW_ARCH = TINY_ARCH.replace("    def forward(self, x, timestep):\n",
+                              "    def forward(self, x, timestep):\n        if self.training:\n"
+                              "            __import__('time').sleep(0.25)\n")
+# Fields of a record that depend on the training, not on where or when it ran.
+RESULT_FIELDS = ("status", "step", "config", "arch_sha256", "param_count", "loss_curve", "evaluations", "best_fid",
+                 "best_step", "final_fid", "final_kid", "precision")
+
+
+def _set_args(overrides):
+    args = []
+    for key, value in overrides.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    return args
+
+
+def sweep_command(results, *args, overrides=None):
+    """`python -m harness sweep` on shapes/smoke with the fast test settings, one thread per run."""
+    fast = dict(FAST, **(overrides or {}))
+    steps = fast.pop("training.steps")
+    return [sys.executable, "-m", "harness", "sweep", "--task", "shapes", "--tier", "smoke", "--steps", str(steps),
+            "--results-dir", str(results), "--cpus-per-run", "1", "--no-progress", *_set_args(fast), *args]
+
+
+def harness_sweep(results, *args, overrides=None, timeout=600):
+    return subprocess.run(sweep_command(results, *args, overrides=overrides), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start_sweep(results, *args, overrides=None, log=None):
+    """A sweep driver in its own process group, with Ctrl-C behaving as in a terminal."""
+    return subprocess.Popen(sweep_command(results, *args, overrides=overrides), stdout=log, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def reference_run(arch, results, seed=42, overrides=None):
+    """The same cell as the `run` command a user would type, with the worker's single thread
+    (OMP_NUM_THREADS=1, as Ray sets it for a 1-CPU task); returns its saved record."""
+    fast = dict(FAST, **(overrides or {}))
+    steps = fast.pop("training.steps")
+    command = [sys.executable, "-m", "harness", "run", "--task", "shapes", "--tier", "smoke", "--arch", str(arch),
+               "--seed", str(seed), "--steps", str(steps), "--device", "cpu", "--results-dir", str(results),
+               "--no-progress", *_set_args(fast)]
+    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert done.returncode == 0, done.stderr
+    return RunRecord.load(folder(results, Path(arch).stem, seed) / "record.json")
+
+
+def folder(results, arch, seed=42):
+    return Path(results) / "shapes" / arch / "smoke" / f"seed{seed}"
+
+
+def wait_for_step(run_folder, step, proc, timeout=240):
+    """Until the run's record (rewritten at every checkpoint) is at ``step`` or beyond."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the sweep ended before the run got there"
+        try:
+            if json.loads((run_folder / "record.json").read_text())["step"] >= step:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{run_folder} never reached step {step}")
+
+
+def manifest(results):
+    (path,) = (Path(results) / "sweeps").glob("*.json")
+    return json.loads(path.read_text())
+
+
+def weights(run_folder):
+    return torch.load(run_folder / "checkpoint.pt", weights_only=False)["trainer"]["model"]
+
+
+def assert_same_results(a: RunRecord, b: RunRecord):
+    """Equal to the bit in everything the training and evaluation computed (timings aside)."""
+    for name in RESULT_FIELDS:
+        assert getattr(a, name) == getattr(b, name) or name == "evaluations", f"records differ in {name}"
+    untimed = [[{k: v for k, v in e.items() if not k.endswith(("_seconds", "_per_sec"))} for e in r.evaluations]
+               for r in (a, b)]
+    assert untimed[0] == untimed[1], "records differ in evaluations"
+
+
+def test_sweep_records_equal_single_runs_and_a_rerun_trains_nothing(write_arch, tmp_path):
+    archs = [write_arch("tiny", TINY_ARCH), write_arch("tinier", TINY_ARCH.replace('split(",")[0]', 'split(",")[1]'))]
+    result = harness_sweep(tmp_path / "sweep", "--arch", ",".join(map(str, archs)), "--seed", "1,2")
+    assert result.returncode == 0, result.stderr
+    finished = [line for line in result.stdout.splitlines() if line.startswith("completed  ")]
+    assert len(finished) == 4 and all("best FID" in line for line in finished)
+    for arch in archs:
+        for seed in (1, 2):
+            swept = RunRecord.load(folder(tmp_path / "sweep", arch.stem, seed) / "record.json")
+            assert_same_results(swept, reference_run(arch, tmp_path / "single", seed))
+    entry = manifest(tmp_path / "sweep")
+    assert [c["status"] for c in entry["cells"]] == ["completed"] * 4 and entry["ended_at"]
+    assert {"cpus", "gpus", "nodes"} <= set(entry["resources"]) and entry["allocation"]["cpus_per_run"] == 1
+
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep" / "shapes").rglob("checkpoint.pt")}
+    again = harness_sweep(tmp_path / "sweep", "--arch", ",".join(map(str, archs)), "--seed", "1,2")
+    assert again.returncode == 0, again.stderr
+    assert "0 to run" in again.stdout and "4 already completed" in again.stdout
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}  # nothing trained, nothing rewritten
+    assert len(manifest(tmp_path / "sweep")["sessions"]) == 2
+
+
+def test_killed_worker_is_retried_and_the_run_resumes_bitwise(write_arch, tmp_path):
+    arch = write_arch("slow", SLOW_ARCH)
+    longer = {"training.steps": 16}
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = start_sweep(tmp_path / "sweep", "--arch", str(arch), overrides=longer, log=log)
+        run_folder = folder(tmp_path / "sweep", "slow")
+        wait_for_step(run_folder, 4, driver)
+        worker = json.loads((run_folder / "run.lock").read_text())["pid"]
+        os.kill(worker, signal.SIGKILL)
+        assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()
+    assert "retrying   slow/smoke/seed42" in (tmp_path / "driver.log").read_text()
+    assert manifest(tmp_path / "sweep")["cells"][0]["attempts"] == 2
+    resumed_at = [line for line in (run_folder / "run.log").read_text().splitlines() if "Resuming" in line]
+    assert len(resumed_at) == 1 and int(resumed_at[0].split("at step ")[1].split()[0]) >= 4
+    straight = reference_run(arch, tmp_path / "single", overrides=longer)
+    assert_same_results(RunRecord.load(run_folder / "record.json"), straight)
+    mine, theirs = weights(run_folder), weights(folder(tmp_path / "single", "slow"))
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+def test_failing_architecture_fails_only_its_own_cells(write_arch, tmp_path):
+    good = write_arch("tiny", TINY_ARCH)
+    bad = write_arch("broken", "def build_model(device):\n    raise RuntimeError('boom at build')\n")
+    result = harness_sweep(tmp_path, "--arch", f"{good},{bad}", "--seed", "1,2")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "2 of 4 runs did not complete" in result.stderr
+    for seed in (1, 2):
+        assert f"failed: broken/smoke/seed{seed}: " in result.stderr and "boom at build" in result.stderr
+        assert str(folder(tmp_path, "broken", seed) / "run.log") in result.stderr
+        failed = RunRecord.load(folder(tmp_path, "broken", seed) / "record.json")
+        assert failed.status == "failed" and "boom at build" in failed.failure["message"]
+        assert RunRecord.load(folder(tmp_path, "tiny", seed) / "record.json").status == "completed"
+    assert sorted(c["status"] for c in manifest(tmp_path)["cells"]) == ["completed", "completed", "failed", "failed"]
+
+
+def test_sweep_joins_a_cluster_started_with_ray_start(tiny_arch, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp)
+    start = subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                            "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard=false", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=env, timeout=180)
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        result = harness_sweep(tmp_path / "results", "--arch", str(tiny_arch), "--seed", "1,2",
+                               "--address", f"127.0.0.1:{port}")
+        assert result.returncode == 0, result.stderr
+        assert RunRecord.load(folder(tmp_path / "results", "tiny", 1) / "record.json").status == "completed"
+        assert manifest(tmp_path / "results")["resources"]["nodes"] == 1
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_ctrl_c_stops_every_run_with_a_checkpoint_and_the_same_command_continues(write_arch, tmp_path):
+    arch = write_arch("slow", SLOW_ARCH)
+    longer = {"training.steps": 40}
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = start_sweep(tmp_path, "--arch", str(arch), "--seed", "1,2", overrides=longer, log=log)
+        for seed in (1, 2):
+            wait_for_step(folder(tmp_path, "slow", seed), 2, driver)
+        os.killpg(driver.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+        assert driver.wait(timeout=120) == 130, (tmp_path / "driver.log").read_text()
+    for seed in (1, 2):
+        record = RunRecord.load(folder(tmp_path, "slow", seed) / "record.json")
+        saved = torch.load(folder(tmp_path, "slow", seed) / "checkpoint.pt", weights_only=False)["trainer"]["step"]
+        assert record.status == "interrupted" and 2 <= record.step == saved < 40
+    assert {c["status"] for c in manifest(tmp_path)["cells"]} == {"interrupted"}
+    result = harness_sweep(tmp_path, "--arch", str(arch), "--seed", "1,2", overrides=longer)
+    assert result.returncode == 0 and "2 resuming from checkpoints" in result.stdout, result.stderr
+    assert all(RunRecord.load(folder(tmp_path, "slow", s) / "record.json").step == 40 for s in (1, 2))
+
+
+def test_killed_driver_then_the_same_command_resumes_from_checkpoints(write_arch, tmp_path):
+    arch = write_arch("slow", SLOW_ARCH)
+    longer = {"training.steps": 24}
+    driver = start_sweep(tmp_path, "--arch", str(arch), overrides=longer, log=subprocess.DEVNULL)
+    run_folder = folder(tmp_path, "slow")
+    wait_for_step(run_folder, 4, driver)
+    driver.kill()  # kill -9: no chance to clean up
+    driver.wait()
+    result = harness_sweep(tmp_path, "--arch", str(arch), overrides=longer)
+    assert result.returncode == 0 and "1 resuming from checkpoints" in result.stdout, result.stdout + result.stderr
+    log = (run_folder / "run.log").read_text()
+    assert log.count("Resuming") == 1 and int(log.split("at step ")[1].split()[0]) >= 4
+    assert RunRecord.load(run_folder / "record.json").status == "completed"
+
+
+def test_dry_run_shows_what_would_be_skipped_resumed_run_or_is_locked(tiny_arch, tmp_path):
+    reference_run(tiny_arch, tmp_path, seed=1)  # completed, same settings
+    with pytest.raises(RunInterrupted):
+        run("shapes", str(tiny_arch), "smoke", 2, device="cpu", results_dir=tmp_path, overrides=FAST,
+            progress=False, log=lambda m: None, should_stop=lambda step: step == 4)
+    hold = ("import sys, time; from harness.locks import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(folder(tmp_path, "tiny", 4))], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = harness_sweep(tmp_path, "--arch", str(tiny_arch), "--seed", "1,2,3,4", "--dry-run", "--json")
+        assert result.returncode == 0, result.stderr
+        plan = json.loads(result.stdout)
+        actions = {c["seed"]: c["action"] for c in plan["cells"]}
+        assert actions == {1: "skip", 2: "resume", 3: "run", 4: "locked"}
+        assert plan["cells"][1]["resume_step"] == 4 and plan["cells"][3]["holder"]["pid"] == holder.pid
+        assert plan["allocation"]["cpus_per_run"] == 1 and not (tmp_path / "sweeps").exists()
+        # executed, the locked cell is reported, not run twice
+        result = harness_sweep(tmp_path, "--arch", str(tiny_arch), "--seed", "4")
+        assert result.returncode == 1 and f"in use by process {holder.pid}" in result.stdout + result.stderr
+        assert not (folder(tmp_path, "tiny", 4) / "checkpoint.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_bad_sweep_input_is_a_clear_error(tmp_path):
+    for args, message in [(["--arch", "standrd"], "Did you mean 'standard'?"),
+                          (["--arch", "standard", "--seed", "1,x"], "comma list of integers"),
+                          (["--arch", "standard", "--gpus-per-run", "1"], "ask for 1 GPU(s) each, but the Ray cluster has 0"),
+                          (["--arch", "standard", "--cpus-per-run", "64"], "more than any node has")]:
+        result = harness_sweep(tmp_path, *args, "--dry-run")
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
