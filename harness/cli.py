@@ -85,11 +85,16 @@ def _add_bench(sub) -> None:
                     "loop written like diffusers' train_unconditional.py; the harness DDIM sampler against "
                     "DDIMPipeline; the harness FID against clean-fid's compute_fid on the same PNGs. Prints "
                     "harness/reference time ratios (below 1: the harness is faster) and how far the outputs differ.",
-        epilog="example:\n  python -m harness bench\n  python -m harness bench --device cuda --json",
+        epilog="example:\n  python -m harness bench\n  python -m harness bench --device cuda --json\n"
+               "  python -m harness bench --sweep          # the sweep's overhead over plain run commands",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--json", action="store_true", help="print all keys, raw timings, device and versions as JSON")
     p.add_argument("--compile", action="store_true", help="torch.compile the harness model (the bare loop stays eager)")
+    p.add_argument("--sweep", action="store_true",
+                   help="measure the sweep's overhead instead: 4 shapes smoke runs as one `sweep --max-parallel 1` "
+                        "against the same 4 `run` commands one after another (about 15 minutes on a 2-core CPU)")
+    p.add_argument("--steps", type=int, help="with --sweep: training steps per run (default: the smoke tier's 120)")
 
 
 def _add_sweep(sub) -> None:
@@ -270,6 +275,18 @@ def cmd_bench(args) -> int:
     from harness.bench import run_bench
     from harness.runner import pick_device
 
+    if args.sweep:
+        from harness.bench_sweep import run_sweep_bench
+
+        result = run_sweep_bench(steps=args.steps, progress=lambda msg: print(msg, file=sys.stderr))
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(f"{len(result['cells'])} {result['task']} smoke runs: {result['run_commands_seconds']:.1f} s as `run` "
+                  f"commands one after another, {result['sweep_seconds']:.1f} s as one sweep (--max-parallel 1); "
+                  f"ratio {result['ratio']:.3f} (sweep / run commands)")
+        return 0
+
     result = run_bench(pick_device(args.device), compile=args.compile, progress=lambda msg: print(msg, file=sys.stderr))
     if args.json:
         print(json.dumps(result, indent=2))
@@ -329,7 +346,7 @@ def cmd_sweep(args) -> int:
     try:
         manifest = sweep.execute()
     except KeyboardInterrupt:
-        print(f"Sweep stopped; every run that was going has a checkpoint. Run the same command to continue "
+        print(f"Sweep stopped. Run the same command to continue it: every run resumes from its last checkpoint "
               f"(manifest: {sweep.manifest_path}).", file=sys.stderr)
         return 130
     _print_sweep_summary(manifest, out)

@@ -228,7 +228,6 @@ class Sweep:
         start_steps = {c.key: c.resume_step or 0 for c in todo}
         total = sum(c.spec.training.steps - start_steps[c.key] for c in todo)
         bar = tqdm(total=total, unit="step", desc="sweep", disable=not self.progress, dynamic_ncols=True)
-        counts = {"done": 0, "running": 0, "failed": 0, "queued": len(queue)}
         stopping = False
         try:
             while queue or pool.running:
@@ -239,17 +238,10 @@ class Sweep:
                         self._set(cell, status="queued")
                     events, steps, outcomes = pool.wait(timeout=1.0)
                     for key, event in events:
-                        self._on_event(cells[key], event, bar)
+                        self._on_event(cells[key], event)
                     for outcome in outcomes:
-                        self._on_outcome(cells[outcome.key], outcome, bar)
-                    statuses = [self._entry(c)["status"] for c in todo]
-                    bar.n = sum(c.spec.training.steps - start_steps[c.key] if status in FINAL
-                                else max(0, steps.get(c.key, start_steps[c.key]) - start_steps[c.key])
-                                for c, status in zip(todo, statuses))
-                    counts = {"done": sum(s in FINAL for s in statuses), "running": statuses.count("running"),
-                              "failed": sum(s in ("failed", "locked") for s in statuses),
-                              "queued": len(queue) + statuses.count("queued")}
-                    bar.set_postfix(counts, refresh=True)
+                        self._on_outcome(cells[outcome.key], outcome)
+                    self._show_progress(bar, todo, steps, start_steps)
                 except KeyboardInterrupt:
                     if stopping:
                         self.say("Second Ctrl-C: killing the runs now; each resumes from its last checkpoint.")
@@ -266,6 +258,16 @@ class Sweep:
         if stopping:
             raise KeyboardInterrupt
 
+    def _show_progress(self, bar, todo: list[Cell], steps: dict[str, int], start_steps: dict[str, int]) -> None:
+        """The bar counts training steps done in this session over every cell, so its ETA means something."""
+        statuses = [self._entry(c)["status"] for c in todo]
+        bar.n = sum(c.spec.training.steps - start_steps[c.key] if status in FINAL
+                    else max(0, steps.get(c.key, start_steps[c.key]) - start_steps[c.key])
+                    for c, status in zip(todo, statuses))
+        bar.set_postfix({"done": sum(s in FINAL for s in statuses), "running": statuses.count("running"),
+                         "failed": sum(s in ("failed", "locked") for s in statuses),
+                         "queued": statuses.count("queued")}, refresh=True)
+
     def _job(self, cell: Cell) -> Job:
         s = self.spec
         return Job(key=cell.key, task=s.task, arch=cell.arch_ref, tier=cell.tier, seed=cell.seed,
@@ -273,7 +275,7 @@ class Sweep:
 
     # -- events -----------------------------------------------------------------------------------
 
-    def _on_event(self, cell: Cell, event: dict, bar) -> None:
+    def _on_event(self, cell: Cell, event: dict) -> None:
         if event["kind"] == "started":
             entry = self._entry(cell)
             self._set(cell, status="running", node=event["node"], attempts=entry.get("attempts", 0) + 1,
@@ -284,7 +286,7 @@ class Sweep:
         elif event["kind"] == "evaluation":
             self._set(cell, last_fid=event["fid"], last_eval_step=event["step"])
 
-    def _on_outcome(self, cell: Cell, outcome: Outcome, bar) -> None:
+    def _on_outcome(self, cell: Cell, outcome: Outcome) -> None:
         fields = {k: v for k, v in outcome.to_dict().items() if k != "key" and v is not None}
         self._set(cell, ended_at=now(), **fields)
         line = f"{outcome.status:<11}{cell.key}"

@@ -61,7 +61,8 @@ def test_run_command_refuses_a_locked_folder_without_traceback(holder, tiny_arch
                              "--tier", "smoke", "--results-dir", str(folder.parents[3]), "--no-progress"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 75, result.stderr
-    assert f"in use by process {proc.pid}" in result.stderr and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())  # the CLI wraps its messages
+    assert f"in use by process {proc.pid} on host {socket.gethostname()}" in message and "Traceback" not in message
     assert not (folder / "checkpoint.pt").exists()
 
 
