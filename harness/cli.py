@@ -284,7 +284,11 @@ def cmd_bench(args) -> int:
         else:
             print(f"{len(result['cells'])} {result['task']} smoke runs: {result['run_commands_seconds']:.1f} s as `run` "
                   f"commands one after another, {result['sweep_seconds']:.1f} s as one sweep (--max-parallel 1); "
-                  f"ratio {result['ratio']:.3f} (sweep / run commands)")
+                  f"ratio {result['ratio']:.3f} (sweep / run commands)\n"
+                  f"training: {result['run_commands_train_images_per_sec']:.1f} img/s in run commands, "
+                  f"{result['sweep_train_images_per_sec']:.1f} img/s in the sweep; time outside the runs themselves: "
+                  f"{result['run_commands_outside_runs_seconds']:.1f} s (4 process starts) vs "
+                  f"{result['sweep_outside_runs_seconds']:.1f} s (one start, Ray, node checks, scheduling)")
         return 0
 
     result = run_bench(pick_device(args.device), compile=args.compile, progress=lambda msg: print(msg, file=sys.stderr))

@@ -12,6 +12,7 @@ not retried, because it would fail the same way again.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -27,6 +28,9 @@ from typing import Any
 from harness.errors import HarnessError
 
 POLL_SECONDS = 1.0  # how often a run asks the driver whether to stop (and says which step it is at)
+# A run retried after its node died may find the folder still locked by the dead node's process:
+# NFS keeps a client's locks until its lease lapses (90 s by default on NFSv4). Wait that long.
+STALE_LOCK_WAIT_SECONDS = 150
 FORWARDED_ENV = ("HARNESS_CACHE_DIR", "HARNESS_ARCH_DIR", "HARNESS_DATA_DIR", "HARNESS_INCEPTION_WEIGHTS",
                  "HARNESS_TASKS_DIR", "HARNESS_PEAK_TFLOPS")
 
@@ -36,6 +40,7 @@ class Job:
     """One ``runner.run`` call. Paths are absolute: workers may run in another directory."""
 
     key: str  # unique within a pool, e.g. "standard/small/seed42"
+    folder: str  # the run folder (where run() will write), for the outcome's paths
     task: str
     arch: str
     tier: str
@@ -102,22 +107,25 @@ def _execute(job: Job, channel, threads: int) -> Outcome:
     from harness import locks
     from harness.errors import RunFailed
     from harness.locks import RunLocked
-    from harness.records import RECORD_FILE, run_dir
+    from harness.records import RECORD_FILE
     from harness.runner import LOG_FILE, RunInterrupted, run
 
     torch.set_num_threads(threads)
     locks.command_label = f"a sweep's Ray task for {job.key}"
     node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
-    folder = run_dir(job.results_dir, job.task, arch_folder(job.arch), job.tier, job.seed)
+    folder = Path(job.folder)
     outcome = Outcome(job.key, "failed", record=str(folder / RECORD_FILE), log=str(folder / LOG_FILE), node=node)
     state = {"step": None, "stop": ray.get(channel.poll.remote(job.key, None)), "done": False}
 
-    def poller():  # a stop request reaches the run within POLL_SECONDS; a lost driver stops it too
+    def poller():  # a stop request reaches the run within POLL_SECONDS; a driver gone for good stops it too
+        misses = 0
         while not state["done"]:
             try:
                 state["stop"] = state["stop"] or ray.get(channel.poll.remote(job.key, state["step"]), timeout=30)
-            except Exception:
-                state["stop"] = True
+                misses = 0
+            except Exception:  # one slow answer on a busy cluster is not a lost driver
+                misses += 1
+                state["stop"] = state["stop"] or misses >= 3
             time.sleep(POLL_SECONDS)
 
     def should_stop(step: int) -> bool:
@@ -127,14 +135,17 @@ def _execute(job: Job, channel, threads: int) -> Outcome:
     if state["stop"]:
         outcome.status, outcome.message = "interrupted", "stopped before it started"
         return outcome
-    channel.report.remote(job.key, {"kind": "started", "node": node, "pid": os.getpid()})
+    # waited for, so that the driver never sees a run's outcome before its start
+    ray.get(channel.report.remote(job.key, {"kind": "started", "node": node, "pid": os.getpid()}))
     threading.Thread(target=poller, daemon=True).start()
     started = time.perf_counter()
     try:
-        record = run(job.task, job.arch, job.tier, job.seed, device=job.device, results_dir=job.results_dir,
-                     data_dir=job.data_dir, overrides=job.overrides, progress=False, log=lambda message: None,
-                     should_stop=should_stop,
-                     on_evaluation=lambda e: channel.report.remote(job.key, {"kind": "evaluation", **e}))
+        with _output_into(folder / LOG_FILE):
+            record = _run_past_dead_holders(
+                lambda: run(job.task, job.arch, job.tier, job.seed, device=job.device, results_dir=job.results_dir,
+                            data_dir=job.data_dir, overrides=job.overrides, progress=False, log=lambda message: None,
+                            should_stop=should_stop,
+                            on_evaluation=lambda e: channel.report.remote(job.key, {"kind": "evaluation", **e})))
         outcome.status = "completed"
         outcome.best_fid, outcome.best_step, outcome.step = record.best_fid, record.best_step, record.step
     except RunLocked as exc:
@@ -152,14 +163,43 @@ def _execute(job: Job, channel, threads: int) -> Outcome:
     return outcome
 
 
-def arch_folder(arch: str) -> str:
-    """The folder name a run of ``arch`` writes to: the registry's name for it (a file's stem)."""
-    from harness import registry
+def _run_past_dead_holders(start):
+    """``start()``, waiting up to STALE_LOCK_WAIT_SECONDS while the run folder is locked by a
+    process on a node that Ray knows to be dead (its NFS lock outlives it for a lease)."""
+    import ray
 
-    try:
-        return registry.find_architecture(arch).name
-    except HarnessError:
-        return Path(arch).stem
+    from harness.locks import RunLocked
+
+    deadline = time.monotonic() + STALE_LOCK_WAIT_SECONDS
+    while True:
+        try:
+            return start()
+        except RunLocked as exc:
+            nodes = ray.nodes()
+            alive = {n.get("NodeManagerHostname") for n in nodes if n.get("Alive")}
+            dead = {n.get("NodeManagerHostname") for n in nodes if not n.get("Alive")} - alive
+            if exc.holder.get("host") not in dead or time.monotonic() > deadline:
+                raise
+            time.sleep(10)
+
+
+@contextlib.contextmanager
+def _output_into(path: Path):
+    """Everything the run's process prints (warnings, an architecture's prints, native libraries)
+    goes to its run.log while it runs; the worker's own output comes back afterwards."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
 
 
 def _append_traceback(path: Path) -> None:
@@ -205,6 +245,7 @@ class Resources:
     gpus: float
     nodes: int
     max_node_cpus: float
+    cpus_per_gpu: float | None  # the fewest CPUs per GPU on any node with GPUs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -214,17 +255,19 @@ def local_resources() -> Resources:
     """What a private Ray instance on this machine would have (without starting one)."""
     import torch
 
-    cpus = os.cpu_count() or 1
-    return Resources(cpus=cpus, gpus=torch.cuda.device_count(), nodes=1, max_node_cpus=cpus)
+    cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    return Resources(cpus=cpus, gpus=gpus, nodes=1, max_node_cpus=cpus, cpus_per_gpu=cpus / gpus if gpus else None)
 
 
 def cluster_resources() -> Resources:
     import ray
 
-    alive = [n for n in ray.nodes() if n.get("Alive")]
+    alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     total = ray.cluster_resources()
+    per_gpu = [r.get("CPU", 0) / r["GPU"] for r in alive if r.get("GPU")]
     return Resources(cpus=total.get("CPU", 0), gpus=total.get("GPU", 0), nodes=len(alive),
-                     max_node_cpus=max((n["Resources"].get("CPU", 0) for n in alive), default=0))
+                     max_node_cpus=max((r.get("CPU", 0) for r in alive), default=0),
+                     cpus_per_gpu=min(per_gpu) if per_gpu else None)
 
 
 def connect(address: str | None) -> bool:
@@ -279,9 +322,10 @@ class RayPool:
         self.gpus_per_run, self.cpus_per_run, self.max_retries = gpus_per_run, cpus_per_run, max_retries
         self.channel = ray.remote(num_cpus=0)(Channel).remote()
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        self.runtime_env = {"env_vars": env} if env else None  # the runs see the driver's HARNESS_* settings
         self._task = ray.remote(_execute).options(
             num_gpus=gpus_per_run, num_cpus=cpus_per_run, max_retries=max_retries, retry_exceptions=False,
-            runtime_env={"env_vars": env} if env else None,
+            runtime_env=self.runtime_env,
         )
         self.running: dict[Any, Job] = {}  # ObjectRef -> job
 
@@ -296,13 +340,16 @@ class RayPool:
         atomic_write_bytes(results_dir / marker, token.encode())
         check = ray.remote(_check_node)
         try:
-            refs = [check.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            refs = [check.options(num_cpus=0, runtime_env=self.runtime_env,
+                                  scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                     .remote(str(results_dir), marker, token, arch_hashes) for n in ray.nodes() if n.get("Alive")]
             try:
                 reports = ray.get(refs, timeout=300)
             except ray.exceptions.RayTaskError as exc:
-                return [f"a worker could not run the harness ({str(exc).splitlines()[0]}): install it on every node "
-                        f"(`pip install -e .` in the same place) or submit with `ray job submit --working-dir .`"]
+                return [f"a worker could not run the harness ({str(exc).strip().splitlines()[-1]}): install it on every "
+                        f"node (`pip install -e .` in the same place) or submit with `ray job submit --working-dir .`"]
+            except ray.exceptions.RayError as exc:  # a node that does not answer in 5 minutes, a runtime env that fails
+                return [f"checking the nodes failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0]})"]
         finally:
             (results_dir / marker).unlink(missing_ok=True)
         return [f"on {r['node']}: {p}" for r in reports for p in r["problems"]]

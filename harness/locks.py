@@ -38,21 +38,26 @@ def holder_command() -> str:
 
 
 class RunLocked(HarnessError):
-    """The run folder is in use by a live process (this one or another, here or on another host)."""
+    """The run folder (or sweep) is in use by a live process: this one or another, here or elsewhere."""
 
     exit_code = 75  # EX_TEMPFAIL: try again later
 
-    def __init__(self, directory: Path, holder: dict):
+    def __init__(self, directory: Path, holder: dict, sweep: str | None = None):
         self.directory, self.holder = directory, holder
         who = (f"process {holder.get('pid', '?')} on host {holder.get('host', '?')} since {holder.get('since', '?')}"
                if holder else "another process (it has not written its name yet)")
         command = f" (running: {holder['command']})" if holder.get("command") else ""
-        super().__init__(
-            f"The run folder {directory} is in use by {who}{command}. Two processes training into one folder would "
-            f"overwrite each other's checkpoints, so this one does not start. Wait for that run to finish (or stop "
-            f"it with Ctrl-C; it checkpoints), or use another --results-dir or --seed. The lock is released by "
-            f"itself when its process exits or is killed."
-        )
+        if sweep:
+            subject = f"sweep {sweep}"
+            advice = ("Another driver is running this sweep; two would run its cells twice. Wait for it to finish, "
+                      "or stop it (Ctrl-C)")
+        else:
+            subject = f"run folder {directory}"
+            advice = (f"Two processes training into one folder would overwrite each other's checkpoints, so this one "
+                      f"does not start. Wait for that run to finish (or stop it with Ctrl-C; it checkpoints), or use "
+                      f"another --results-dir or --seed")
+        super().__init__(f"The {subject} is in use by {who}{command}. {advice}. The lock is released by "
+                         f"itself when its process exits or is killed.")
 
 
 def _holder_info() -> dict:
@@ -61,41 +66,46 @@ def _holder_info() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "since": now(), "command": holder_command()}
 
 
-def read_holder(directory: Path) -> dict:
-    """Who wrote the lock file last (the holder, if the folder is locked). Only call this from a
+def read_holder(lock_file: Path) -> dict:
+    """Who wrote the lock file last (the holder, if it is locked). Only read the file from a
     process that does not hold the lock: closing the handle would release it."""
-    key = Path(directory).resolve()
+    key = Path(lock_file).resolve()
     if key in _held:
         return dict(_held[key])
     try:
-        return json.loads((Path(directory) / LOCK_FILE).read_text() or "{}")
+        return json.loads(Path(lock_file).read_text() or "{}")
     except (OSError, ValueError):
         return {}
 
 
 class RunLock:
-    """``with RunLock(run_folder):`` ... raises RunLocked at once if a live process holds it."""
+    """``with RunLock(run_folder):`` ... raises RunLocked at once if a live process holds it.
+    ``RunLock(sweeps_dir, name="<id>.lock", sweep="<id>")`` locks a sweep against a second driver."""
 
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
-        self._key = self.directory.resolve()
+    def __init__(self, directory: str | Path, name: str = LOCK_FILE, sweep: str | None = None):
+        self.directory, self.path, self.sweep = Path(directory), Path(directory) / name, sweep
+        self._key = self.path.resolve()
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
         with _held_guard:
             if self._key in _held:
-                raise RunLocked(self.directory, _held[self._key])
+                raise RunLocked(self.directory, _held[self._key], self.sweep)
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)  # this process holds no lock on the file, so closing releases nothing
-                raise RunLocked(self.directory, read_holder(self.directory)) from None
+                raise RunLocked(self.directory, read_holder(self.path), self.sweep) from None
             info = _holder_info()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-            os.fsync(fd)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+                os.fsync(fd)
+            except OSError:  # a full disk, say: do not keep a lock nobody can see
+                os.close(fd)
+                raise
             self._fd, _held[self._key] = fd, info
         return self
 
@@ -103,7 +113,10 @@ class RunLock:
         with _held_guard:
             if self._fd is None:
                 return
-            os.ftruncate(self._fd, 0)  # an unlocked file names nobody
+            try:
+                os.ftruncate(self._fd, 0)  # an unlocked file names nobody
+            except OSError:
+                pass
             fcntl.lockf(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

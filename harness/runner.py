@@ -167,7 +167,11 @@ class Run:
             except Exception as exc:  # a broken file, missing data or weights: say so in a record
                 self._record_failure_before_training(exc)
                 raise
-            self.resume()
+            try:
+                self.resume()
+            except Exception:  # changed settings, an unreadable checkpoint: the record stays as it was
+                self.log(traceback.format_exc().rstrip())
+                raise
             pending = self._pending_points()
             if not pending:
                 self.log(f"Nothing to do: this run already finished {self.trainer.step} steps and every evaluation. "
@@ -351,19 +355,24 @@ class Run:
         )
 
     def _record_failure_before_training(self, exc: Exception) -> None:
-        """A run that cannot even start gets a record saying why, unless one with results exists."""
+        """A run that cannot even start says why in its record: a new record, or the failure added
+        to a partial one (its evaluations kept); a completed record is left as it is."""
         self.log(traceback.format_exc().rstrip())
-        if self.record_path.exists() and RunRecord.load(self.record_path).status != "failed":
-            return
         message = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
+        failure = {"step": 0, "message": message, "error": type(exc).__name__}
+        if self.record_path.exists():
+            record = RunRecord.load(self.record_path)
+            if record.status != "completed":
+                record.status, record.failure = "failed", dict(failure, step=record.step)
+                record.save(self.directory)
+            return
         spec, path = self.spec, self.architecture.path
         RunRecord(
             task=spec.name, task_version=spec.version, tier=spec.tier, arch=self.architecture.name, seed=spec.seed,
             status="failed", config=spec.to_dict(), arch_file=str(path),
             arch_sha256=self.architecture.sha256 if path.exists() else None, param_count=None,
             device=device_info(self.device), versions=library_versions(), git_commit=git_commit(), created_at=now(),
-            updated_at=now(), precision=precision_name(spec, self.device),
-            failure={"step": 0, "message": message, "error": type(exc).__name__},
+            updated_at=now(), precision=precision_name(spec, self.device), failure=failure,
         ).save(self.directory)
 
     def _account(self, segment_start: float, segment_step: int) -> None:

@@ -133,7 +133,10 @@ class Sweep:
                 f"on storage every node mounts at the same path, e.g. --results-dir /shared/results."
             )
         data_dir = str(Path(spec.data_dir).expanduser().resolve()) if spec.data_dir else None
-        self.spec = SweepSpec(**{**spec.__dict__, "results_dir": results_dir, "data_dir": data_dir})
+        task = spec.task  # a task file given by path must resolve the same way on every worker
+        if Path(task).suffix in (".yaml", ".yml") and Path(task).exists():
+            task = str(Path(task).resolve())
+        self.spec = SweepSpec(**{**spec.__dict__, "task": task, "results_dir": results_dir, "data_dir": data_dir})
         self.address = address
         self.requested = {"gpus_per_run": gpus_per_run, "cpus_per_run": cpus_per_run, "max_parallel": max_parallel}
         self.max_retries, self.progress, self.stream = max_retries, progress, stream or sys.stdout
@@ -156,16 +159,19 @@ class Sweep:
                 f"The runs ask for {gpus or 1:g} GPU(s) each, but the Ray cluster has {resources.gpus:g}. Pass "
                 f"--gpus-per-run 0 (or --device cpu) to run on CPUs, or join a cluster with GPUs (--address)."
             )
-        cpus = self.requested["cpus_per_run"]
-        if cpus is None:  # one run per GPU with its share of the CPUs; on CPUs alone, one run per node
-            cpus = max(1, int(resources.cpus / resources.gpus * gpus)) if gpus else resources.max_node_cpus
+        cpus, wanted = self.requested["cpus_per_run"], self.requested["max_parallel"]
+        if cpus is None and gpus:  # one run per GPU, with its node's share of the CPUs
+            cpus = max(1, int(resources.cpus_per_gpu * gpus))
+        elif cpus is None:  # CPUs alone: one run per node, or the node's CPUs split among --max-parallel runs
+            cpus = max(1, resources.max_node_cpus * resources.nodes // wanted) if wanted else resources.max_node_cpus
+            cpus = min(cpus, resources.max_node_cpus)
         if cpus > resources.max_node_cpus:
             raise HarnessError(f"--cpus-per-run {cpus:g} is more than any node has ({resources.max_node_cpus:g}), so "
                                f"no run could ever start. Ask for at most {resources.max_node_cpus:g}.")
         slots = int(resources.cpus // cpus) if cpus else len(self.cells)
         if gpus:
             slots = min(slots, int(resources.gpus // gpus))
-        max_parallel = self.requested["max_parallel"] or max(1, slots)
+        max_parallel = wanted or max(1, slots)
         return {"gpus_per_run": gpus, "cpus_per_run": cpus, "max_parallel": max_parallel,
                 "torch_threads_per_run": max(1, int(cpus)), "device_type": "cuda" if gpus or device.startswith("cuda") else "cpu"}
 
@@ -201,26 +207,33 @@ class Sweep:
         import ray
 
         ensure_writable(self.spec.results_dir)
-        connect(self.address)
-        try:
-            resources = cluster_resources()
-            allocation = self.allocation(resources)
-            self.plan(allocation)
-            self._open_manifest(resources, allocation)
-            todo = [c for c in self.cells if c.action in ("run", "resume")]
-            self._report_plan(todo)
-            if todo:
+        with RunLock(self.manifest_path.parent, name=f"{self.id}.lock", sweep=self.id):  # one driver per sweep
+            connect(self.address)
+            try:
+                resources = cluster_resources()
+                allocation = self.allocation(resources)
+                self.plan(allocation)
+                todo = [c for c in self.cells if c.action in ("run", "resume")]
                 pool = RayPool(allocation["gpus_per_run"], allocation["cpus_per_run"], self.max_retries)
-                problems = pool.check_nodes(self.spec.results_dir, {c.arch_ref: registry.find_architecture(c.arch_ref).sha256
-                                                                     for c in todo})
-                if problems:
-                    raise HarnessError("The sweep cannot start: " + "; ".join(problems) + ". Put --results-dir on "
-                                       "storage every node mounts at the same path, and the same architecture files "
-                                       "on every node (or submit with `ray job submit --working-dir .`).")
-                self._drive(pool, todo, allocation["max_parallel"])
-        finally:
-            ray.shutdown()  # stops a private instance; only disconnects from a cluster
+                if todo:
+                    self._check_nodes(pool, todo)
+                self._open_manifest(resources, allocation)
+                self._report_plan(todo)
+                if todo:
+                    self._drive(pool, todo, allocation["max_parallel"])
+                else:
+                    self._close_session(interrupted=False)
+            finally:
+                ray.shutdown()  # stops a private instance; only disconnects from a cluster
         return self.manifest
+
+    def _check_nodes(self, pool: RayPool, todo: list[Cell]) -> None:
+        hashes = {c.arch_ref: registry.find_architecture(c.arch_ref).sha256 for c in todo}
+        problems = pool.check_nodes(self.spec.results_dir, hashes)
+        if problems:
+            raise HarnessError("The sweep cannot start: " + "; ".join(problems) + ". Put --results-dir on storage every "
+                               "node mounts at the same path, and the same architecture files on every node (or "
+                               "submit with `ray job submit --working-dir .`).")
 
     def _drive(self, pool: RayPool, todo: list[Cell], max_parallel: int) -> None:
         queue = list(todo)
@@ -229,6 +242,8 @@ class Sweep:
         total = sum(c.spec.training.steps - start_steps[c.key] for c in todo)
         bar = tqdm(total=total, unit="step", desc="sweep", disable=not self.progress, dynamic_ncols=True)
         stopping = False
+        self._finished: set[str] = set()
+        self._starts: dict[str, int] = {}  # starts in this session: a second one is a retry
         try:
             while queue or pool.running:
                 try:
@@ -270,23 +285,27 @@ class Sweep:
 
     def _job(self, cell: Cell) -> Job:
         s = self.spec
-        return Job(key=cell.key, task=s.task, arch=cell.arch_ref, tier=cell.tier, seed=cell.seed,
+        return Job(key=cell.key, folder=str(cell.folder), task=s.task, arch=cell.arch_ref, tier=cell.tier, seed=cell.seed,
                    results_dir=str(s.results_dir), overrides=dict(s.overrides), data_dir=s.data_dir, device=s.device)
 
     # -- events -----------------------------------------------------------------------------------
 
     def _on_event(self, cell: Cell, event: dict) -> None:
+        if cell.key in self._finished:  # a late report of a run whose outcome is in
+            return
         if event["kind"] == "started":
             entry = self._entry(cell)
+            self._starts[cell.key] = self._starts.get(cell.key, 0) + 1
             self._set(cell, status="running", node=event["node"], attempts=entry.get("attempts", 0) + 1,
-                      started_at=entry.get("started_at") or now())
-            if entry["attempts"] > 1:
-                self.say(f"retrying   {cell.key} on {event['node']} (attempt {entry['attempts']}): its worker died; "
-                          f"it resumes from its checkpoint")
+                      started_at=now())
+            if self._starts[cell.key] > 1:
+                self.say(f"retrying   {cell.key} on {event['node']} (attempt {self._starts[cell.key]}): its worker "
+                         f"died; it resumes from its checkpoint")
         elif event["kind"] == "evaluation":
             self._set(cell, last_fid=event["fid"], last_eval_step=event["step"])
 
     def _on_outcome(self, cell: Cell, outcome: Outcome) -> None:
+        self._finished.add(cell.key)
         fields = {k: v for k, v in outcome.to_dict().items() if k != "key" and v is not None}
         self._set(cell, ended_at=now(), **fields)
         line = f"{outcome.status:<11}{cell.key}"

@@ -44,7 +44,13 @@ def test_lock_left_by_a_killed_process_does_not_block(holder):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with RunLock(folder):
-        assert json.loads((folder / "run.lock").read_text())["pid"] == os.getpid()
+        # read from another process: opening and closing the file here would drop this process's lock
+        seen = subprocess.run([sys.executable, "-c", f"print(open({str(folder / 'run.lock')!r}).read())"],
+                              capture_output=True, text=True).stdout
+        assert json.loads(seen)["pid"] == os.getpid()
+        second = subprocess.run([sys.executable, "-c", f"from harness.locks import RunLock; RunLock({str(folder)!r}).acquire()"],
+                                capture_output=True, text=True)
+        assert second.returncode != 0 and "RunLocked" in second.stderr  # and the lock still holds
     assert (folder / "run.lock").read_text() == ""  # released: names nobody
 
 

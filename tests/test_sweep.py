@@ -1,6 +1,7 @@
 """Sweeps on a real local Ray instance (and a `ray start --head` cluster), driven as users drive them."""
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -37,11 +38,12 @@ def _set_args(overrides):
 
 
 def sweep_command(results, *args, overrides=None):
-    """`python -m harness sweep` on shapes/smoke with the fast test settings, one thread per run."""
+    """`python -m harness sweep` on shapes/smoke with the fast test settings, on the CPU, one thread per run."""
     fast = dict(FAST, **(overrides or {}))
     steps = fast.pop("training.steps")
     return [sys.executable, "-m", "harness", "sweep", "--task", "shapes", "--tier", "smoke", "--steps", str(steps),
-            "--results-dir", str(results), "--cpus-per-run", "1", "--no-progress", *_set_args(fast), *args]
+            "--results-dir", str(results), "--cpus-per-run", "1", "--device", "cpu", "--no-progress",
+            *_set_args(fast), *args]
 
 
 def harness_sweep(results, *args, overrides=None, timeout=600):
@@ -117,6 +119,9 @@ def test_sweep_records_equal_single_runs_and_a_rerun_trains_nothing(write_arch, 
             assert_same_results(swept, reference_run(arch, tmp_path / "single", seed))
     entry = manifest(tmp_path / "sweep")
     assert [c["status"] for c in entry["cells"]] == ["completed"] * 4 and entry["ended_at"]
+    for cell in entry["cells"]:  # each evaluation reached the driver as the run went
+        record = RunRecord.load(Path(cell["record"]))
+        assert cell["last_fid"] == record.final_fid and cell["best_fid"] == record.best_fid and cell["attempts"] == 1
     assert {"cpus", "gpus", "nodes"} <= set(entry["resources"]) and entry["allocation"]["cpus_per_run"] == 1
 
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep" / "shapes").rglob("checkpoint.pt")}
@@ -147,37 +152,55 @@ def test_killed_worker_is_retried_and_the_run_resumes_bitwise(write_arch, tmp_pa
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
 
 
-def test_failing_architecture_fails_only_its_own_cells(write_arch, tmp_path):
+def test_failing_architectures_fail_only_their_own_cells(write_arch, tmp_path):
     good = write_arch("tiny", TINY_ARCH)
     bad = write_arch("broken", "def build_model(device):\n    raise RuntimeError('boom at build')\n")
-    result = harness_sweep(tmp_path, "--arch", f"{good},{bad}", "--seed", "1,2")
+    # finite through the contract check and 3 training steps, then NaN
+    nan = write_arch("diverges", TINY_ARCH.replace("        return UNet2DOutput(sample=self.out(h))",
+                                                   "        self.calls = getattr(self, 'calls', 0) + self.training\n"
+                                                   "        out = self.out(h)\n"
+                                                   "        return UNet2DOutput(sample=out * float('nan') if self.calls > 3 else out)"))
+    result = harness_sweep(tmp_path, "--arch", f"{good},{bad},{nan}", "--seed", "1,2")
     assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr and "2 of 4 runs did not complete" in result.stderr
+    assert "Traceback" not in result.stderr and "4 of 6 runs did not complete" in result.stderr
     for seed in (1, 2):
         assert f"failed: broken/smoke/seed{seed}: " in result.stderr and "boom at build" in result.stderr
+        assert f"failed: diverges/smoke/seed{seed}: Training diverged: the loss was nan at step 4" in result.stderr
         assert str(folder(tmp_path, "broken", seed) / "run.log") in result.stderr
         failed = RunRecord.load(folder(tmp_path, "broken", seed) / "record.json")
         assert failed.status == "failed" and "boom at build" in failed.failure["message"]
+        diverged = RunRecord.load(folder(tmp_path, "diverges", seed) / "record.json")
+        assert diverged.status == "failed" and diverged.failure["error"] == "NonFiniteLoss"
         assert RunRecord.load(folder(tmp_path, "tiny", seed) / "record.json").status == "completed"
-    assert sorted(c["status"] for c in manifest(tmp_path)["cells"]) == ["completed", "completed", "failed", "failed"]
+    statuses = sorted(c["status"] for c in manifest(tmp_path)["cells"])
+    assert statuses == ["completed", "completed", "failed", "failed", "failed", "failed"]
+    assert all(c["attempts"] == 1 for c in manifest(tmp_path)["cells"])  # a run that fails by itself is not retried
 
 
-def test_sweep_joins_a_cluster_started_with_ray_start(tiny_arch, tmp_path):
+def test_sweep_joins_a_cluster_started_with_ray_start_and_runs_one_per_gpu(write_arch, tmp_path):
+    arch = write_arch("slow", SLOW_ARCH)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
     env = dict(os.environ, RAY_TMPDIR=ray_tmp)
+    # two GPUs as Ray resources (this machine has none: the runs themselves use the CPU)
     start = subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                            "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard=false", "--disable-usage-stats"],
+                            "--num-cpus", "2", "--num-gpus", "2", "--include-dashboard=false", "--disable-usage-stats"],
                            capture_output=True, text=True, env=env, timeout=180)
     assert start.returncode == 0, start.stdout + start.stderr
     try:
-        result = harness_sweep(tmp_path / "results", "--arch", str(tiny_arch), "--seed", "1,2",
-                               "--address", f"127.0.0.1:{port}")
+        # --device auto (the default; the helper's --device cpu is overridden) lets the GPUs count
+        result = harness_sweep(tmp_path / "results", "--arch", str(arch), "--seed", "1,2", "--device", "auto",
+                               "--address", f"127.0.0.1:{port}", overrides={"training.steps": 12})
         assert result.returncode == 0, result.stderr
-        assert RunRecord.load(folder(tmp_path / "results", "tiny", 1) / "record.json").status == "completed"
-        assert manifest(tmp_path / "results")["resources"]["nodes"] == 1
+        entry = manifest(tmp_path / "results")
+        assert entry["resources"]["nodes"] == 1 and entry["resources"]["gpus"] == 2
+        assert entry["allocation"]["gpus_per_run"] == 1 and entry["allocation"]["max_parallel"] == 2
+        first, second = entry["cells"]
+        # at once: each started before the other ended (times in whole seconds; each run trains for 3 s)
+        assert first["started_at"] < second["ended_at"] and second["started_at"] < first["ended_at"]
+        assert all(RunRecord.load(Path(c["record"])).status == "completed" for c in entry["cells"])
     finally:
         subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -185,7 +208,7 @@ def test_sweep_joins_a_cluster_started_with_ray_start(tiny_arch, tmp_path):
 
 def test_ctrl_c_stops_every_run_with_a_checkpoint_and_the_same_command_continues(write_arch, tmp_path):
     arch = write_arch("slow", SLOW_ARCH)
-    longer = {"training.steps": 40}
+    longer = {"training.steps": 24}
     with open(tmp_path / "driver.log", "w") as log:
         driver = start_sweep(tmp_path, "--arch", str(arch), "--seed", "1,2", overrides=longer, log=log)
         for seed in (1, 2):
@@ -195,11 +218,11 @@ def test_ctrl_c_stops_every_run_with_a_checkpoint_and_the_same_command_continues
     for seed in (1, 2):
         record = RunRecord.load(folder(tmp_path, "slow", seed) / "record.json")
         saved = torch.load(folder(tmp_path, "slow", seed) / "checkpoint.pt", weights_only=False)["trainer"]["step"]
-        assert record.status == "interrupted" and 2 <= record.step == saved < 40
+        assert record.status == "interrupted" and 2 <= record.step == saved < 24
     assert {c["status"] for c in manifest(tmp_path)["cells"]} == {"interrupted"}
     result = harness_sweep(tmp_path, "--arch", str(arch), "--seed", "1,2", overrides=longer)
     assert result.returncode == 0 and "2 resuming from checkpoints" in result.stdout, result.stderr
-    assert all(RunRecord.load(folder(tmp_path, "slow", s) / "record.json").step == 40 for s in (1, 2))
+    assert all(RunRecord.load(folder(tmp_path, "slow", s) / "record.json").step == 24 for s in (1, 2))
 
 
 def test_killed_driver_then_the_same_command_resumes_from_checkpoints(write_arch, tmp_path):
@@ -244,10 +267,51 @@ def test_dry_run_shows_what_would_be_skipped_resumed_run_or_is_locked(tiny_arch,
         holder.wait()
 
 
-def test_bad_sweep_input_is_a_clear_error(tmp_path):
-    for args, message in [(["--arch", "standrd"], "Did you mean 'standard'?"),
-                          (["--arch", "standard", "--seed", "1,x"], "comma list of integers"),
-                          (["--arch", "standard", "--gpus-per-run", "1"], "ask for 1 GPU(s) each, but the Ray cluster has 0"),
-                          (["--arch", "standard", "--cpus-per-run", "64"], "more than any node has")]:
-        result = harness_sweep(tmp_path, *args, "--dry-run")
-        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+@pytest.mark.parametrize("args, message", [
+    (["--arch", "standrd"], "Did you mean 'standard'?"),
+    (["--arch", "standard", "--seed", "1,x"], "comma list of integers"),
+    (["--arch", "standard", "--gpus-per-run", "1"], "ask for 1 GPU(s) each, but the Ray cluster has 0"),
+    (["--arch", "standard", "--cpus-per-run", "64"], "more than any node has"),
+    (["--arch", "standard", "--set", "training.lr=1"], "optimizer.lr"),
+])
+def test_bad_sweep_input_is_a_clear_error(args, message, tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["sweep", "--tier", "smoke", "--results-dir", str(tmp_path), "--dry-run", *args]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert message in err and "Traceback" not in err
+
+
+def test_a_private_instance_needs_no_network_but_loopback(tiny_arch, tmp_path):
+    if not shutil.which("ip") or subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode != 0:
+        pytest.skip("this machine does not allow a network namespace (unshare --net) to cut the network off")
+    command = shlex.join(sweep_command(tmp_path, "--arch", str(tiny_arch)))
+    # a network namespace whose only interface is loopback
+    result = subprocess.run(["unshare", "--net", "bash", "-c", f"ip link set lo up && {command}"], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert RunRecord.load(folder(tmp_path, "tiny") / "record.json").status == "completed"
+
+
+def test_node_check_finds_unshared_results_and_different_architecture_files(tiny_arch, tmp_path):
+    from harness.distributed import _check_node
+    from harness.registry import find_architecture
+
+    digest = find_architecture(str(tiny_arch)).sha256
+    (tmp_path / ".marker").write_text("token")
+    assert _check_node(str(tmp_path), ".marker", "token", {str(tiny_arch): digest})["problems"] == []
+    # a node that sees another folder at the same path (no shared storage) and an edited file
+    problems = _check_node(str(tmp_path), ".marker", "other-token", {str(tiny_arch): "0" * 64})["problems"]
+    assert any("is not the driver's" in p for p in problems) and any("differs there" in p for p in problems)
+    missing = _check_node(str(tmp_path), ".marker", "token", {str(tmp_path / "gone.py"): digest})["problems"]
+    assert any("is missing there" in p for p in missing)
+
+
+def test_arch_all_means_every_registered_architecture(arch_dir_with_a_broken_file, tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["sweep", "--task", "shapes", "--arch", "all", "--tier", "smoke", "--seed", "1,2",
+                 "--results-dir", str(tmp_path), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [c["key"] for c in plan["cells"]] == ["broken/smoke/seed1", "no_attn/smoke/seed1",
+                                                 "broken/smoke/seed2", "no_attn/smoke/seed2"]
