@@ -316,8 +316,11 @@ def cmd_bench(args) -> int:
 
 def _comma_list(text: str, what: str, cast=str) -> list:
     items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        example = {"arch": "standard,no_attn", "tier": "small,medium", "seed": "42,43"}[what]
+        raise HarnessError(f"--{what} is empty: give one value or a comma list, e.g. --{what} {example}.")
     try:
-        return [cast(t) for t in items] or [None]
+        return [cast(t) for t in items]
     except ValueError:
         raise HarnessError(f"--{what} takes a comma list of integers, e.g. --{what} 42,43,44; got {text!r}.") from None
 

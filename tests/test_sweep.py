@@ -273,6 +273,7 @@ def test_dry_run_shows_what_would_be_skipped_resumed_run_or_is_locked(tiny_arch,
     (["--arch", "standard", "--gpus-per-run", "1"], "ask for 1 GPU(s) each, but the Ray cluster has 0"),
     (["--arch", "standard", "--cpus-per-run", "64"], "more than any node has"),
     (["--arch", "standard", "--set", "training.lr=1"], "optimizer.lr"),
+    (["--arch", ","], "--arch is empty"),
 ])
 def test_bad_sweep_input_is_a_clear_error(args, message, tmp_path, capsys):
     from harness.cli import main
