@@ -46,3 +46,15 @@ def test_every_option_of_the_space_is_a_listed_choice():
     for name in ("standard", "full_attn", "no_attn"):
         choices = space.baseline(name, 2)
         assert set(choices) == set(space.CHOICES) and all(choices[k] in space.CHOICES[k] for k in choices)
+
+
+def test_an_optuna_trial_asks_for_every_choice_and_an_enqueued_baseline_comes_back_unchanged():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    standard = space.baseline("standard", 2)
+    study.enqueue_trial(standard)
+    assert space.suggest(study.ask()) == standard  # a baseline enters a study as an enqueued trial
+    sampled = space.suggest(study.ask())
+    assert set(sampled) == set(space.CHOICES) and all(sampled[k] in space.CHOICES[k] for k in sampled)
