@@ -192,13 +192,13 @@ def test_sweep_joins_a_cluster_started_with_ray_start_and_runs_one_per_gpu(write
     try:
         # --device auto (the default; the helper's --device cpu is overridden) lets the GPUs count
         result = harness_sweep(tmp_path / "results", "--arch", str(arch), "--seed", "1,2", "--device", "auto",
-                               "--address", f"127.0.0.1:{port}", overrides={"training.steps": 12})
+                               "--address", f"127.0.0.1:{port}", overrides={"training.steps": 20})
         assert result.returncode == 0, result.stderr
         entry = manifest(tmp_path / "results")
         assert entry["resources"]["nodes"] == 1 and entry["resources"]["gpus"] == 2
         assert entry["allocation"]["gpus_per_run"] == 1 and entry["allocation"]["max_parallel"] == 2
         first, second = entry["cells"]
-        # at once: each started before the other ended (times in whole seconds; each run trains for 3 s)
+        # at once: each started before the other ended (times in whole seconds; each run trains for 5 s)
         assert first["started_at"] < second["ended_at"] and second["started_at"] < first["ended_at"]
         assert all(RunRecord.load(Path(c["record"])).status == "completed" for c in entry["cells"])
     finally:
