@@ -93,7 +93,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the harness model (the bare loop stays eager)")
     p.add_argument("--sweep", action="store_true",
                    help="measure the sweep's overhead instead: 4 shapes smoke runs as one `sweep --max-parallel 1` "
-                        "against the same 4 `run` commands one after another (about 15 minutes on a 2-core CPU)")
+                        "against the same 4 `run` commands one after another (about 20 minutes on a 2-core CPU)")
     p.add_argument("--steps", type=int, help="with --sweep: training steps per run (default: the smoke tier's 120)")
 
 

@@ -270,9 +270,9 @@ def cluster_resources() -> Resources:
                      cpus_per_gpu=min(per_gpu) if per_gpu else None)
 
 
-def connect(address: str | None) -> bool:
+def connect(address: str | None) -> None:
     """Join the cluster at ``address`` (or RAY_ADDRESS), or start a private local instance.
-    Returns True if this process started (and so must shut down) the instance."""
+    ``ray.shutdown()`` afterwards stops a private instance and only disconnects from a cluster."""
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         _use_auth_token(address)  # before Ray reads its configuration
@@ -282,10 +282,8 @@ def connect(address: str | None) -> bool:
     try:
         if address:
             ray.init(address=address, **options)
-            return False
-        # loopback only: a private instance needs no network, and exposes nothing on one
-        ray.init(address="local", _node_ip_address="127.0.0.1", **options)
-        return True
+        else:  # loopback only: a private instance needs no network, and exposes nothing on one
+            ray.init(address="local", _node_ip_address="127.0.0.1", **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
         raise HarnessError(

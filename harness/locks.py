@@ -53,9 +53,9 @@ class RunLocked(HarnessError):
                       "or stop it (Ctrl-C)")
         else:
             subject = f"run folder {directory}"
-            advice = (f"Two processes training into one folder would overwrite each other's checkpoints, so this one "
-                      f"does not start. Wait for that run to finish (or stop it with Ctrl-C; it checkpoints), or use "
-                      f"another --results-dir or --seed")
+            advice = ("Two processes training into one folder would overwrite each other's checkpoints, so this one "
+                      "does not start. Wait for that run to finish (or stop it with Ctrl-C; it checkpoints), or use "
+                      "another --results-dir or --seed")
         super().__init__(f"The {subject} is in use by {who}{command}. {advice}. The lock is released by "
                          f"itself when its process exits or is killed.")
 

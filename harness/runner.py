@@ -208,13 +208,8 @@ class Run:
         images = load_images(spec.data, self.data_dir)  # uint8 [N,3,32,32] on the host
         batches = ImageBatches(images, spec.training.batch_size, dev, flip=spec.data.horizontal_flip)
         self.trainer = Trainer(model, spec, batches, dev)
-        self.record = RunRecord(
-            task=spec.name, task_version=spec.version, tier=spec.tier, arch=self.architecture.name, seed=spec.seed,
-            status="running", config=spec.to_dict(), arch_file=str(self.architecture.path),
-            arch_sha256=self.architecture.sha256, param_count=registry.count_parameters(self.trainer.model),
-            device=device_info(dev), versions=library_versions(), git_commit=git_commit(), created_at=now(),
-            updated_at=now(), samples_png=None, profile=profile, precision=precision_name(spec, dev),
-        )
+        self.record = self._new_record("running", param_count=registry.count_parameters(self.trainer.model),
+                                       profile=profile)
 
         def bar_factory(total: int, desc: str):
             return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not self.progress, dynamic_ncols=True)
@@ -366,14 +361,18 @@ class Run:
                 record.status, record.failure = "failed", dict(failure, step=record.step)
                 record.save(self.directory)
             return
+        self._new_record("failed", param_count=None, failure=failure).save(self.directory)
+
+    def _new_record(self, status: str, **fields) -> RunRecord:
+        """A record of this run's settings, architecture, device and versions; results come later."""
         spec, path = self.spec, self.architecture.path
-        RunRecord(
+        return RunRecord(
             task=spec.name, task_version=spec.version, tier=spec.tier, arch=self.architecture.name, seed=spec.seed,
-            status="failed", config=spec.to_dict(), arch_file=str(path),
-            arch_sha256=self.architecture.sha256 if path.exists() else None, param_count=None,
-            device=device_info(self.device), versions=library_versions(), git_commit=git_commit(), created_at=now(),
-            updated_at=now(), precision=precision_name(spec, self.device), failure=failure,
-        ).save(self.directory)
+            status=status, config=spec.to_dict(), arch_file=str(path),
+            arch_sha256=self.architecture.sha256 if path.exists() else None, device=device_info(self.device),
+            versions=library_versions(), git_commit=git_commit(), created_at=now(), updated_at=now(),
+            precision=precision_name(spec, self.device), **fields,
+        )
 
     def _account(self, segment_start: float, segment_step: int) -> None:
         if self.device.type == "cuda":

@@ -17,13 +17,12 @@ import json
 import os
 import socket
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from harness import registry
+from harness import checkpoints, registry
 from harness.distributed import Job, Outcome, RayPool, Resources, cluster_resources, connect, local_resources
 from harness.errors import HarnessError
 from harness.locks import LOCK_FILE, RunLock, RunLocked
@@ -94,8 +93,6 @@ def _same_config(record: RunRecord, spec: TaskSpec) -> bool:
 
 def inspect(cell: Cell, device_type: str) -> None:
     """Set ``cell.action`` from what its folder holds."""
-    from harness import checkpoints
-
     record_path = cell.folder / RECORD_FILE
     record = RunRecord.load(record_path) if record_path.exists() else None
     if (record is not None and record.status == "completed" and _same_config(record, cell.spec)

@@ -5,10 +5,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
-import torch
 
 from harness.errors import HarnessError
 from harness.locks import RunLock, RunLocked
