@@ -22,7 +22,9 @@ examples:
   python -m harness run --task shapes --arch standard --tier smoke   # offline, CPU, < 5 min
   python -m harness run --arch full_attn --tier medium                # the real protocol (GPU)
   python -m harness list --json
-  python -m harness sweep --task shapes --arch standard,no_attn --tier smoke --seed 42,43\n"""
+  python -m harness sweep --task shapes --arch standard,no_attn --tier smoke --seed 42,43
+  python -m harness search --task shapes --tier smoke --trials 8 --steps 200
+  python -m harness export --study shapes-smoke-fid --best --name searched\n"""
 
 
 def _add_run(sub) -> None:
@@ -129,6 +131,73 @@ def _add_sweep(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the manifest as JSON (progress goes to stderr)")
 
 
+def _add_search(sub) -> None:
+    p = sub.add_parser(
+        "search", help="architecture search with Optuna (attention placement, depth, ...); trials are runs on Ray",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Search a space of U-Nets (default: self-attention at each resolution and in the mid-block, "
+                    "layers per block, channels per head, GroupNorm groups, time conditioning, resampling) for the "
+                    "best FID, or the FID-vs-compute Pareto front. Each trial is a normal run (same protocol, record "
+                    "and checkpoint) executed on Ray like sweep cells; the study is kept in Optuna storage "
+                    "(default RESULTS_DIR/studies/<study>.db) and the same command continues it after any crash. "
+                    "The baselines standard, full_attn and no_attn are the first trials.\n\n"
+                    "objectives, samplers, pruners: one objective (fid) takes any sampler (default tpe) and pruner "
+                    "(default median: a trial whose FID at an evaluation point is worse than the median there is "
+                    "stopped). Two objectives (fid,gflops | fid,params | fid,latency; all minimized) take nsga2 "
+                    "(default), tpe or random, and no pruner: Optuna does not prune multi-objective studies.",
+        epilog="examples:\n"
+               "  python -m harness search --task shapes --tier smoke --trials 8 --steps 200\n"
+               "  python -m harness search --tier small --trials 64 --address auto --results-dir /shared/results\n"
+               "  python -m harness search --tier small --objectives fid,gflops --trials 64\n"
+               "  python -m harness search --tier small --status          # the best trials so far\n"
+               "  optuna-dashboard sqlite:///$PWD/results/studies/cifar10-small-fid.db",
+    )
+    p.add_argument("--tier", required=True, help="width tier the trials run at (smoke, small, medium, large)")
+    p.add_argument("--trials", type=int, default=64, help="finished trials the study ends with, baselines included "
+                                                          "(default: 64; infeasible points do not count)")
+    p.add_argument("--study", help="study name (default: <task>-<tier>-<objectives>, e.g. cifar10-small-fid)")
+    p.add_argument("--storage", help="Optuna storage: an RDB URL (sqlite:////abs/study.db, postgresql://...) or a "
+                                     "journal file path (default: sqlite:///RESULTS_DIR/studies/<study>.db)")
+    p.add_argument("--space", help="search space file (default: harness/search/space.py; see README)")
+    p.add_argument("--objectives", default="fid", help="fid (default), fid,gflops, fid,params or fid,latency")
+    p.add_argument("--sampler", choices=["tpe", "nsga2", "random"], help="default: tpe (one objective), nsga2 (two)")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"],
+                   help="default: median (one objective), none (two: not allowed otherwise)")
+    p.add_argument("--seed", type=int, help="the trials' run seed, and the sampler's (default: the task's, 42)")
+    _add_run_options(p)
+    p.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: RAY_ADDRESS, else a private "
+                                     "instance on this machine)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (default: 1 where the cluster has GPUs, else 0)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial, also its torch threads (default as in sweep)")
+    p.add_argument("--max-parallel", type=int, help="trials at once (default: as many as the resources hold)")
+    p.add_argument("--max-retries", type=int, default=3, help="retries of a trial whose worker or node died (default: 3)")
+    p.add_argument("--status", action="store_true", help="print the study's best trials (or Pareto set); run nothing")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (progress goes to stderr)")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="write a search trial as an ordinary architecture file (architectures/<name>.py)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write a trial of a search study as a standalone architecture file: no harness import, the "
+                    "chosen values as literals, a docstring naming the study, trial, objective values and date. It "
+                    "reads BLOCK_OUT_CHANNELS/LAYERS_PER_BLOCK like every architecture file, so it runs at every tier "
+                    "and drops into the MLS-Bench task unchanged.",
+        epilog="examples:\n  python -m harness export --study cifar10-small-fid --best --name searched_small\n"
+               "  python -m harness export --study cifar10-small-fid-gflops --trial 17",
+    )
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", help="Optuna storage the search used (default: sqlite:///RESULTS_DIR/studies/<study>.db)")
+    p.add_argument("--results-dir", default="results", help="for the default storage (default: results)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--best", action="store_true", help="the best trial (one objective); with two, prints the "
+                                                           "Pareto set and asks for --trial")
+    which.add_argument("--trial", type=int, help="trial number")
+    p.add_argument("--name", help="file name without .py (default: <study>_t<trial>)")
+    p.add_argument("--out-dir", help="where to write (default: the architectures folder, see `list`)")
+    p.add_argument("--force", action="store_true", help="replace an existing file of that name")
+
+
 def _add_run_options(p) -> None:
     """The options of `run` that a sweep shares."""
     p.add_argument("--task", default="cifar10", help="task protocol in tasks/ (default: cifar10)")
@@ -166,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(sub)
     _add_bench(sub)
     _add_sweep(sub)
+    _add_search(sub)
+    _add_export(sub)
     return parser
 
 
@@ -379,7 +450,56 @@ def _print_sweep_summary(manifest: dict, out) -> None:
           file=out)
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "profile": cmd_profile, "bench": cmd_bench, "sweep": cmd_sweep}
+def cmd_search(args) -> int:
+    from harness.search.driver import Search, SearchSpec
+    from harness.search.study import load_study, open_storage, summary, summary_text
+
+    spec = SearchSpec(task=args.task, tier=args.tier, trials=args.trials, study=args.study, storage=args.storage,
+                      space=args.space, objectives=args.objectives, sampler=args.sampler, pruner=args.pruner,
+                      seed=args.seed, overrides=_overrides(args), results_dir=args.results_dir, data_dir=args.data_dir,
+                      device=args.device)
+    out = sys.stderr if args.json else sys.stdout
+    search = Search(spec, address=args.address, gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                    max_parallel=args.max_parallel, max_retries=args.max_retries, progress=not args.no_progress,
+                    stream=out)
+    if args.status:
+        study = load_study(search.settings.name, open_storage(search.url))
+    else:
+        try:
+            study = search.execute()
+        except KeyboardInterrupt:
+            print(f"Search stopped. Run the same command to continue study {search.settings.name}: running trials "
+                  f"resume from their checkpoints under the same numbers.", file=sys.stderr)
+            return 130
+    result = summary(study)
+    result["storage"] = search.url
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(summary_text(result), file=out)
+        print(f"Storage: {search.url}  (optuna trials --storage {search.url} --study-name {study.study_name})", file=out)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from harness import registry
+    from harness.search.export import ParetoChoice, export_trial
+    from harness.search.study import load_study, open_storage, storage_url, summary, summary_text
+
+    study = load_study(args.study, open_storage(storage_url(args.storage, args.results_dir, args.study)))
+    try:
+        path = export_trial(study, None if args.best else args.trial, args.name,
+                            args.out_dir or registry.architectures_dir(), force=args.force)
+    except ParetoChoice:
+        print(summary_text(summary(study)))
+        raise
+    print(f"Wrote {path}. Run it like any architecture: python -m harness run --arch {path.stem} --tier small"
+          + ("" if args.out_dir is None else f" (or --arch {path})"))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "profile": cmd_profile, "bench": cmd_bench, "sweep": cmd_sweep, "search": cmd_search,
+            "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,7 @@ class Job:
     overrides: dict = field(default_factory=dict)
     data_dir: str | None = None
     device: str = "auto"
+    measure_latency: bool = False  # also time one forward pass of one image on the run's device (a search objective)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Outcome:
     wall_seconds: float | None = None
     node: str | None = None
     holder: dict | None = None  # who holds the run folder, when locked
+    latency_ms: float | None = None  # when the job asked for it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,6 +150,8 @@ def _execute(job: Job, channel, threads: int) -> Outcome:
                             on_evaluation=lambda e: channel.report.remote(job.key, {"kind": "evaluation", **e})))
         outcome.status = "completed"
         outcome.best_fid, outcome.best_step, outcome.step = record.best_fid, record.best_step, record.step
+        if job.measure_latency:
+            outcome.latency_ms = _latency_ms(job)
     except RunLocked as exc:
         outcome.status, outcome.message, outcome.holder = "locked", str(exc), exc.holder
     except RunInterrupted as exc:
@@ -161,6 +165,16 @@ def _execute(job: Job, channel, threads: int) -> Outcome:
         state["done"] = True
     outcome.wall_seconds = round(time.perf_counter() - started, 2)
     return outcome
+
+
+def _latency_ms(job: Job) -> float:
+    from harness import registry
+    from harness.profiling import inference_latency_ms
+    from harness.runner import pick_device
+    from harness.tasks import resolve_task
+
+    spec = resolve_task(job.task, job.tier, dict(job.overrides, seed=job.seed))
+    return inference_latency_ms(registry.find_architecture(job.arch), spec, pick_device(job.device))
 
 
 def _run_past_dead_holders(start):

@@ -38,19 +38,19 @@ def holder_command() -> str:
 
 
 class RunLocked(HarnessError):
-    """The run folder (or sweep) is in use by a live process: this one or another, here or elsewhere."""
+    """The run folder (or a sweep, a study) is in use by a live process: this one or another, here or elsewhere."""
 
     exit_code = 75  # EX_TEMPFAIL: try again later
 
-    def __init__(self, directory: Path, holder: dict, sweep: str | None = None):
+    def __init__(self, directory: Path, holder: dict, driver: str | None = None):
         self.directory, self.holder = directory, holder
         who = (f"process {holder.get('pid', '?')} on host {holder.get('host', '?')} since {holder.get('since', '?')}"
                if holder else "another process (it has not written its name yet)")
         command = f" (running: {holder['command']})" if holder.get("command") else ""
-        if sweep:
-            subject = f"sweep {sweep}"
-            advice = ("Another driver is running this sweep; two would run its cells twice. Wait for it to finish, "
-                      "or stop it (Ctrl-C)")
+        if driver:  # "sweep <id>" or "study <name>"
+            subject = driver
+            advice = (f"Another driver is running this {driver.split()[0]}; two would run its runs twice. Wait for it "
+                      f"to finish, or stop it (Ctrl-C)")
         else:
             subject = f"run folder {directory}"
             advice = ("Two processes training into one folder would overwrite each other's checkpoints, so this one "
@@ -80,24 +80,25 @@ def read_holder(lock_file: Path) -> dict:
 
 class RunLock:
     """``with RunLock(run_folder):`` ... raises RunLocked at once if a live process holds it.
-    ``RunLock(sweeps_dir, name="<id>.lock", sweep="<id>")`` locks a sweep against a second driver."""
+    ``RunLock(sweeps_dir, name="<id>.lock", driver="sweep <id>")`` locks a sweep (or a study)
+    against a second driver."""
 
-    def __init__(self, directory: str | Path, name: str = LOCK_FILE, sweep: str | None = None):
-        self.directory, self.path, self.sweep = Path(directory), Path(directory) / name, sweep
+    def __init__(self, directory: str | Path, name: str = LOCK_FILE, driver: str | None = None):
+        self.directory, self.path, self.driver = Path(directory), Path(directory) / name, driver
         self._key = self.path.resolve()
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
         with _held_guard:
             if self._key in _held:
-                raise RunLocked(self.directory, _held[self._key], self.sweep)
+                raise RunLocked(self.directory, _held[self._key], self.driver)
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)  # this process holds no lock on the file, so closing releases nothing
-                raise RunLocked(self.directory, read_holder(self.path), self.sweep) from None
+                raise RunLocked(self.directory, read_holder(self.path), self.driver) from None
             info = _holder_info()
             try:
                 os.ftruncate(fd, 0)

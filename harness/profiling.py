@@ -25,7 +25,7 @@ from harness.errors import HarnessError
 from harness.flops import count_macs, mfu
 from harness.records import atomic_write_json, device_info, library_versions, now
 from harness.tasks import TaskSpec, resolve_task
-from harness.trainer import Trainer, autocast_dtype, precision_name
+from harness.trainer import Trainer, autocast_dtype, precision_name, uses_channels_last
 
 SAMPLE_BATCH = {"cuda": 256, "cpu": 8}  # fixed DDIM batch per device type, the same for every architecture
 
@@ -135,13 +135,7 @@ def timed_profile(arch: registry.Architecture, spec: TaskSpec, device: torch.dev
     ema = trainer.ema.eval()
 
     def forward(b: int) -> Callable[[], None]:
-        x = torch.randn(b, 3, 32, 32, device=device).contiguous(memory_format=trainer.memory_format)
-        t = torch.randint(0, 1000, (b,), device=device)
-
-        def call():
-            with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                ema(x, t)
-        return call
+        return _forward_call(ema, b, device, amp, trainer.memory_format)
 
     lat = np.array(time_it(forward(1), device, warmup=3, repeats=repeats * 3)) * 1e3
     out["infer_latency_ms"] = round(float(np.median(lat)), 3)
@@ -158,6 +152,28 @@ def timed_profile(arch: registry.Architecture, spec: TaskSpec, device: torch.dev
     out["sample_batch"], out["sample_steps"] = sample_batch, spec.sampling.steps
     out["sample_images_per_sec"] = round(sample_batch / statistics.median(sample_times), 3)
     return out
+
+
+def _forward_call(model: torch.nn.Module, batch: int, device: torch.device, amp, memory_format) -> Callable[[], None]:
+    """One no-grad forward pass of ``batch`` random images [batch,3,32,32] at random timesteps."""
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
+    t = torch.randint(0, 1000, (batch,), device=device)
+
+    def call():
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            model(x, t)
+    return call
+
+
+def inference_latency_ms(arch: registry.Architecture, spec: TaskSpec, device: torch.device, repeats: int = 30) -> float:
+    """Median milliseconds of one forward pass of one image (batch 1), as ``profile`` measures
+    ``infer_latency_ms``; weights do not change it, so a fresh model is timed."""
+    torch.manual_seed(spec.seed)
+    model = registry.build(arch, spec.width_env, device).eval()
+    memory_format = torch.channels_last if uses_channels_last(spec, device) else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    call = _forward_call(model, 1, device, autocast_dtype(spec, device), memory_format)
+    return round(statistics.median(time_it(call, device, warmup=3, repeats=repeats)) * 1e3, 3)
 
 
 def profile(arch_name: str, tier: str, task: str = "cifar10", device: torch.device | None = None,

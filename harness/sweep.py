@@ -87,6 +87,37 @@ def expand(sweep: SweepSpec) -> list[Cell]:
     return cells
 
 
+def allocate(resources: Resources, device: str, gpus_per_run: float | None, cpus_per_run: float | None,
+             max_parallel: int | None, runs: int) -> dict:
+    """GPUs and CPUs per run and how many runs at once, from the flags and the cluster (sweeps
+    and searches alike)."""
+    gpus = gpus_per_run
+    if gpus is None:
+        gpus = 1 if resources.gpus and device != "cpu" else 0
+    if gpus and device == "cpu":
+        raise HarnessError("--device cpu with GPUs per run above 0: drop one of them.")
+    if gpus > resources.gpus or (device.startswith("cuda") and not resources.gpus):
+        raise HarnessError(
+            f"The runs ask for {gpus or 1:g} GPU(s) each, but the Ray cluster has {resources.gpus:g}. Ask for 0 GPUs "
+            f"per run (or --device cpu) to run on CPUs, or join a cluster with GPUs (--address)."
+        )
+    cpus, wanted = cpus_per_run, max_parallel
+    if cpus is None and gpus:  # one run per GPU, with its node's share of the CPUs
+        cpus = max(1, int(resources.cpus_per_gpu * gpus))
+    elif cpus is None:  # CPUs alone: one run per node, or the node's CPUs split among --max-parallel runs
+        cpus = max(1, resources.max_node_cpus * resources.nodes // wanted) if wanted else resources.max_node_cpus
+        cpus = min(cpus, resources.max_node_cpus)
+    if cpus > resources.max_node_cpus:
+        raise HarnessError(f"{cpus:g} CPUs per run is more than any node has ({resources.max_node_cpus:g}), so no run "
+                           f"could ever start. Ask for at most {resources.max_node_cpus:g}.")
+    slots = int(resources.cpus // cpus) if cpus else runs
+    if gpus:
+        slots = min(slots, int(resources.gpus // gpus))
+    return {"gpus_per_run": gpus, "cpus_per_run": cpus, "max_parallel": wanted or max(1, slots),
+            "torch_threads_per_run": max(1, int(cpus)),
+            "device_type": "cuda" if gpus or device.startswith("cuda") else "cpu"}
+
+
 def _same_config(record: RunRecord, spec: TaskSpec) -> bool:
     return json.loads(json.dumps(record.config, default=list)) == json.loads(json.dumps(spec.to_dict(), default=list))
 
@@ -144,33 +175,7 @@ class Sweep:
     # -- resources --------------------------------------------------------------------------------
 
     def allocation(self, resources: Resources) -> dict:
-        """GPUs and CPUs per run and how many runs at once, from the flags and the cluster."""
-        device = self.spec.device
-        gpus = self.requested["gpus_per_run"]
-        if gpus is None:
-            gpus = 1 if resources.gpus and device != "cpu" else 0
-        if gpus and device == "cpu":
-            raise HarnessError("--device cpu with --gpus-per-run above 0: drop one of them.")
-        if gpus > resources.gpus or (device.startswith("cuda") and not resources.gpus):
-            raise HarnessError(
-                f"The runs ask for {gpus or 1:g} GPU(s) each, but the Ray cluster has {resources.gpus:g}. Pass "
-                f"--gpus-per-run 0 (or --device cpu) to run on CPUs, or join a cluster with GPUs (--address)."
-            )
-        cpus, wanted = self.requested["cpus_per_run"], self.requested["max_parallel"]
-        if cpus is None and gpus:  # one run per GPU, with its node's share of the CPUs
-            cpus = max(1, int(resources.cpus_per_gpu * gpus))
-        elif cpus is None:  # CPUs alone: one run per node, or the node's CPUs split among --max-parallel runs
-            cpus = max(1, resources.max_node_cpus * resources.nodes // wanted) if wanted else resources.max_node_cpus
-            cpus = min(cpus, resources.max_node_cpus)
-        if cpus > resources.max_node_cpus:
-            raise HarnessError(f"--cpus-per-run {cpus:g} is more than any node has ({resources.max_node_cpus:g}), so "
-                               f"no run could ever start. Ask for at most {resources.max_node_cpus:g}.")
-        slots = int(resources.cpus // cpus) if cpus else len(self.cells)
-        if gpus:
-            slots = min(slots, int(resources.gpus // gpus))
-        max_parallel = wanted or max(1, slots)
-        return {"gpus_per_run": gpus, "cpus_per_run": cpus, "max_parallel": max_parallel,
-                "torch_threads_per_run": max(1, int(cpus)), "device_type": "cuda" if gpus or device.startswith("cuda") else "cpu"}
+        return allocate(resources, self.spec.device, runs=len(self.cells), **self.requested)
 
     def plan(self, allocation: dict) -> list[Cell]:
         for cell in self.cells:
@@ -204,7 +209,7 @@ class Sweep:
         import ray
 
         ensure_writable(self.spec.results_dir)
-        with RunLock(self.manifest_path.parent, name=f"{self.id}.lock", sweep=self.id):  # one driver per sweep
+        with RunLock(self.manifest_path.parent, name=f"{self.id}.lock", driver=f"sweep {self.id}"):  # one driver per sweep
             connect(self.address)
             try:
                 resources = cluster_resources()

@@ -1,9 +1,12 @@
 """The default search space: where self-attention goes in diffusers' ``UNet2DModel``, and how deep.
 
-A space is one small file with two functions, so that a user can write their own (``--space``):
+A space is one small file, so that a user can write their own (``--space``). It imports nothing
+from the harness (an exported winner carries the file's code) and defines:
 
     suggest(trial) -> dict         asks an Optuna trial for every choice (trial.suggest_categorical, ...)
     build(choices, block_out_channels, device) -> nn.Module   the model those choices describe
+    infeasible(choices, block_out_channels) -> str | None     optional: why a point cannot be built
+    baselines(layers_per_block) -> {name: choices}            optional: enqueued as the first trials
 
 The widths are the tier's ``BLOCK_OUT_CHANNELS`` (32x32, 16x16, 8x8, 4x4 levels); everything else
 is a choice. The three baselines are points of this space: ``baseline(name, layers_per_block)``
@@ -38,6 +41,10 @@ def baseline(name: str, layers_per_block: int) -> dict:
     attention = {"standard": {16}, "full_attn": set(LEVELS), "no_attn": set()}[name]
     return {**{f"attn_{r}": r in attention for r in LEVELS}, "mid_attn": True, "layers_per_block": layers_per_block,
             "head_channels": 8, "norm_groups": 32, "time_conditioning": "add", "resample": "conv"}
+
+
+def baselines(layers_per_block: int) -> dict[str, dict]:
+    return {name: baseline(name, layers_per_block) for name in ("standard", "full_attn", "no_attn")}
 
 
 def infeasible(choices: dict, block_out_channels: tuple[int, ...]) -> str | None:

@@ -1,0 +1,331 @@
+"""A search: an Optuna study whose trials are harness runs, executed on Ray like sweep cells.
+
+The driver owns the study (ask and tell; nothing else writes it). Each trial is a point of the
+space, written as an ordinary architecture file ``RESULTS_DIR/studies/<study>/<study>_t<N>.py``
+and run by the sweep's ``RayPool``: the same protocol, record and checkpoint as ``run``, in the
+run folder ``RESULTS_DIR/<task>/<study>_t<N>/<tier>/seed<seed>``. FID at each evaluation point
+comes back through the pool's channel as the trial's intermediate value; a pruned trial's run is
+stopped (it checkpoints) and told PRUNED.
+
+Resume: a trial left RUNNING by a killed driver is run again under the same number and its run
+continues from its checkpoint; finished trials are never redone; the baselines are enqueued once.
+
+    Search(SearchSpec(task="shapes", tier="smoke", trials=5, overrides={"training.steps": 20})).execute()
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from harness.distributed import Job, Outcome, RayPool, cluster_resources, connect
+from harness.errors import HarnessError
+from harness.locks import RunLock
+from harness.records import RunRecord, atomic_write_bytes, ensure_writable, run_dir
+from harness.search.export import render
+from harness.search.space_file import load_space
+from harness.search.study import (SECOND_OBJECTIVES, StudySettings, check_study_name, describe, open_storage,
+                                  open_study, parse_objectives, resolve_methods, storage_url)
+from harness.sweep import allocate
+from harness.tasks import resolve_task
+
+LOCKED_RETRY_SECONDS = 15  # a trial's folder still locked by a run of the killed driver: try again this often
+LOCKED_RETRIES = 20
+
+
+@dataclass
+class SearchSpec:
+    task: str = "cifar10"
+    tier: str = "small"
+    trials: int = 64
+    study: str | None = None  # default: <task>-<tier>-<objectives>
+    storage: str | None = None  # default: sqlite:///RESULTS_DIR/studies/<study>.db
+    space: str | None = None  # default: harness/search/space.py
+    objectives: str = "fid"
+    sampler: str | None = None  # default: tpe for one objective, nsga2 for two
+    pruner: str | None = None  # default: median for one objective, none for two
+    seed: int | None = None  # the runs' seed and the sampler's (default: the task's)
+    overrides: dict = field(default_factory=dict)
+    results_dir: str | Path = "results"
+    data_dir: str | Path | None = None
+    device: str = "auto"
+
+
+@dataclass
+class _Slot:
+    """A trial in flight."""
+
+    trial: object  # optuna.Trial
+    choices: dict
+    job: Job
+    pruned: bool = False
+    locked_tries: int = 0
+    retry_at: float = 0.0
+
+
+def settings_for(spec: SearchSpec) -> StudySettings:
+    """The study's settings from the command's, every input checked before anything starts."""
+    if spec.trials < 1:
+        raise HarnessError(f"--trials {spec.trials}: a search needs at least one trial.")
+    objectives = parse_objectives(spec.objectives)
+    sampler, pruner = resolve_methods(objectives, spec.sampler, spec.pruner)
+    task = resolve_task(spec.task, spec.tier, dict(spec.overrides, **({"seed": spec.seed} if spec.seed is not None else {})))
+    space = load_space(spec.space)
+    name = check_study_name(spec.study or f"{task.name}-{task.tier}-{'-'.join(objectives)}")
+    return StudySettings(name=name, task=task.name, task_version=task.version, tier=task.tier, seed=task.seed,
+                         objectives=objectives, sampler=sampler, pruner=pruner, steps=task.training.steps,
+                         block_out_channels=tuple(task.model.block_out_channels),
+                         layers_per_block=task.model.layers_per_block, space=space, overrides=dict(spec.overrides))
+
+
+class Search:
+    def __init__(self, spec: SearchSpec, *, address: str | None = None, gpus_per_trial: float | None = None,
+                 cpus_per_trial: float | None = None, max_parallel: int | None = None, max_retries: int = 3,
+                 progress: bool = True, stream=None):
+        self.results_dir = Path(spec.results_dir).expanduser().resolve()
+        task = spec.task  # a task file given by path must resolve the same way on every worker
+        if Path(task).suffix in (".yaml", ".yml") and Path(task).exists():
+            task = str(Path(task).resolve())
+        data_dir = str(Path(spec.data_dir).expanduser().resolve()) if spec.data_dir else None
+        self.spec = SearchSpec(**{**asdict(spec), "task": task, "results_dir": self.results_dir, "data_dir": data_dir})
+        self.settings = settings_for(self.spec)
+        self.url = storage_url(spec.storage, self.results_dir, self.settings.name)
+        self.address, self.max_retries = address, max_retries
+        self.requested = {"gpus_per_run": gpus_per_trial, "cpus_per_run": cpus_per_trial, "max_parallel": max_parallel}
+        self.progress, self.stream = progress, stream or sys.stdout
+        self.trials_dir = self.results_dir / "studies" / self.settings.name
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def arch_file(self, number: int) -> Path:
+        return self.trials_dir / f"{self.settings.name}_t{number:04d}.py"
+
+    def write_arch_file(self, number: int, choices: dict) -> Path:
+        """The trial's architecture file; the same bytes every time (a resumed run checks them)."""
+        s = self.settings
+        text = render(s.space.source, s.space.path.name, choices, s.block_out_channels, s.layers_per_block,
+                      title=f"Trial {number} of the architecture search {s.name!r} ({s.task}, tier {s.tier}).",
+                      about=f"Written by `python -m harness search` for the trial's run; `python -m harness export "
+                            f"--study {s.name} --trial {number}` writes it with the trial's results.")
+        path = self.arch_file(number)
+        if not path.exists() or path.read_text() != text:
+            atomic_write_bytes(path, text.encode())
+        return path
+
+    def run_folder(self, number: int) -> Path:
+        s = self.settings
+        return run_dir(self.results_dir, s.task, self.arch_file(number).stem, s.tier, s.seed)
+
+    # -- the search -----------------------------------------------------------------------------
+
+    def execute(self):
+        """Run trials until the study has ``trials`` finished ones; return the study. Raises
+        KeyboardInterrupt after a Ctrl-C has stopped every run with a checkpoint."""
+        import optuna
+        import ray
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver says what happens, once per trial
+        ensure_writable(self.results_dir)
+        with RunLock(self.results_dir / "studies", name=f"{self.settings.name}.lock",
+                     driver=f"study {self.settings.name}"):  # one driver per study: one writer of its storage
+            study = open_study(self.settings, open_storage(self.url))
+            self._enqueue_baselines(study)
+            done, running = self._counts(study)
+            if done >= self.spec.trials and not running:
+                self.say(f"Study {self.settings.name} already has {done} finished trials (--trials {self.spec.trials}); "
+                         f"nothing to run. Pass a larger --trials to continue it.")
+                return study
+            connect(self.address)
+            try:
+                allocation = allocate(cluster_resources(), self.spec.device, runs=self.spec.trials, **self.requested)
+                pool = RayPool(allocation["gpus_per_run"], allocation["cpus_per_run"], self.max_retries)
+                problems = pool.check_nodes(self.results_dir, {})
+                if problems:
+                    raise HarnessError("The search cannot start: " + "; ".join(problems) + ". Put --results-dir on "
+                                       "storage every node mounts at the same path.")
+                self.say(f"Study {self.settings.name}: {done} of {self.spec.trials} trials finished, {len(running)} to "
+                         f"resume; objectives {', '.join(self.settings.objectives)} (minimized), sampler "
+                         f"{self.settings.sampler}, pruner {self.settings.pruner}; up to {allocation['max_parallel']} "
+                         f"trials at once, {allocation['gpus_per_run']:g} GPU and {allocation['cpus_per_run']:g} CPU "
+                         f"each. Storage: {self.url}")
+                self._drive(study, pool, allocation["max_parallel"])
+            finally:
+                ray.shutdown()  # stops a private instance; only disconnects from a cluster
+        return study
+
+    def _enqueue_baselines(self, study) -> None:
+        """The space's baselines become the first trials, once per study."""
+        if study.user_attrs.get("baselines_enqueued"):
+            return
+        for name, choices in self.settings.space.baselines(self.settings.layers_per_block).items():
+            study.enqueue_trial(choices, user_attrs={"baseline": name}, skip_if_exists=True)
+        study.set_user_attr("baselines_enqueued", True)
+
+    def _counts(self, study) -> tuple[int, list]:
+        """Finished trials that count towards --trials (infeasible points do not), and RUNNING ones."""
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        done = sum(t.state.is_finished() and not t.user_attrs.get("infeasible") for t in trials)
+        return done, [t for t in trials if t.state == TrialState.RUNNING]
+
+    def _drive(self, study, pool: RayPool, max_parallel: int) -> None:
+        import optuna
+
+        done, left_running = self._counts(study)
+        resumable = [optuna.trial.Trial(study, t._trial_id) for t in left_running]
+        slots: dict[str, _Slot] = {}
+        waiting: list[_Slot] = []  # locked folders, to try again
+        bar = tqdm(total=self.spec.trials, initial=done, unit="trial", desc=f"search {self.settings.name}",
+                   disable=not self.progress, dynamic_ncols=True)
+        stopping = False
+        try:
+            while True:
+                try:
+                    while not stopping and len(pool.running) < max_parallel:
+                        slot = self._next_slot(study, resumable, waiting, done + len(slots))
+                        if slot is None:
+                            break
+                        slots[slot.job.key] = slot
+                        pool.submit(slot.job)
+                    if not pool.running and not waiting:
+                        break
+                    events, _, outcomes = pool.wait(timeout=1.0)
+                    for key, event in events:
+                        if key in slots and event["kind"] == "evaluation":
+                            self._on_evaluation(slots[key], event, pool)
+                    for outcome in outcomes:
+                        slot = slots.pop(outcome.key)
+                        if outcome.status == "locked" and slot.locked_tries < LOCKED_RETRIES and not stopping:
+                            slot.locked_tries, slot.retry_at = slot.locked_tries + 1, time.monotonic() + LOCKED_RETRY_SECONDS
+                            waiting.append(slot)
+                            slots[outcome.key] = slot
+                            continue
+                        done += self._on_outcome(study, slot, outcome)
+                        bar.update(self._counts(study)[0] - bar.n)
+                        bar.set_postfix_str(self._best_text(study), refresh=True)
+                except KeyboardInterrupt:
+                    if stopping:
+                        self.say("Second Ctrl-C: killing the runs now; each resumes from its last checkpoint.")
+                        pool.kill()
+                        raise
+                    stopping = True
+                    waiting.clear()
+                    self.say("Stopping: every trial's run checkpoints at its next step, then the search exits (Ctrl-C "
+                             "again to kill them at once). Run the same command to continue the study.")
+                    pool.stop()
+        finally:
+            bar.close()
+        if stopping:
+            raise KeyboardInterrupt
+
+    def _next_slot(self, study, resumable: list, waiting: list[_Slot], in_flight_or_done: int) -> _Slot | None:
+        """A trial to start: a locked one whose wait is over, one the last driver left RUNNING, or a
+        new one from the sampler while the budget allows. Infeasible points are told FAIL at once."""
+        from optuna.trial import TrialState
+
+        for slot in waiting:
+            if time.monotonic() >= slot.retry_at:
+                waiting.remove(slot)
+                return slot
+        if resumable:
+            trial = resumable.pop(0)
+            return self._slot(trial, self.settings.space.suggest(trial), resumed=True)
+        while in_flight_or_done < self.spec.trials:
+            trial = study.ask()
+            choices = self.settings.space.suggest(trial)
+            why = self.settings.space.infeasible(choices, self.settings.block_out_channels)
+            if why is None:
+                return self._slot(trial, choices, resumed=False)
+            trial.set_user_attr("infeasible", True)
+            trial.set_user_attr("failure", f"infeasible at widths {list(self.settings.block_out_channels)}: {why}")
+            study.tell(trial, state=TrialState.FAIL)
+            self.say(f"skipped    trial {trial.number}: {why} (told FAIL; it does not count towards --trials)")
+        return None
+
+    def _slot(self, trial, choices: dict, resumed: bool) -> _Slot:
+        s, number = self.settings, trial.number
+        arch = self.write_arch_file(number, choices)
+        folder = self.run_folder(number)
+        trial.set_user_attr("arch_file", str(arch))
+        trial.set_user_attr("run_folder", str(folder))
+        job = Job(key=f"trial{number}", folder=str(folder), task=self.spec.task, arch=str(arch), tier=s.tier,
+                  seed=s.seed, results_dir=str(self.results_dir), overrides=dict(s.overrides),
+                  data_dir=self.spec.data_dir, device=self.spec.device,
+                  measure_latency="latency" in s.objectives)
+        baseline = trial.user_attrs.get("baseline")
+        self.say(f"{'resuming' if resumed else 'started':<11}trial {number}" + (f" ({baseline})" if baseline else "")
+                 + f": {describe(choices)}")
+        return _Slot(trial, choices, job)
+
+    def _on_evaluation(self, slot: _Slot, event: dict, pool: RayPool) -> None:
+        if len(self.settings.objectives) > 1 or slot.pruned:
+            return  # Optuna keeps no intermediate values for a multi-objective study
+        slot.trial.report(event["fid"], event["step"])
+        if slot.trial.should_prune():
+            slot.pruned = True
+            pool.stop(slot.job.key)
+            self.say(f"pruning    trial {slot.trial.number}: FID {event['fid']:.2f} at step {event['step']} is worse "
+                     f"than the {self.settings.pruner} pruner allows; its run stops with a checkpoint")
+
+    def _on_outcome(self, study, slot: _Slot, outcome: Outcome) -> int:
+        """Tell the study how the trial ended; return 1 if it now counts as finished."""
+        from optuna.trial import TrialState
+
+        trial, number = slot.trial, slot.trial.number
+        attrs = self._run_attributes(slot, outcome)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if outcome.status == "interrupted" and slot.pruned or outcome.status == "completed" and slot.pruned:
+            study.tell(number, state=TrialState.PRUNED)
+            self.say(f"pruned     trial {number} at step {outcome.step or attrs.get('step')}")
+            return 1
+        if outcome.status == "interrupted":  # Ctrl-C: stays RUNNING, the next session resumes it
+            return 0
+        values = self._values(attrs) if outcome.status == "completed" else None
+        if values is None:
+            why = outcome.message or "the run completed without an FID evaluation"
+            trial.set_user_attr("failure", why)
+            study.tell(number, state=TrialState.FAIL)
+            self.say(f"failed     trial {number}: {why} (log: {outcome.log})")
+            return 1
+        study.tell(number, values=values)
+        shown = "  ".join(f"{name} {value:.4g}" for name, value in zip(self.settings.objectives, values))
+        self.say(f"completed  trial {number}: {shown}  ({outcome.wall_seconds:.0f} s on {outcome.node})")
+        return 1
+
+    def _run_attributes(self, slot: _Slot, outcome: Outcome) -> dict:
+        """What the run's record says, as trial user attributes (readable with Optuna's tools)."""
+        attrs = {"record": outcome.record, "log": outcome.log, "node": outcome.node, "best_step": outcome.best_step,
+                 "best_fid": outcome.best_fid, "step": outcome.step, "latency_ms": outcome.latency_ms}
+        record_path = Path(outcome.record) if outcome.record else None
+        if record_path is not None and record_path.exists():
+            record = RunRecord.load(record_path)
+            profile = record.profile or {}
+            attrs.update(param_count=record.param_count, gmacs=profile.get("gmacs"), gflops=profile.get("gflops"),
+                         step=record.step, final_fid=record.final_fid,
+                         train_images_per_sec=(record.timings or {}).get("train_images_per_sec"))
+        return {k: v for k, v in attrs.items() if v is not None}
+
+    def _values(self, attrs: dict) -> list[float] | None:
+        values = [attrs.get("best_fid")]
+        for name in self.settings.objectives[1:]:
+            values.append(attrs.get(SECOND_OBJECTIVES[name][0]))
+        return None if any(v is None for v in values) else [float(v) for v in values]
+
+    def _best_text(self, study) -> str:
+        from optuna.trial import TrialState
+
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            return ""
+        if len(self.settings.objectives) == 1:
+            return f"best FID {study.best_value:.2f} (trial {study.best_trial.number})"
+        return f"Pareto set: {len(study.best_trials)} trials"
+
+    def say(self, line: str) -> None:
+        tqdm.write(line, file=self.stream)
+

@@ -1,0 +1,151 @@
+"""A point of a search space as an ordinary architecture file.
+
+Every trial runs such a file, and ``python -m harness export`` writes the winner's into
+``architectures/``. The file is the space's own code (verbatim, minus its docstring) plus the
+chosen values as literals and a ``build_model(device)`` that reads ``BLOCK_OUT_CHANNELS`` and
+``LAYERS_PER_BLOCK`` like every other architecture file: no harness import, so it drops into the
+MLS-Bench task unchanged.
+
+Depth is both a searched choice and a tier setting. The file keeps the searched depth where the
+search ran and follows the tier elsewhere: ``layers_per_block = chosen + LAYERS_PER_BLOCK - searched
+at``, at least 1. The smoke tier has 1 layer per block and the others 2, so a depth of 2 chosen at
+smoke becomes 3 at small, medium and large: the trial's depth relative to its tier is kept.
+"""
+from __future__ import annotations
+
+import ast
+import textwrap
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+TEMPLATE = '''\
+"""{title}
+
+{about}
+
+Choices:
+{choices_text}
+
+Widths come from the environment like every architecture file (BLOCK_OUT_CHANNELS; default: the
+widths searched at). Depth: the chosen layers_per_block where LAYERS_PER_BLOCK is
+{searched_depth} (the tier searched at), shifted by the difference elsewhere. The code below the
+choices is the search space's ({space_name}), verbatim; the file imports nothing from the harness.
+"""
+{future}import os as _os
+
+CHOSEN = {chosen}
+SEARCHED_BLOCK_OUT_CHANNELS = {widths!r}
+SEARCHED_LAYERS_PER_BLOCK = {searched_depth!r}
+
+
+def build_model(device):
+    widths = tuple(int(c) for c in _os.environ.get(
+        "BLOCK_OUT_CHANNELS", ",".join(map(str, SEARCHED_BLOCK_OUT_CHANNELS))).split(","))
+    choices = dict(CHOSEN)
+    if "layers_per_block" in choices:
+        tier_depth = int(_os.environ.get("LAYERS_PER_BLOCK", SEARCHED_LAYERS_PER_BLOCK))
+        choices["layers_per_block"] = max(1, choices["layers_per_block"] + tier_depth - SEARCHED_LAYERS_PER_BLOCK)
+    return build(choices, widths, device)
+
+
+# ---- the search space's code ({space_name}) ----
+{space_code}
+'''
+
+
+LABELS = {"fid": "best FID", "gflops": "GFLOPs", "params": "parameters", "latency": "latency (ms)"}
+
+
+def render(space_source: str, space_name: str, choices: dict, block_out_channels: tuple[int, ...],
+           layers_per_block: int, title: str, about: str) -> str:
+    """The text of a standalone architecture file building ``choices`` with the space's ``build``."""
+    code, future = _without_docstring_and_future(space_source)
+    return TEMPLATE.format(
+        title=title, about=textwrap.fill(about, width=100),
+        choices_text="\n".join(f"    {k} = {v!r}" for k, v in choices.items()),
+        searched_depth=int(layers_per_block), widths=tuple(int(c) for c in block_out_channels),
+        chosen="{\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in choices.items()) + "}",
+        future="from __future__ import annotations\n\n" if future else "",
+        space_name=space_name, space_code=code.strip() + "\n",
+    )
+
+
+def _without_docstring_and_future(source: str) -> tuple[str, bool]:
+    """The space's code without its module docstring (the file has its own) and without
+    ``from __future__`` imports (which must come first: the file puts one at its top)."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    drop: set[int] = set()
+    future = False
+    body = tree.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        drop |= set(range(body[0].lineno - 1, body[0].end_lineno))
+    for node in body:
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            future = True
+            drop |= set(range(node.lineno - 1, node.end_lineno))
+    return "\n".join(line for i, line in enumerate(lines) if i not in drop), future
+
+
+def export_trial(study, number: int | None, name: str | None, out_dir: Path, force: bool = False) -> Path:
+    """Write trial ``number`` of ``study`` (its best with None) as ``out_dir/<name>.py``."""
+    import optuna
+
+    from harness.records import atomic_write_bytes, now
+    from harness.search.study import study_space
+
+    settings = study.user_attrs.get("harness")
+    if settings is None:
+        raise HarnessError(f"Study {study.study_name!r} was not made by `python -m harness search` (it has no harness "
+                           f"settings), so there is no space to build its trials from.")
+    trial = _chosen_trial(study, number, settings)
+    space = study_space(study)
+    choices = space.suggest(optuna.trial.FixedTrial(trial.params))
+    name = name or f"{study.study_name}_t{trial.number}".replace("-", "_").replace(".", "_")
+    if not name.isidentifier():
+        raise HarnessError(f"--name {name!r} must be a Python identifier (letters, digits, '_'): it names "
+                           f"architectures/<name>.py.")
+    path = Path(out_dir) / f"{name}.py"
+    if path.exists() and not force:
+        raise HarnessError(f"{path} exists. Pass another --name, or --force to replace it.")
+    attrs, values = trial.user_attrs, trial.values
+    measured = ", ".join(f"{LABELS[objective]} {value:.4g}" for objective, value in zip(settings["objectives"], values))
+    about = (f"Exported on {now()[:10]} from trial {trial.number} of the architecture search {study.study_name!r} "
+             f"(task {settings['task']}, tier {settings['tier']}, seed {settings['seed']}, {settings['steps']} steps, "
+             f"sampler {settings['sampler']}): {measured}; at step {attrs.get('best_step')}; "
+             f"{attrs.get('param_count', 0):,} parameters and {attrs.get('gflops', float('nan')):.4g} GFLOPs at the "
+             f"tier searched.")
+    text = render(study.user_attrs["space_source"], Path(settings["space_path"]).name, choices,
+                  tuple(settings["block_out_channels"]), settings["layers_per_block"],
+                  title=f"Trial {trial.number} of the architecture search {study.study_name!r}, exported.", about=about)
+    atomic_write_bytes(path, text.encode())
+    return path
+
+
+def _chosen_trial(study, number: int | None, settings: dict):
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if number is None:
+        if not complete:
+            raise HarnessError(f"Study {study.study_name!r} has no completed trial yet: nothing to export.")
+        if len(settings["objectives"]) > 1:
+            raise ParetoChoice(study)
+        return study.best_trial
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None or trial.state.name != "COMPLETE":
+        state = "does not exist" if trial is None else f"is {trial.state.name}"
+        raise HarnessError(f"Trial {number} of study {study.study_name!r} {state}; only completed trials can be "
+                           f"exported (completed: {', '.join(str(t.number) for t in complete) or 'none'}).")
+    return trial
+
+
+class ParetoChoice(HarnessError):
+    """--best on a multi-objective study: there is no one best; the caller shows the Pareto set."""
+
+    def __init__(self, study):
+        numbers = ", ".join(str(t.number) for t in sorted(study.best_trials, key=lambda t: t.values))
+        super().__init__(f"Study {study.study_name!r} has two objectives, so no single best trial: its Pareto set is "
+                         f"trials {numbers} (above). Pick one and pass --trial N.")
+        self.study = study

@@ -1,0 +1,276 @@
+"""Architecture search: real Optuna studies (SQLite files) whose trials are real runs on a local Ray
+instance, driven with `python -m harness search` as users drive it; the study read back with
+Optuna's own CLI; exported winners run with `python -m harness run`."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from harness import registry
+from harness.records import RunRecord
+from harness.search import export, space
+from harness.search.space_file import load_space
+from harness.tasks import resolve_task, tier_names
+
+from conftest import FAST
+
+# A space of tiny denoisers (the width is the one choice) whose training steps take ~0.25 s, so
+# that a test can act while a trial trains; no baselines.
+TINY_SPACE = '''
+"""Tiny test space."""
+import time
+
+import torch
+from diffusers.models.unets.unet_2d import UNet2DOutput
+
+
+def suggest(trial):
+    return {"channels": trial.suggest_categorical("channels", [4, 8])}
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.inp = torch.nn.Conv2d(3, channels, 3, padding=1)
+        self.time = torch.nn.Embedding(1000, channels)
+        self.out = torch.nn.Conv2d(channels, 3, 3, padding=1)
+
+    def forward(self, x, timestep):
+        if self.training:
+            time.sleep(0.25)
+        h = torch.nn.functional.silu(self.inp(x) + self.time(timestep)[:, :, None, None])
+        return UNet2DOutput(sample=self.out(h))
+
+
+def build(choices, block_out_channels, device="cpu"):
+    return Tiny(choices["channels"]).to(device)
+'''
+
+
+def _settings_args(overrides):
+    fast = dict(FAST, **(overrides or {}))
+    args = ["--steps", str(fast.pop("training.steps"))]
+    for key, value in fast.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    return args
+
+
+def search_command(results, *args, overrides=None):
+    """`python -m harness search` on shapes/smoke with the fast test settings, CPU, one thread per trial."""
+    return [sys.executable, "-m", "harness", "search", "--task", "shapes", "--tier", "smoke", "--results-dir",
+            str(results), "--cpus-per-trial", "1", "--device", "cpu", "--no-progress", *_settings_args(overrides), *args]
+
+
+def harness(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def optuna_cli(*args):
+    out = subprocess.run(["optuna", *args, "-f", "json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# -- without Ray ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("searched_at", ["smoke", "small"])
+def test_an_exported_baseline_equals_its_file_at_every_tier(searched_at, tmp_path, monkeypatch):
+    """The exported file follows the tier's widths and depth exactly as the baseline file does."""
+    default = load_space()
+    at = resolve_task("cifar10", searched_at).model
+    text = export.render(default.source, "space.py", space.baseline("standard", at.layers_per_block),
+                         at.block_out_channels, at.layers_per_block, title="t", about="a")
+    path = tmp_path / "exported_standard.py"
+    path.write_text(text)
+    assert "harness" not in text.split('"""', 2)[2]  # no harness import in the code
+    for tier in tier_names("cifar10"):
+        env = resolve_task("cifar10", tier).width_env
+        assert (registry.parameter_count(registry.find_architecture(str(path)), env)
+                == registry.parameter_count(registry.find_architecture("standard"), env)), tier
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--space", "{broken}"], "a syntax error at line 1"),
+    (["--space", "{no_build}"], "it does not define build()"),
+    (["--space", "{imports_harness}"], "it imports the harness"),
+    (["--space", "{missing}"], "does not exist"),
+    (["--storage", "nosuchdialect://x/y"], "Cannot open the study storage"),
+    (["--storage", "sqlite:////proc/no/such/study.db"], "Cannot open the study storage"),
+    (["--objectives", "fid,gflops", "--pruner", "median"], "Optuna does not prune multi-objective studies"),
+    (["--objectives", "gflops"], "is not one of: fid, fid,gflops"),
+    (["--study", "../x"], "a study name is letters"),
+    (["--trials", "0"], "at least one trial"),
+])
+def test_bad_search_input_is_a_clear_error(args, message, tmp_path, capsys):
+    from harness.cli import main
+
+    files = {"broken": "def suggest(trial:\n", "no_build": "def suggest(trial):\n    return {}\n",
+             "imports_harness": "from harness.search.space import *\n", "missing": None}
+    for name, text in files.items():
+        if text is not None:
+            (tmp_path / f"{name}.py").write_text(text)
+    args = [a.format(**{n: tmp_path / f"{n}.py" for n in files}) for a in args]
+    code = main(["search", "--task", "shapes", "--tier", "smoke", "--results-dir", str(tmp_path), *args])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_a_study_reopened_with_other_settings_is_refused(tmp_path):
+    from harness.errors import HarnessError
+    from harness.search.driver import SearchSpec, settings_for
+    from harness.search.study import open_storage, open_study, storage_url
+
+    spec = SearchSpec(task="shapes", tier="smoke", trials=3, study="s", results_dir=tmp_path)
+    storage = open_storage(storage_url(None, tmp_path, "s"))
+    open_study(settings_for(spec), storage)
+    other = SearchSpec(**{**spec.__dict__, "objectives": "fid,params"})
+    with pytest.raises(HarnessError, match="was made with other settings .*objectives"):
+        open_study(settings_for(other), storage)
+
+
+def test_export_best_of_a_two_objective_study_shows_the_pareto_set_and_asks_for_a_trial(tmp_path):
+    from harness.search.driver import SearchSpec, settings_for
+    from harness.search.study import open_storage, open_study, storage_url
+
+    spec = SearchSpec(task="shapes", tier="smoke", study="pareto", objectives="fid,params", results_dir=tmp_path)
+    study = open_study(settings_for(spec), open_storage(storage_url(None, tmp_path, "pareto")))
+    dist = {"attn_16": optuna.distributions.CategoricalDistribution([False, True])}
+    for values in ([300.0, 2e6], [350.0, 1e6], [400.0, 3e6]):  # the third is dominated
+        study.add_trial(optuna.trial.create_trial(params={"attn_16": True}, distributions=dist, values=values))
+    out = harness("export", "--study", "pareto", "--results-dir", str(tmp_path), "--best")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "Pareto set" in out.stdout and "trials 0, 1" in " ".join(out.stderr.split()) and "--trial N" in out.stderr
+
+
+# -- studies on Ray ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_five_trial_study_completes_reads_back_with_optuna_and_exports_its_winner(tmp_path):
+    results = tmp_path / "results"
+    overrides = {"evaluation.eval_points": [2], "training.steps": 4, "training.batch_size": 8}
+    out = subprocess.run(search_command(results, "--trials", "5", overrides=overrides), capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    url = f"sqlite:///{results}/studies/shapes-smoke-fid.db"
+    assert [s["name"] for s in optuna_cli("studies", "--storage", url)] == ["shapes-smoke-fid"]
+    trials = optuna_cli("trials", "--storage", url, "--study-name", "shapes-smoke-fid")
+    counted = [t for t in trials if not t["user_attrs"].get("infeasible")]
+    assert len(counted) == 5 and all(t["state"] == "COMPLETE" for t in counted)
+    assert all("no attention head" in t["user_attrs"]["failure"] for t in trials if t not in counted)
+    # the baselines come first, unchanged: their parameter counts are the baseline files'
+    smoke = resolve_task("shapes", "smoke").width_env
+    for trial, name in zip(trials[:3], ["standard", "full_attn", "no_attn"]):
+        attrs = trial["user_attrs"]
+        assert attrs["baseline"] == name
+        assert attrs["param_count"] == registry.parameter_count(registry.find_architecture(name), smoke)
+    for trial in counted:  # every trial is a harness run, with its record where the study says
+        attrs = trial["user_attrs"]
+        record = RunRecord.load(Path(attrs["run_folder"]) / "record.json")
+        assert record.status == "completed" and record.best_fid == trial["value"] == attrs["best_fid"]
+        assert (attrs["param_count"], attrs["gmacs"], attrs["best_step"]) == (
+            record.param_count, record.profile["gmacs"], record.best_step)
+    best = optuna_cli("best-trial", "--storage", url, "--study-name", "shapes-smoke-fid")
+    status = json.loads(harness("search", "--task", "shapes", "--tier", "smoke", "--results-dir", str(results),
+                                "--status", "--json").stdout)
+    assert status["best"][0]["trial"] == best["number"] and status["counts"]["COMPLETE"] == 5
+
+    # the same command again: nothing to do, and the baselines are not enqueued a second time
+    again = subprocess.run(search_command(results, "--trials", "5", overrides=overrides), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0 and "nothing to run" in again.stdout
+    assert len(optuna_cli("trials", "--storage", url, "--study-name", "shapes-smoke-fid")) == len(trials)
+
+    # export the winner: a standalone file with the trial's parameter count, that `run` trains
+    archs = tmp_path / "archs"
+    archs.mkdir()
+    exported = harness("export", "--study", "shapes-smoke-fid", "--results-dir", str(results), "--best",
+                       "--name", "winner", "--out-dir", str(archs))
+    assert exported.returncode == 0, exported.stderr
+    text = (archs / "winner.py").read_text()
+    assert "import harness" not in text and "from harness" not in text
+    assert f"trial {best['number']} of the architecture search 'shapes-smoke-fid'" in text
+    winner = registry.find_architecture(str(archs / "winner.py"))
+    assert registry.parameter_count(winner, smoke) == best["user_attrs"]["param_count"]
+    ran = harness("run", "--task", "shapes", "--arch", str(archs / "winner.py"), "--tier", "smoke", "--device", "cpu",
+                  "--results-dir", str(tmp_path / "exported-run"), "--no-progress", *_settings_args(overrides))
+    assert ran.returncode == 0, ran.stderr
+    assert RunRecord.load(tmp_path / "exported-run/shapes/winner/smoke/seed42/record.json").param_count == \
+        best["user_attrs"]["param_count"]
+
+
+@pytest.mark.slow
+def test_a_trial_worse_than_the_median_is_pruned_at_once_with_a_checkpoint(tmp_path):
+    """The constructed case: five earlier trials with an impossibly good FID (1.0) at every
+    evaluation point; a real trial's FID is far above that median at its first point."""
+    from harness.search.driver import SearchSpec, settings_for
+    from harness.search.study import open_storage, open_study, storage_url
+
+    results, space_file = tmp_path / "results", tmp_path / "tiny_space.py"
+    space_file.write_text(TINY_SPACE)
+    overrides = {"training.steps": 40, "evaluation.eval_points": [2, 20]}
+    spec = SearchSpec(task="shapes", tier="smoke", study="prune", space=str(space_file), results_dir=results,
+                      overrides={k: v for k, v in dict(FAST, **overrides).items()})
+    study = open_study(settings_for(spec), open_storage(storage_url(None, results, "prune")))
+    dist = {"channels": optuna.distributions.CategoricalDistribution([4, 8])}
+    for _ in range(5):
+        study.add_trial(optuna.trial.create_trial(params={"channels": 4}, distributions=dist, value=1.0,
+                                                  intermediate_values={2: 1.0, 20: 1.0, 40: 1.0}))
+    out = subprocess.run(search_command(results, "--study", "prune", "--space", str(space_file), "--trials", "6",
+                                        overrides=overrides), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    trial = optuna_cli("trials", "--storage", storage_url(None, results, "prune"), "--study-name", "prune")[-1]
+    assert trial["state"] == "PRUNED" and trial["number"] == 5, trial
+    record = RunRecord.load(Path(trial["user_attrs"]["run_folder"]) / "record.json")
+    # stopped within a few steps of its first evaluation (step 2), far short of 40, with a checkpoint
+    assert record.status == "interrupted" and 2 <= record.step < 20
+    assert (Path(trial["user_attrs"]["run_folder"]) / "checkpoint.pt").exists()
+    assert "pruning    trial 5: FID" in out.stdout
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_its_study_without_duplicates_or_running_trials(tmp_path):
+    results, space_file = tmp_path / "results", tmp_path / "tiny_space.py"
+    space_file.write_text(TINY_SPACE)
+    overrides = {"training.steps": 16}
+    command = search_command(results, "--study", "resume", "--space", str(space_file), "--trials", "2",
+                             "--max-parallel", "1", overrides=overrides)
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    folder = results / "shapes/resume_t0000/smoke/seed42"
+    deadline = time.monotonic() + 300
+    while not (folder / "record.json").exists() or RunRecord.load(folder / "record.json").step < 6:
+        assert driver.poll() is None and time.monotonic() < deadline, (tmp_path / "driver.log").read_text()
+        time.sleep(0.5)
+    os.kill(driver.pid, signal.SIGKILL)  # the driver only, as a lost SSH session would
+    driver.wait()
+    url = storage_url_of(results, "resume")
+    assert [t["state"] for t in optuna_cli("trials", "--storage", url, "--study-name", "resume")] == ["RUNNING"]
+
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "resuming   trial 0" in out.stdout
+    trials = optuna_cli("trials", "--storage", url, "--study-name", "resume")
+    assert [(t["number"], t["state"]) for t in trials] == [(0, "COMPLETE"), (1, "COMPLETE")]
+    log = (folder / "run.log").read_text()
+    assert "Resuming" in log  # from its checkpoint, not from step 0
+    record = RunRecord.load(folder / "record.json")
+    logged = [step for step, _ in record.loss_curve]
+    assert record.step == 16 and logged == sorted(set(logged))  # no step trained (and logged) twice
+
+
+def storage_url_of(results, study):
+    return f"sqlite:///{results}/studies/{study}.db"
