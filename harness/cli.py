@@ -198,6 +198,29 @@ def _add_export(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing file of that name")
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report", help="leaderboards (HTML, Markdown, CSV) and plots from the run records, sweeps and studies",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Read every run record, sweep manifest and Optuna study under the results folder and write a "
+                    "static page (index.html, opens offline from the file system), leaderboard.md, leaderboard.csv "
+                    "(one row per group), runs.csv (one row per run) and PNG plots. A group is (task, task version, "
+                    "tier, architecture file, the settings that change a result): runs with --steps/--fid-samples/"
+                    "--set overrides are their own groups. Failed and unfinished runs are listed, never dropped.",
+        epilog="examples:\n  python -m harness report\n"
+               "  python -m harness report --task shapes --tier smoke --name shapes-smoke\n"
+               "  python -m harness report --results-dir /shared/results --out /shared/reports/today",
+    )
+    p.add_argument("--results-dir", default="results", help="where the records are (default: results)")
+    p.add_argument("--name", default="leaderboard", help="report name: written to reports/<name> (default: leaderboard)")
+    p.add_argument("--out", help="output folder (default: reports/<name>)")
+    p.add_argument("--task", help="only these tasks (comma list)")
+    p.add_argument("--tier", help="only these tiers (comma list)")
+    p.add_argument("--arch", help="only these architectures (comma list)")
+    p.add_argument("--include-incomplete", action="store_true",
+                   help="also average running or interrupted runs that have an evaluation (their best FID so far)")
+
+
 def _add_run_options(p) -> None:
     """The options of `run` that a sweep shares."""
     p.add_argument("--task", default="cifar10", help="task protocol in tasks/ (default: cifar10)")
@@ -237,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_search(sub)
     _add_export(sub)
+    _add_report(sub)
     return parser
 
 
@@ -388,7 +412,7 @@ def cmd_bench(args) -> int:
 def _comma_list(text: str, what: str, cast=str) -> list:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        example = {"arch": "standard,no_attn", "tier": "small,medium", "seed": "42,43"}[what]
+        example = {"arch": "standard,no_attn", "tier": "small,medium", "seed": "42,43", "task": "cifar10,shapes"}[what]
         raise HarnessError(f"--{what} is empty: give one value or a comma list, e.g. --{what} {example}.")
     try:
         return [cast(t) for t in items]
@@ -498,8 +522,26 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from harness.report.build import Filters, collect, write_report
+
+    filters = Filters(task=_comma_list(args.task, "task") if args.task else [],
+                      tier=_comma_list(args.tier, "tier") if args.tier else [],
+                      arch=_comma_list(args.arch, "arch") if args.arch else [],
+                      include_incomplete=args.include_incomplete)
+    out = Path(args.out) if args.out else Path("reports") / args.name
+    report = collect(Path(args.results_dir), filters)
+    files = write_report(report, out)
+    print(f"{len(report.runs)} runs in {len(report.boards)} leaderboard(s), {len(report.studies)} study(ies). "
+          f"Wrote {out}/: index.html, leaderboard.md, leaderboard.csv, runs.csv and {len(files) - 4} plot(s). "
+          f"Open {(out / 'index.html').resolve().as_uri()}")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "list": cmd_list, "profile": cmd_profile, "bench": cmd_bench, "sweep": cmd_sweep, "search": cmd_search,
-            "export": cmd_export}
+            "export": cmd_export, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,6 +141,17 @@ def test_a_study_reopened_with_other_settings_is_refused(tmp_path):
         open_study(settings_for(other), storage)
 
 
+def test_a_journal_file_is_a_storage_optunas_cli_reads(tmp_path):
+    from harness.search.driver import SearchSpec, settings_for
+    from harness.search.study import open_storage, open_study
+
+    journal = str(tmp_path / "shared" / "study.journal")
+    spec = SearchSpec(task="shapes", tier="smoke", study="j", storage=journal, results_dir=tmp_path)
+    open_study(settings_for(spec), open_storage(journal))
+    open_study(settings_for(spec), open_storage(journal))  # the same settings open it again
+    assert [s["name"] for s in optuna_cli("studies", "--storage", journal)] == ["j"]
+
+
 def test_export_best_of_a_two_objective_study_shows_the_pareto_set_and_asks_for_a_trial(tmp_path):
     from harness.search.driver import SearchSpec, settings_for
     from harness.search.study import open_storage, open_study, storage_url
@@ -246,8 +257,9 @@ def test_a_killed_driver_resumes_its_study_without_duplicates_or_running_trials(
     results, space_file = tmp_path / "results", tmp_path / "tiny_space.py"
     space_file.write_text(TINY_SPACE)
     overrides = {"training.steps": 16}
+    # two objectives: NSGA-II, which the resumed driver must load the study with again
     command = search_command(results, "--study", "resume", "--space", str(space_file), "--trials", "2",
-                             "--max-parallel", "1", overrides=overrides)
+                             "--max-parallel", "1", "--objectives", "fid,params", overrides=overrides)
     with open(tmp_path / "driver.log", "w") as log:
         driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     folder = results / "shapes/resume_t0000/smoke/seed42"
@@ -265,6 +277,13 @@ def test_a_killed_driver_resumes_its_study_without_duplicates_or_running_trials(
     assert "resuming   trial 0" in out.stdout
     trials = optuna_cli("trials", "--storage", url, "--study-name", "resume")
     assert [(t["number"], t["state"]) for t in trials] == [(0, "COMPLETE"), (1, "COMPLETE")]
+    for trial in trials:  # the values told are the run's best FID and its parameter count
+        attrs = trial["user_attrs"]
+        assert trial["values"] == [attrs["best_fid"], attrs["param_count"]]
+    status = json.loads(harness("search", "--task", "shapes", "--tier", "smoke", "--results-dir", str(results),
+                                "--study", "resume", "--space", str(space_file), "--objectives", "fid,params",
+                                *_settings_args(overrides), "--status", "--json").stdout)
+    assert status["kind"] == "pareto" and status["settings"]["sampler"] == "nsga2"
     log = (folder / "run.log").read_text()
     assert "Resuming" in log  # from its checkpoint, not from step 0
     record = RunRecord.load(folder / "record.json")

@@ -27,7 +27,7 @@ from harness.locks import RunLock
 from harness.records import RunRecord, atomic_write_bytes, ensure_writable, run_dir
 from harness.search.export import render
 from harness.search.space_file import load_space
-from harness.search.study import (SECOND_OBJECTIVES, StudySettings, check_study_name, describe, open_storage,
+from harness.search.study import (LABELS, SECOND_OBJECTIVES, StudySettings, check_study_name, describe, open_storage,
                                   open_study, parse_objectives, resolve_methods, storage_url)
 from harness.sweep import allocate
 from harness.tasks import resolve_task
@@ -176,6 +176,7 @@ class Search:
         import optuna
 
         done, left_running = self._counts(study)
+        # a live Trial for each RUNNING one (Optuna has no public way from a FrozenTrial to a Trial)
         resumable = [optuna.trial.Trial(study, t._trial_id) for t in left_running]
         slots: dict[str, _Slot] = {}
         waiting: list[_Slot] = []  # locked folders, to try again
@@ -279,7 +280,7 @@ class Search:
         attrs = self._run_attributes(slot, outcome)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        if outcome.status == "interrupted" and slot.pruned or outcome.status == "completed" and slot.pruned:
+        if slot.pruned and outcome.status in ("interrupted", "completed"):  # completed: it ended before the stop
             study.tell(number, state=TrialState.PRUNED)
             self.say(f"pruned     trial {number} at step {outcome.step or attrs.get('step')}")
             return 1
@@ -293,7 +294,7 @@ class Search:
             self.say(f"failed     trial {number}: {why} (log: {outcome.log})")
             return 1
         study.tell(number, values=values)
-        shown = "  ".join(f"{name} {value:.4g}" for name, value in zip(self.settings.objectives, values))
+        shown = ", ".join(f"{LABELS[name]} {value:.4g}" for name, value in zip(self.settings.objectives, values))
         self.say(f"completed  trial {number}: {shown}  ({outcome.wall_seconds:.0f} s on {outcome.node})")
         return 1
 

@@ -54,9 +54,6 @@ def build_model(device):
 '''
 
 
-LABELS = {"fid": "best FID", "gflops": "GFLOPs", "params": "parameters", "latency": "latency (ms)"}
-
-
 def render(space_source: str, space_name: str, choices: dict, block_out_channels: tuple[int, ...],
            layers_per_block: int, title: str, about: str) -> str:
     """The text of a standalone architecture file building ``choices`` with the space's ``build``."""
@@ -94,7 +91,7 @@ def export_trial(study, number: int | None, name: str | None, out_dir: Path, for
     import optuna
 
     from harness.records import atomic_write_bytes, now
-    from harness.search.study import study_space
+    from harness.search.study import LABELS, study_space
 
     settings = study.user_attrs.get("harness")
     if settings is None:

@@ -22,6 +22,7 @@ SECOND_OBJECTIVES = {  # --objectives fid,<name>: (trial user attribute, what it
     "params": ("param_count", "trainable parameters"),
     "latency": ("latency_ms", "milliseconds of one forward pass of one image on the run's device"),
 }
+LABELS = {"fid": "best FID", "gflops": "GFLOPs", "params": "parameters", "latency": "latency (ms)"}
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("median", "hyperband", "none")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$")
@@ -237,8 +238,11 @@ def summary_text(result: dict) -> str:
     if result["best"]:
         rows = [{k: v for k, v in r.items() if k not in ("run_folder", "failure", "choices")}
                 | {"choices": describe(r["choices"])} for r in result["best"]]
-        table = pd.DataFrame(rows).rename(columns={"fid": "FID", "gflops": "GFLOPs", "latency": "latency ms"})
-        lines.append(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
+        table = pd.DataFrame(rows)
+        table["choices"] = table["choices"].str.ljust(table["choices"].str.len().max())  # left-aligned
+        table = table.rename(columns={"fid": "FID", "gflops": "GFLOPs", "latency": "latency ms"})
+        lines.append(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}",
+                                     formatters={"params": lambda v: "-" if pd.isna(v) else f"{int(v):,}"}))
     else:
         lines.append("  (no completed trial yet)")
     return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Leaderboard reports: records, sweep manifests and studies -> HTML, Markdown, CSV and plots."""

@@ -1,0 +1,280 @@
+"""``python -m harness report``: every record, sweep manifest and study under a results folder ->
+``index.html``, ``leaderboard.md``, ``leaderboard.csv``, ``runs.csv`` and PNG plots in one folder.
+
+The Markdown and CSV files depend only on the records (no dates, sorted rows, fixed number
+formats), so the same records give byte-identical files; the page adds when it was generated.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from harness.errors import HarnessError
+from harness.report import plots, tables
+
+# (column, header, format, better): better is "lower", "higher" or None (no best marked)
+COLUMNS = [
+    ("rank", "rank", "{:d}", None),
+    ("arch", "architecture", "{}", None),
+    ("seeds", "seeds (n)", "{:d}", None),
+    ("best_fid_mean", "best FID ↓ (mean ± std)", "{:.2f}", "lower"),
+    ("best_fid_min", "best FID ↓ (min)", "{:.2f}", "lower"),
+    ("final_fid_mean", "final FID ↓ (mean ± std)", "{:.2f}", "lower"),
+    ("kid_mean", "KID ↓", "{:.4f}", "lower"),
+    ("params", "params", "{:,.0f}", None),
+    ("gmacs", "GMACs", "{:.3f}", None),
+    ("gflops", "GFLOPs", "{:.3f}", None),
+    ("train_img_s", "train img/s ↑", "{:.1f}", "higher"),
+    ("train_mfu", "MFU ↑", "{:.1%}", "higher"),
+    ("sample_img_s", "sample img/s ↑", "{:.2f}", "higher"),
+    ("fid_vs_standard", "FID − standard ↓", "{:+.2f}", "lower"),
+    ("pareto", "Pareto (FID vs GFLOPs)", "{}", None),
+    ("device", "device", "{}", None),
+]
+WITH_STD = {"best_fid_mean": "best_fid_std", "final_fid_mean": "final_fid_std"}
+
+
+@dataclass
+class Filters:
+    task: list[str] = field(default_factory=list)
+    tier: list[str] = field(default_factory=list)
+    arch: list[str] = field(default_factory=list)
+    include_incomplete: bool = False
+
+    def apply(self, runs: pd.DataFrame) -> pd.DataFrame:
+        for column in ("task", "tier", "arch"):
+            wanted = getattr(self, column)
+            if wanted and not runs.empty:
+                runs = runs[runs[column].isin(wanted)]
+        return runs
+
+
+def cell(value, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, (bool,)) or fmt == "{}":
+        return {True: "yes", False: ""}.get(value, str(value)) if isinstance(value, bool) else str(value)
+    return fmt.format(int(value) if fmt in ("{:d}",) else value)
+
+
+def display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], set[tuple[int, int]]]:
+    """A leaderboard as header texts, rows of cell texts, and the (row, column) cells holding a
+    column's best value."""
+    headers = [header for _, header, _, _ in COLUMNS]
+    rows, best = [], set()
+    for i, (_, r) in enumerate(board.iterrows()):
+        row = []
+        for column, _, fmt, _ in COLUMNS:
+            text = cell(r[column], fmt)
+            if column in WITH_STD and text != "–" and not pd.isna(r[WITH_STD[column]]):
+                text += f" ± {r[WITH_STD[column]]:.2f}"
+            row.append(text)
+        rows.append(row)
+    for j, (column, _, _, better) in enumerate(COLUMNS):
+        values = pd.to_numeric(board[column], errors="coerce")
+        if better and values.notna().sum() > 1:
+            target = values.min() if better == "lower" else values.max()
+            best |= {(i, j) for i, v in enumerate(values) if v == target}
+    return headers, rows, best
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    escape = lambda s: s.replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(map(escape, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(map(escape, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@dataclass
+class Report:
+    """Everything the files are made from."""
+
+    runs: pd.DataFrame
+    records: dict
+    grouped: pd.DataFrame
+    boards: dict
+    references: dict  # task -> DataFrame of published FIDs
+    agreement: pd.DataFrame
+    studies: list  # study summaries
+    sweeps: list  # sweep manifests
+    provenance: dict
+
+
+def collect(results_dir: Path, filters: Filters) -> Report:
+    from harness.report.studies import find_studies, read_sweeps
+
+    if not results_dir.is_dir():
+        raise HarnessError(f"The results folder {results_dir} does not exist. Pass --results-dir with the folder that "
+                           f"`run`, `sweep` or `search` wrote (default: results).")
+    runs, records = tables.load_runs(results_dir)
+    runs = filters.apply(runs)
+    studies = find_studies(results_dir)
+    if runs.empty and not studies:
+        raise HarnessError(f"No run records (record.json) under {results_dir}" + (" match the filters" if
+                           any([filters.task, filters.tier, filters.arch]) else "") + ". Run something first, e.g. "
+                           f"`python -m harness run --task shapes --arch standard --tier smoke`.")
+    if not runs.empty:
+        runs = runs.assign(in_leaderboard=tables.usable(runs, filters.include_incomplete))
+    grouped = tables.groups(runs, filters.include_incomplete) if not runs.empty else pd.DataFrame()
+    boards = tables.leaderboards(grouped)
+    refs = {task: tables.references(task) for task in sorted(set(runs["task"]))} if not runs.empty else {}
+    return Report(runs, records, grouped, boards, refs, tables.rank_agreement(grouped), studies,
+                  read_sweeps(results_dir), provenance(runs, records))
+
+
+def provenance(runs: pd.DataFrame, records: dict) -> dict:
+    if runs.empty:
+        return {}
+    commits = sorted(set(runs["git_commit"].dropna()))
+    warnings = []
+    if len(commits) > 1:
+        warnings.append(f"The runs come from {len(commits)} git commits ({', '.join(c[:12] for c in commits)}): "
+                        f"code differences may explain result differences.")
+    if any(c.endswith("+dirty") for c in commits):
+        warnings.append("Some runs were made from a tree with uncommitted changes (+dirty): their code is not "
+                        "exactly any commit.")
+    protocols = {}
+    for path in runs["record"]:
+        record = records[path]
+        config = record.get("config") or {}
+        training, sampling, evaluation = (config.get(k) or {} for k in ("training", "sampling", "evaluation"))
+        key = f"{record['task']} v{record.get('task_version')} / {record['tier']}"
+        protocols.setdefault(key, set()).add(json.dumps({
+            "steps": training.get("steps"), "batch_size": training.get("batch_size"), "ema_decay": training.get("ema_decay"),
+            "lr": (config.get("optimizer") or {}).get("lr"),
+            "sampler": f"{sampling.get('sampler')} {sampling.get('steps')} steps, eta {sampling.get('eta')}",
+            "fid_samples": evaluation.get("num_samples"), "fid_reference": (record.get("reference") or {}).get("source"),
+            "inception_weights": (record.get("inception") or {}).get("weights_id")}, sort_keys=True))
+    versions = {}
+    for record in (records[p] for p in runs["record"]):
+        for library, version in (record.get("versions") or {}).items():
+            versions.setdefault(library, set()).add(version)
+    return {"protocol": {k: [json.loads(v) for v in sorted(vs)] for k, vs in sorted(protocols.items())},
+            "git_commits": commits, "devices": sorted(set(runs["device"].dropna())),
+            "library_versions": {k: sorted(v) for k, v in sorted(versions.items())}, "warnings": warnings}
+
+
+def sweeps_table(manifests: list[dict]) -> pd.DataFrame:
+    from collections import Counter
+
+    rows = []
+    for m in manifests:
+        counts = Counter(c.get("status") for c in m.get("cells", []))
+        rows.append({"sweep": m.get("sweep"), "task": m.get("task"), "cells": len(m.get("cells", [])),
+                     **{state: counts.get(state, 0) for state in ("completed", "skipped", "failed", "interrupted")},
+                     "started": m.get("started_at"), "ended": m.get("ended_at") or "not finished"})
+    return pd.DataFrame(rows)
+
+
+def board_title(key: tuple[str, str, str]) -> str:
+    task, tier, var = key
+    return f"{task} / {tier}" + (f" — variant: {var}" if var else "")
+
+
+def board_slug(key: tuple[str, str, str], index: int) -> str:
+    task, tier, var = key
+    return f"{task}-{tier}" + (f"-v{index}" if var else "")
+
+
+def write_report(report: Report, out: Path) -> dict[str, Path]:
+    """All files of the report into ``out``; returns them by name."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"runs.csv": out / "runs.csv", "leaderboard.csv": out / "leaderboard.csv",
+             "leaderboard.md": out / "leaderboard.md"}
+    runs = report.runs.drop(columns=["settings_key"], errors="ignore")
+    runs.to_csv(files["runs.csv"], index=False, float_format="%.6g", lineterminator="\n")
+    board_rows = pd.concat(list(report.boards.values()), ignore_index=True) if report.boards else pd.DataFrame()
+    board_rows.drop(columns=["settings_key"], errors="ignore").to_csv(
+        files["leaderboard.csv"], index=False, float_format="%.6g", lineterminator="\n")
+    figures = make_figures(report, out)
+    files["leaderboard.md"].write_text(markdown(report, figures), encoding="utf-8")
+    from harness.report.html import page
+
+    files["index.html"] = out / "index.html"
+    files["index.html"].write_text(page(report, figures), encoding="utf-8")
+    files.update({p.name: p for paths in figures.values() for p in paths})
+    return files
+
+
+def make_figures(report: Report, out: Path) -> dict:
+    """key -> list of PNG paths (leaderboards by their key, studies by ('study', name))."""
+    figures = {}
+    variants: dict[tuple[str, str], int] = {}
+    for key, board in report.boards.items():
+        index = variants[key[:2]] = variants.get(key[:2], 0) + (1 if key[2] else 0)
+        slug, title = board_slug(key, index), board_title(key)
+        paths = [plots.fid_vs_gflops(board, title, out / f"{slug}-fid-vs-gflops.png"),
+                 plots.fid_vs_step(board, report.runs, report.records, title, out / f"{slug}-fid-vs-step.png"),
+                 plots.loss_curves(board, report.runs, report.records, title, out / f"{slug}-loss.png")]
+        grid = plots.sample_grids(board, report.runs, title, out / f"{slug}-samples.png")
+        figures[key] = paths + ([grid] if grid else [])
+    for study in report.studies:
+        figures["study", study["name"]] = plots.study_plots(study["study"], study["objectives"],
+                                                            out / f"study-{study['name']}")
+    return figures
+
+
+def markdown(report: Report, figures: dict) -> str:
+    parts = ["# Leaderboard", "", READING_NOTE, ""]
+    for key, board in report.boards.items():
+        headers, rows, _ = display(board)
+        parts += [f"## {board_title(key)}", "", markdown_table(headers, rows), ""]
+        refs = published_vs_reproduced(report, key)
+        if not refs.empty:
+            parts += ["Published (quoted from the MLS-Bench baselines, 50k-sample FID; not ranked) vs reproduced here:",
+                      "", markdown_table(list(refs.columns), refs.astype(str).values.tolist()), ""]
+        parts += [f"![{name.name}]({name.name})" for name in figures.get(key, [])] + [""]
+    others = unfinished(report.runs)
+    if not others.empty:
+        parts += ["## Runs not in the leaderboards", "", markdown_table(list(others.columns),
+                                                                         others.astype(str).values.tolist()), ""]
+    if not report.agreement.empty:
+        agree = report.agreement.copy()
+        for c in ("kendall_tau", "spearman_rho"):
+            agree[c] = agree[c].map(lambda v: f"{v:+.3f}")
+        parts += ["## Rank agreement", "", markdown_table(list(agree.columns), agree.astype(str).values.tolist()), ""]
+    for study in report.studies:
+        parts += [f"## Study {study['name']}", "", "```", study["text"], "```", ""]
+        parts += [f"![{p.name}]({p.name})" for p in figures.get(("study", study["name"]), [])] + [""]
+    sweeps = sweeps_table(report.sweeps)
+    if not sweeps.empty:
+        parts += ["## Sweeps", "", markdown_table(list(sweeps.columns), sweeps.astype(str).values.tolist()), ""]
+    parts += ["## Provenance", "", "```", json.dumps(report.provenance, indent=2), "```", ""]
+    return "\n".join(parts)
+
+
+def published_vs_reproduced(report: Report, key: tuple[str, str, str]) -> pd.DataFrame:
+    task, tier, _ = key
+    refs = report.references.get(task)
+    board = report.boards[key]
+    if refs is None or refs.empty:
+        return pd.DataFrame()
+    rows = []
+    for _, ref in refs[refs["tier"] == tier].iterrows():
+        ours = board[board["arch"] == ref["arch"]]
+        reproduced = ours["best_fid_mean"].iloc[0] if len(ours) else math.nan
+        rows.append({"architecture": ref["arch"], "published best FID (quoted)": f"{ref['published_fid']:.2f}",
+                     "reproduced best FID": cell(reproduced, "{:.2f}"),
+                     "reproduced − published": cell(reproduced - ref["published_fid"], "{:+.2f}")})
+    return pd.DataFrame(rows)
+
+
+def unfinished(runs: pd.DataFrame) -> pd.DataFrame:
+    if runs.empty:
+        return pd.DataFrame()
+    rest = runs[~runs["in_leaderboard"]]
+    return pd.DataFrame({"task": rest["task"], "tier": rest["tier"], "architecture": rest["arch"], "seed": rest["seed"],
+                         "status": rest["status"], "step": rest["step"].astype("Int64"), "of": rest["steps"],
+                         "why": rest["failure"].fillna(""), "record": rest["record"]})
+
+
+READING_NOTE = (
+    "How to read this: FIDs compare only within a table (the same task, tier, protocol settings, number of "
+    "generated samples and reference statistics); smoke-tier FIDs use 64 samples and are far above 50k-sample "
+    "values. Best FID is the minimum over a run's evaluation points, selected on the metric itself, so it is "
+    "optimistic; final FID is the last point. Mean ± std is over seeds (sample standard deviation, n-1): a gap "
+    "smaller than the std is not a ranking. ↓ lower is better, ↑ higher is better.")

@@ -1,0 +1,134 @@
+"""The report's figures (matplotlib, Agg): each function writes one PNG and returns its path."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+SAVE = {"dpi": 110, "bbox_inches": "tight", "metadata": {"Software": None}}  # no version stamp: stable files
+
+
+def _title(ax, title: str) -> None:
+    ax.set_title(textwrap.fill(title, width=80), fontsize=9)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, **SAVE)
+    plt.close(fig)
+    return path
+
+
+def fid_vs_gflops(board: pd.DataFrame, title: str, path: Path) -> Path:
+    """Mean best FID (± std over seeds) against GFLOPs per image, the Pareto front as a line."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.errorbar(board["gflops"], board["best_fid_mean"], yerr=board["best_fid_std"].fillna(0), fmt="o", capsize=3,
+                color="#1f77b4", ecolor="#9bbbd8")
+    for _, row in board.iterrows():
+        ax.annotate(row["arch"], (row["gflops"], row["best_fid_mean"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    front = board[board["pareto"]].sort_values("gflops")
+    ax.step(front["gflops"], front["best_fid_mean"], where="post", color="#d62728", lw=1.2, label="Pareto front")
+    ax.set_xlabel("GFLOPs per image (one forward pass)")
+    ax.set_ylabel("best FID, mean over seeds (lower is better)")
+    _title(ax, title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def fid_vs_step(board: pd.DataFrame, runs: pd.DataFrame, records: dict, title: str, path: Path) -> Path:
+    """FID at each evaluation point: mean over seeds, and the min-max band."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for arch, g in _runs_of(board, runs).groupby("arch", sort=True):
+        curves = pd.DataFrame([{"seed": r["seed"], "step": e["step"], "fid": e["fid"]}
+                               for _, r in g.iterrows() for e in records[r["record"]].get("evaluations") or []])
+        if curves.empty:
+            continue
+        stats = curves.groupby("step")["fid"].agg(["mean", "min", "max"])
+        line, = ax.plot(stats.index, stats["mean"], marker="o", ms=3, label=arch)
+        ax.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("FID (lower is better)")
+    _title(ax, title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def loss_curves(board: pd.DataFrame, runs: pd.DataFrame, records: dict, title: str, path: Path) -> Path:
+    """Training loss (mean over each log interval), averaged over seeds."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for arch, g in _runs_of(board, runs).groupby("arch", sort=True):
+        curves = pd.DataFrame([{"step": s, "loss": loss} for _, r in g.iterrows()
+                               for s, loss in records[r["record"]].get("loss_curve") or []])
+        if not curves.empty:
+            mean = curves.groupby("step")["loss"].mean()
+            ax.plot(mean.index, mean.values, lw=1.2, label=arch)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("epsilon-prediction MSE")
+    ax.set_yscale("log")
+    _title(ax, title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def sample_grids(board: pd.DataFrame, runs: pd.DataFrame, title: str, path: Path) -> Path | None:
+    """The latest sample grid of every architecture (its lowest seed), side by side."""
+    grids = []
+    for arch in board["arch"]:
+        g = _runs_of(board[board["arch"] == arch], runs).sort_values("seed")
+        for _, r in g.iterrows():
+            png = Path(r["record"]).parent / "samples.png"
+            if png.exists():
+                grids.append((f"{arch} (seed {r['seed']}, step {r['step']})", png))
+                break
+    if not grids:
+        return None
+    columns = min(4, len(grids))
+    rows = -(-len(grids) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.45 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (label, png) in zip(axes.flat, grids):
+        ax.imshow(plt.imread(png))
+        ax.set_title(label, fontsize=8)
+    fig.suptitle(textwrap.fill(title, width=100), fontsize=9)
+    return _save(fig, path)
+
+
+def study_plots(study, objectives: list[str], stem: Path) -> list[Path]:
+    """Optuna's own optimization-history (one objective) or Pareto-front (two) plot."""
+    import warnings
+
+    import optuna.visualization.matplotlib as ov
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not complete:
+        return []
+    with warnings.catch_warnings():  # Optuna marks its matplotlib backend experimental
+        warnings.simplefilter("ignore")
+        if len(objectives) == 1:
+            ax = ov.plot_optimization_history(study, target_name="best FID")
+            name = "history"
+        else:
+            ax = ov.plot_pareto_front(study, target_names=["best FID", objectives[1]])
+            name = "pareto"
+    fig = ax.figure
+    fig.set_size_inches(6.4, 4.2)
+    return [_save(fig, stem.with_name(f"{stem.name}-{name}.png"))]
+
+
+def _runs_of(board: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs behind the rows of a leaderboard (``in_leaderboard``: the ones it averages)."""
+    key = ["task", "tier", "arch", "arch_sha256", "settings_key"]
+    wanted = set(map(tuple, board[key].to_numpy()))
+    mask = np.array([tuple(row) in wanted for row in runs[key].to_numpy()], dtype=bool)
+    return runs[mask & runs["in_leaderboard"].to_numpy(dtype=bool)]
