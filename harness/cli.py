@@ -487,7 +487,7 @@ def cmd_search(args) -> int:
                     max_parallel=args.max_parallel, max_retries=args.max_retries, progress=not args.no_progress,
                     stream=out)
     if args.status:
-        study = load_study(search.settings.name, open_storage(search.url))
+        study = load_study(search.settings.name, open_storage(search.url, create=False))
     else:
         try:
             study = search.execute()
@@ -510,7 +510,7 @@ def cmd_export(args) -> int:
     from harness.search.export import ParetoChoice, export_trial
     from harness.search.study import load_study, open_storage, storage_url, summary, summary_text
 
-    study = load_study(args.study, open_storage(storage_url(args.storage, args.results_dir, args.study)))
+    study = load_study(args.study, open_storage(storage_url(args.storage, args.results_dir, args.study), create=False))
     try:
         path = export_trial(study, None if args.best else args.trial, args.name,
                             args.out_dir or registry.architectures_dir(), force=args.force)

@@ -15,6 +15,8 @@ from harness.runner import run
 
 from conftest import FAST, TINY_ARCH
 
+pytestmark = pytest.mark.slow  # every test reads the records of 11 real runs (about 40 s to make)
+
 REPO = Path(__file__).resolve().parents[1]
 # a task that is shapes with quoted reference FIDs, so "published vs reproduced" has something to show
 # and a second tier as cheap as smoke ("mini": narrower), so that rank agreement across tiers has two

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
@@ -20,6 +21,7 @@ from harness.report import plots, tables
 COLUMNS = [
     ("rank", "rank", "{:d}", None),
     ("arch", "architecture", "{}", None),
+    ("source", "source (file, sha256)", "{}", None),
     ("seeds", "seeds (n)", "{:d}", None),
     ("best_fid_mean", "best FID ↓ (mean ± std)", "{:.2f}", "lower"),
     ("best_fid_min", "best FID ↓ (min)", "{:.2f}", "lower"),
@@ -54,11 +56,12 @@ class Filters:
 
 
 def cell(value, fmt: str) -> str:
+    """One table cell: "–" for a missing number, "yes"/"" for a flag, else ``fmt``."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if isinstance(value, (bool,)) or fmt == "{}":
-        return {True: "yes", False: ""}.get(value, str(value)) if isinstance(value, bool) else str(value)
-    return fmt.format(int(value) if fmt in ("{:d}",) else value)
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else ""
+    return fmt.format(int(value) if fmt == "{:d}" else value)
 
 
 def display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], set[tuple[int, int]]]:

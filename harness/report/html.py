@@ -17,7 +17,7 @@ body { font: 14px/1.45 "DejaVu Sans", Helvetica, Arial, sans-serif; margin: 24px
 h1 { margin-bottom: 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 10px 0 16px; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; white-space: nowrap; }
-th { background: #f3f5f7; } td:nth-child(2), th:nth-child(2) { text-align: left; }
+th { background: #f3f5f7; } td:nth-child(2), th:nth-child(2), td:nth-child(3), th:nth-child(3) { text-align: left; }
 td.best { font-weight: bold; background: #e3f4e6; }
 tr.quoted td { color: #666; font-style: italic; }
 .note { background: #fafaf2; border-left: 4px solid #c9b458; padding: 8px 12px; max-width: 1100px; }

@@ -17,7 +17,7 @@ def find_studies(results_dir: Path) -> list[dict]:
     paths = sorted(folder.glob("*.db")) + sorted(folder.glob("*.journal")) if folder.is_dir() else []
     for path in paths:
         url = f"sqlite:///{path.resolve()}" if path.suffix == ".db" else str(path.resolve())
-        storage = open_storage(url)
+        storage = open_storage(url, create=False)
         for name in sorted(optuna.study.get_all_study_names(storage)):
             study = load_study(name, storage)
             result = summary(study)

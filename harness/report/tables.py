@@ -105,6 +105,18 @@ def _early_fid(record: dict) -> float | None:
 GROUP_KEY = ["task", "task_version", "tier", "arch", "arch_sha256", "variant", "settings_key"]
 
 
+def source_name(path: str | None) -> str:
+    """An architecture file as the repository names it (architectures/x.py), else its full path."""
+    from harness.tasks import REPO_ROOT
+
+    if not path:
+        return "?"
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _mean_std(values: pd.Series) -> tuple[float, float]:
     values = values.dropna()
     if values.empty:
@@ -136,7 +148,8 @@ def groups(runs: pd.DataFrame, include_incomplete: bool = False) -> pd.DataFrame
                      "gflops": g["gflops"].iloc[0], "train_img_s": g["train_img_s"].mean(),
                      "train_mfu": g["train_mfu"].mean(), "sample_img_s": g["sample_img_s"].mean(),
                      "device": ", ".join(sorted(set(g["device"].dropna()))), "fid_samples": g["fid_samples"].iloc[0],
-                     "steps": g["steps"].iloc[0], "arch_file": g["arch_file"].iloc[0]})
+                     "steps": g["steps"].iloc[0], "arch_file": g["arch_file"].iloc[0],
+                     "source": f"{source_name(g['arch_file'].iloc[0])} {key[GROUP_KEY.index('arch_sha256')][:8]}"})
     return pd.DataFrame(rows)
 
 

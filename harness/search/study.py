@@ -88,11 +88,16 @@ def storage_url(storage: str | None, results_dir: str | Path, study: str) -> str
     return f"sqlite:///{(Path(results_dir).expanduser().resolve() / 'studies' / f'{study}.db')}"
 
 
-def open_storage(url: str):
+def open_storage(url: str, create: bool = True):
     """An RDB URL (``sqlite:///...``, ``postgresql://...``) or a journal file path (for clusters
-    with shared storage), as Optuna's CLI reads them; a one-paragraph error when it cannot be opened."""
+    with shared storage), as Optuna's CLI reads them; a one-paragraph error when it cannot be
+    opened. With ``create=False`` a missing SQLite or journal file is an error, not a new file."""
     import optuna
 
+    local = url[len("sqlite:///"):] if url.startswith("sqlite:///") else None if "://" in url else url
+    if not create and local is not None and not Path(local).expanduser().exists():
+        raise HarnessError(f"There is no study storage at {local}. Pass the --study, and the --storage or --results-dir, "
+                           f"that the search used (its default storage is RESULTS_DIR/studies/<study>.db).")
     try:
         if "://" in url:
             if url.startswith("sqlite:///"):
