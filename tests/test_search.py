@@ -172,7 +172,7 @@ def test_export_best_of_a_two_objective_study_shows_the_pareto_set_and_asks_for_
 @pytest.mark.slow
 def test_a_five_trial_study_completes_reads_back_with_optuna_and_exports_its_winner(tmp_path):
     results = tmp_path / "results"
-    overrides = {"evaluation.eval_points": [2], "training.steps": 4, "training.batch_size": 8}
+    overrides = {"evaluation.eval_points": [1], "training.steps": 2, "training.batch_size": 4}
     out = subprocess.run(search_command(results, "--trials", "5", overrides=overrides), capture_output=True,
                          text=True, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -58,17 +58,31 @@ def start_sweep(results, *args, overrides=None, log=None):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def reference_run(arch, results, seed=42, overrides=None):
-    """The same cell as the `run` command a user would type, with the worker's single thread
-    (OMP_NUM_THREADS=1, as Ray sets it for a 1-CPU task); returns its saved record."""
+def _run_command(arch, results, seed, overrides):
     fast = dict(FAST, **(overrides or {}))
     steps = fast.pop("training.steps")
-    command = [sys.executable, "-m", "harness", "run", "--task", "shapes", "--tier", "smoke", "--arch", str(arch),
-               "--seed", str(seed), "--steps", str(steps), "--device", "cpu", "--results-dir", str(results),
-               "--no-progress", *_set_args(fast)]
-    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
-    assert done.returncode == 0, done.stderr
-    return RunRecord.load(folder(results, Path(arch).stem, seed) / "record.json")
+    return [sys.executable, "-m", "harness", "run", "--task", "shapes", "--tier", "smoke", "--arch", str(arch),
+            "--seed", str(seed), "--steps", str(steps), "--device", "cpu", "--results-dir", str(results),
+            "--no-progress", *_set_args(fast)]
+
+
+def reference_runs(cells, results, overrides=None):
+    """The same cells as the `run` commands a user would type, two at a time, each with the
+    worker's single thread (OMP_NUM_THREADS=1, as Ray sets it for a 1-CPU task); their records."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    records = []
+    for pair in (cells[i:i + 2] for i in range(0, len(cells), 2)):
+        procs = [subprocess.Popen(_run_command(arch, results, seed, overrides), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env) for arch, seed in pair]
+        for proc, (arch, seed) in zip(procs, pair):
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err
+            records.append(RunRecord.load(folder(results, Path(arch).stem, seed) / "record.json"))
+    return records
+
+
+def reference_run(arch, results, seed=42, overrides=None):
+    return reference_runs([(arch, seed)], results, overrides)[0]
 
 
 def folder(results, arch, seed=42):
@@ -113,10 +127,10 @@ def test_sweep_records_equal_single_runs_and_a_rerun_trains_nothing(write_arch, 
     assert result.returncode == 0, result.stderr
     finished = [line for line in result.stdout.splitlines() if line.startswith("completed  ")]
     assert len(finished) == 4 and all("best FID" in line for line in finished)
-    for arch in archs:
-        for seed in (1, 2):
-            swept = RunRecord.load(folder(tmp_path / "sweep", arch.stem, seed) / "record.json")
-            assert_same_results(swept, reference_run(arch, tmp_path / "single", seed))
+    cells = [(arch, seed) for arch in archs for seed in (1, 2)]
+    for (arch, seed), single in zip(cells, reference_runs(cells, tmp_path / "single")):
+        swept = RunRecord.load(folder(tmp_path / "sweep", arch.stem, seed) / "record.json")
+        assert_same_results(swept, single)
     entry = manifest(tmp_path / "sweep")
     assert [c["status"] for c in entry["cells"]] == ["completed"] * 4 and entry["ended_at"]
     for cell in entry["cells"]:  # each evaluation reached the driver as the run went

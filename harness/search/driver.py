@@ -34,6 +34,7 @@ from harness.tasks import resolve_task
 
 LOCKED_RETRY_SECONDS = 15  # a trial's folder still locked by a run of the killed driver: try again this often
 LOCKED_RETRIES = 20
+MAX_INFEASIBLE_IN_A_ROW = 100  # a space whose points mostly cannot be built at this tier is an error, not a loop
 
 
 @dataclass
@@ -235,7 +236,9 @@ class Search:
         if resumable:
             trial = resumable.pop(0)
             return self._slot(trial, self.settings.space.suggest(trial), resumed=True)
-        while in_flight_or_done < self.spec.trials:
+        for _ in range(MAX_INFEASIBLE_IN_A_ROW):
+            if in_flight_or_done >= self.spec.trials:
+                return None
             trial = study.ask()
             choices = self.settings.space.suggest(trial)
             why = self.settings.space.infeasible(choices, self.settings.block_out_channels)
@@ -245,7 +248,9 @@ class Search:
             trial.set_user_attr("failure", f"infeasible at widths {list(self.settings.block_out_channels)}: {why}")
             study.tell(trial, state=TrialState.FAIL)
             self.say(f"skipped    trial {trial.number}: {why} (told FAIL; it does not count towards --trials)")
-        return None
+        raise HarnessError(f"The sampler proposed {MAX_INFEASIBLE_IN_A_ROW} points in a row that cannot be built at "
+                           f"widths {list(self.settings.block_out_channels)} (the last: {why}). Narrow the space's "
+                           f"choices for this tier (--space), or search a wider tier.")
 
     def _slot(self, trial, choices: dict, resumed: bool) -> _Slot:
         s, number = self.settings, trial.number
@@ -294,7 +299,8 @@ class Search:
             self.say(f"failed     trial {number}: {why} (log: {outcome.log})")
             return 1
         study.tell(number, values=values)
-        shown = ", ".join(f"{LABELS[name]} {value:.4g}" for name, value in zip(self.settings.objectives, values))
+        shown = ", ".join(f"{LABELS[name]} {value:.2f}" if name == "fid" else f"{LABELS[name]} {value:.4g}"
+                          for name, value in zip(self.settings.objectives, values))
         self.say(f"completed  trial {number}: {shown}  ({outcome.wall_seconds:.0f} s on {outcome.node})")
         return 1
 
