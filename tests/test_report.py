@@ -102,6 +102,7 @@ def test_the_report_groups_ranks_and_lists_every_run(results, tmp_path):
     md = (out / "leaderboard.md").read_text()
     assert "best FID ↓ (mean ± std)" in md and "train img/s ↑" in md
     assert "published best FID (quoted)" in md and "| standard | 300.00 |" in md
+    assert "| quoted | standard | published (task reference_results) |  | 300.00 |" in md  # a row, unranked
     assert "Runs not in the leaderboards" in md and "boom" in md
     assert "tier mini vs tier smoke" in md and "first evaluation after step 0 vs best FID" in md
     assert '"git_commits"' in md and '"inception_weights"' in md

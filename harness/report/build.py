@@ -77,12 +77,23 @@ def display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], set[tuple[
                 text += f" ± {r[WITH_STD[column]]:.2f}"
             row.append(text)
         rows.append(row)
-    for j, (column, _, _, better) in enumerate(COLUMNS):
+    for j, (column, _, _, better) in enumerate(COLUMNS):  # measured rows only: quoted ones are never best
         values = pd.to_numeric(board[column], errors="coerce")
         if better and values.notna().sum() > 1:
             target = values.min() if better == "lower" else values.max()
             best |= {(i, j) for i, v in enumerate(values) if v == target}
     return headers, rows, best
+
+
+def quoted_rows(published: pd.DataFrame, tier: str) -> list[list[str]]:
+    """The task's published best FIDs at this tier as unranked rows under a leaderboard."""
+    rows = []
+    for _, ref in published[published["tier"] == tier].sort_values("published_fid").iterrows():
+        row = [""] * len(COLUMNS)
+        row[0], row[1], row[2] = "quoted", ref["arch"], "published (task reference_results)"
+        row[[c for c, *_ in COLUMNS].index("best_fid_mean")] = f"{ref['published_fid']:.2f}"
+        rows.append(row)
+    return rows
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -225,13 +236,16 @@ def markdown(report: Report, figures: dict) -> str:
     parts = ["# Leaderboard", "", READING_NOTE, ""]
     for key, board in report.boards.items():
         headers, rows, _ = display(board)
+        rows += quoted_rows(report.references.get(key[0], pd.DataFrame(columns=["arch", "tier", "published_fid"])),
+                            key[1])
         parts += [f"## {board_title(key)}", "", markdown_table(headers, rows), ""]
         refs = published_vs_reproduced(report, key)
         if not refs.empty:
-            parts += ["Published (quoted from the MLS-Bench baselines, 50k-sample FID; not ranked) vs reproduced here:",
+            parts += ["Published best FIDs (quoted from the task's reference_results: for cifar10, the MLS-Bench baselines "
+                      "at 50k samples; not ranked) vs reproduced here:",
                       "", markdown_table(list(refs.columns), refs.astype(str).values.tolist()), ""]
         parts += [f"![{name.name}]({name.name})" for name in figures.get(key, [])] + [""]
-    others = unfinished(report.runs)
+    others = unfinished(report.runs, report.studies)
     if not others.empty:
         parts += ["## Runs not in the leaderboards", "", markdown_table(list(others.columns),
                                                                          others.astype(str).values.tolist()), ""]
@@ -266,13 +280,23 @@ def published_vs_reproduced(report: Report, key: tuple[str, str, str]) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def unfinished(runs: pd.DataFrame) -> pd.DataFrame:
-    if runs.empty:
+def unfinished(runs: pd.DataFrame, studies: list[dict]) -> pd.DataFrame:
+    """The runs no leaderboard uses, with why: a failure's message, or the study that pruned it."""
+    rest = runs[~runs["in_leaderboard"]] if not runs.empty else runs
+    if rest.empty:
         return pd.DataFrame()
-    rest = runs[~runs["in_leaderboard"]]
+    trials = {str(Path(t.user_attrs["run_folder"]).resolve()): (study["name"], t.number, t.state.name)
+              for study in studies for t in study["study"].get_trials(deepcopy=False) if "run_folder" in t.user_attrs}
+
+    def why(row) -> str:
+        if isinstance(row["failure"], str):
+            return row["failure"]
+        name, number, state = trials.get(str(Path(row["record"]).parent.resolve()), (None, None, None))
+        return f"trial {number} of study {name}: {state}" if name else ""
+
     return pd.DataFrame({"task": rest["task"], "tier": rest["tier"], "architecture": rest["arch"], "seed": rest["seed"],
                          "status": rest["status"], "step": rest["step"].astype("Int64"), "of": rest["steps"],
-                         "why": rest["failure"].fillna(""), "record": rest["record"]})
+                         "why": rest.apply(why, axis=1), "record": rest["record"]})
 
 
 READING_NOTE = (

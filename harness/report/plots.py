@@ -18,9 +18,9 @@ def _title(ax, title: str) -> None:
     ax.set_title(textwrap.fill(title, width=80), fontsize=9)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, dpi: int = SAVE["dpi"]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, **SAVE)
+    fig.savefig(path, **{**SAVE, "dpi": dpi})
     plt.close(fig)
     return path
 
@@ -94,14 +94,15 @@ def sample_grids(board: pd.DataFrame, runs: pd.DataFrame, title: str, path: Path
         return None
     columns = min(4, len(grids))
     rows = -(-len(grids) // columns)
+    # 3.2 in at 80 dpi: each 256-pixel grid (8 x 32 px) at its own resolution
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.45 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (label, png) in zip(axes.flat, grids):
-        ax.imshow(plt.imread(png))
+        ax.imshow(plt.imread(png), interpolation="nearest")
         ax.set_title(label, fontsize=8)
     fig.suptitle(textwrap.fill(title, width=100), fontsize=9)
-    return _save(fig, path)
+    return _save(fig, path, dpi=80)
 
 
 def study_plots(study, objectives: list[str], stem: Path) -> list[Path]:
