@@ -34,7 +34,8 @@ def _add_run(sub) -> None:
         description="Train one architecture under a task's protocol, evaluate FID/KID at the task's evaluation "
                     "points, and write a run record. Re-running the same command resumes from its checkpoint.",
         epilog="example:\n  python -m harness run --task shapes --arch standard --tier smoke\n"
-               "  python -m harness run --arch full-attn --tier small --seed 1 --set optimizer.lr=1e-4",
+               "  python -m harness run --arch full-attn --tier small --seed 1 --set optimizer.lr=1e-4\n"
+               "  python -m harness run --arch standard --tier large --devices 8      # one run on 8 GPUs",
     )
     p.add_argument("--arch", required=True, help="architecture name (see `list`) or a path to a .py file")
     p.add_argument("--tier", required=True, help="width tier: smoke, small, medium, large")
@@ -88,7 +89,8 @@ def _add_bench(sub) -> None:
                     "DDIMPipeline; the harness FID against clean-fid's compute_fid on the same PNGs. Prints "
                     "harness/reference time ratios (below 1: the harness is faster) and how far the outputs differ.",
         epilog="example:\n  python -m harness bench\n  python -m harness bench --device cuda --json\n"
-               "  python -m harness bench --sweep          # the sweep's overhead over plain run commands",
+               "  python -m harness bench --sweep          # the sweep's overhead over plain run commands\n"
+               "  python -m harness bench --scaling 8      # one run on 8 GPUs against one GPU",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--json", action="store_true", help="print all keys, raw timings, device and versions as JSON")
@@ -96,7 +98,11 @@ def _add_bench(sub) -> None:
     p.add_argument("--sweep", action="store_true",
                    help="measure the sweep's overhead instead: 4 shapes smoke runs as one `sweep --max-parallel 1` "
                         "against the same 4 `run` commands one after another (about 20 minutes on a 2-core CPU)")
-    p.add_argument("--steps", type=int, help="with --sweep: training steps per run (default: the smoke tier's 120)")
+    p.add_argument("--steps", type=int, help="with --sweep: training steps per run (default: the smoke tier's 120); "
+                                             "with --scaling: training steps per side (default: 60)")
+    p.add_argument("--scaling", type=int, metavar="N",
+                   help="measure data-parallel scaling instead: img/s of one shapes smoke run with N processes over N x "
+                        "img/s with one (one per GPU; with --device cpu, N processes sharing the cores)")
 
 
 def _add_sweep(sub) -> None:
@@ -231,6 +237,11 @@ def _add_run_options(p) -> None:
     p.add_argument("--results-dir", default="results", help="where run records go (default: results)")
     p.add_argument("--data-dir", help="folder holding CIFAR-10 (cifar-10-batches-py or cifar-10-python.tar.gz)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--devices", type=int,
+                   help="train each run with N DistributedDataParallel processes on one machine, one per GPU (or N "
+                        "CPU processes with --device cpu); the global batch is unchanged and split N ways, evaluation "
+                        "is sharded by sample, the record says how many processes trained it (default: 1; in a sweep "
+                        "or search, the GPUs per run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -268,7 +279,8 @@ def cmd_run(args) -> int:
     from harness.runner import run
 
     record = run(args.task, args.arch, args.tier, args.seed, device=args.device, results_dir=args.results_dir,
-                 data_dir=args.data_dir, overrides=_overrides(args), fresh=args.fresh, progress=not args.no_progress)
+                 data_dir=args.data_dir, overrides=_overrides(args), fresh=args.fresh, progress=not args.no_progress,
+                 devices=args.devices)
     from harness.records import run_dir
 
     path = run_dir(args.results_dir, record.task, record.arch, record.tier, record.seed) / "record.json"
@@ -386,6 +398,21 @@ def cmd_bench(args) -> int:
                   f"{result['sweep_outside_runs_seconds']:.1f} s (one start, Ray, node checks, scheduling)")
         return 0
 
+    if args.scaling is not None:
+        from harness.bench_scaling import run_scaling_bench
+
+        result = run_scaling_bench(args.scaling, args.device, steps=args.steps or 60,
+                                   progress=lambda msg: print(msg, file=sys.stderr))
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(f"{result['arch']}/{result['tier']} on {result['task']}, global batch {result['batch_size']}, "
+                  f"{result['steps']} steps, on {result['device']['name']}: {result['one_process_train_images_per_sec']:.1f} "
+                  f"img/s with 1 process, {result['processes_train_images_per_sec']:.1f} img/s with {result['devices']}; "
+                  f"speed-up {result['speedup']:.2f}x, scaling efficiency {result['efficiency']:.2f} "
+                  f"({result['threads_per_process']} torch thread(s) per process)")
+        return 0
+
     result = run_bench(pick_device(args.device), compile=args.compile, progress=lambda msg: print(msg, file=sys.stderr))
     if args.json:
         print(json.dumps(result, indent=2))
@@ -427,7 +454,7 @@ def cmd_sweep(args) -> int:
     spec = SweepSpec(args.task, _comma_list(args.arch, "arch"), _comma_list(args.tier, "tier"), seeds,
                      results_dir=args.results_dir, overrides=_overrides(args), data_dir=args.data_dir, device=args.device)
     out = sys.stderr if args.json else sys.stdout
-    sweep = Sweep(spec, address=args.address, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
+    sweep = Sweep(spec, address=args.address, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run, devices=args.devices,
                   max_parallel=args.max_parallel, max_retries=args.max_retries, progress=not args.no_progress, stream=out)
     if args.dry_run:
         plan = sweep.dry_run()
@@ -483,7 +510,7 @@ def cmd_search(args) -> int:
                       seed=args.seed, overrides=_overrides(args), results_dir=args.results_dir, data_dir=args.data_dir,
                       device=args.device)
     out = sys.stderr if args.json else sys.stdout
-    search = Search(spec, address=args.address, gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+    search = Search(spec, address=args.address, gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, devices=args.devices,
                     max_parallel=args.max_parallel, max_retries=args.max_retries, progress=not args.no_progress,
                     stream=out)
     if args.status:

@@ -63,10 +63,13 @@ class NoiseSchedule:
         s = self.sqrt_one_minus_alpha[t].view(-1, 1, 1, 1)
         return torch.addcmul(a * x0, s, noise)
 
-    def loss(self, model: torch.nn.Module, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Epsilon-prediction MSE with t uniform in [0, T). Returns a 0-dim tensor (no host sync)."""
+    def loss(self, model: torch.nn.Module, x0: torch.Tensor, gen: torch.Generator, part: slice = slice(None)) -> torch.Tensor:
+        """Epsilon-prediction MSE with t uniform in [0, T). Returns a 0-dim tensor (no host sync).
+        Timesteps and noise are drawn for the whole batch x0 [B,3,32,32], so the generator advances
+        the same way whatever ``part`` of the batch (one DDP rank's rows) the loss is taken over."""
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=gen, device=x0.device)
         noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+        x0, noise, t = x0[part], noise[part], t[part]
         pred = model(self.add_noise(x0, noise, t), t).sample
         return F.mse_loss(pred.float(), noise.float())
 
@@ -123,6 +126,12 @@ def ddim_sample(
     return x
 
 
+def seed_batches(seeds: list[int], batch_size: int) -> list[list[int]]:
+    """The sampling batches of an evaluation. An image can differ in its last bit with the batch
+    it is computed in (conv kernels sum in another order), so sharded evaluation splits by these."""
+    return [seeds[start : start + batch_size] for start in range(0, len(seeds), batch_size)]
+
+
 def generate(
     model: torch.nn.Module,
     diffusion: DiffusionSpec,
@@ -132,6 +141,5 @@ def generate(
     autocast_dtype: torch.dtype | None = None,
 ) -> Iterator[torch.Tensor]:
     """uint8 ``[b,3,32,32]`` batches of ``sampling.batch_size`` images, in seed order."""
-    for start in range(0, len(seeds), sampling.batch_size):
-        chunk = seeds[start : start + sampling.batch_size]
+    for chunk in seed_batches(seeds, sampling.batch_size):
         yield to_uint8(ddim_sample(model, diffusion, sampling, chunk, device, autocast_dtype))

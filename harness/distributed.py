@@ -49,6 +49,7 @@ class Job:
     overrides: dict = field(default_factory=dict)
     data_dir: str | None = None
     device: str = "auto"
+    devices: int = 1  # DDP processes (one per GPU) training this one run
     measure_latency: bool = False  # also time one forward pass of one image on the run's device (a search objective)
 
 
@@ -144,7 +145,8 @@ def _execute(job: Job, channel, threads: int) -> Outcome:
     try:
         with _output_into(folder / LOG_FILE):
             record = _run_past_dead_holders(
-                lambda: run(job.task, job.arch, job.tier, job.seed, device=job.device, results_dir=job.results_dir,
+                lambda: run(job.task, job.arch, job.tier, job.seed, device=job.device, devices=job.devices,
+                            results_dir=job.results_dir,
                             data_dir=job.data_dir, overrides=job.overrides, progress=False, log=lambda message: None,
                             should_stop=should_stop,
                             on_evaluation=lambda e: channel.report.remote(job.key, {"kind": "evaluation", **e})))
@@ -260,6 +262,7 @@ class Resources:
     nodes: int
     max_node_cpus: float
     cpus_per_gpu: float | None  # the fewest CPUs per GPU on any node with GPUs
+    max_node_gpus: float = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -270,7 +273,8 @@ def local_resources() -> Resources:
     import torch
 
     cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
-    return Resources(cpus=cpus, gpus=gpus, nodes=1, max_node_cpus=cpus, cpus_per_gpu=cpus / gpus if gpus else None)
+    return Resources(cpus=cpus, gpus=gpus, nodes=1, max_node_cpus=cpus, cpus_per_gpu=cpus / gpus if gpus else None,
+                     max_node_gpus=gpus)
 
 
 def cluster_resources() -> Resources:
@@ -281,7 +285,8 @@ def cluster_resources() -> Resources:
     per_gpu = [r.get("CPU", 0) / r["GPU"] for r in alive if r.get("GPU")]
     return Resources(cpus=total.get("CPU", 0), gpus=total.get("GPU", 0), nodes=len(alive),
                      max_node_cpus=max((r.get("CPU", 0) for r in alive), default=0),
-                     cpus_per_gpu=min(per_gpu) if per_gpu else None)
+                     cpus_per_gpu=min(per_gpu) if per_gpu else None,
+                     max_node_gpus=max((r.get("GPU", 0) for r in alive), default=0))
 
 
 def connect(address: str | None) -> None:
@@ -328,10 +333,11 @@ def _use_auth_token(address: str) -> None:
 class RayPool:
     """Runs jobs as Ray tasks, at most as many at once as the caller submits."""
 
-    def __init__(self, gpus_per_run: float, cpus_per_run: float, max_retries: int):
+    def __init__(self, gpus_per_run: float, cpus_per_run: float, max_retries: int, devices_per_run: int = 1):
         import ray
 
         self.gpus_per_run, self.cpus_per_run, self.max_retries = gpus_per_run, cpus_per_run, max_retries
+        self.devices_per_run = devices_per_run
         self.channel = ray.remote(num_cpus=0)(Channel).remote()
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         self.runtime_env = {"env_vars": env} if env else None  # the runs see the driver's HARNESS_* settings
@@ -371,6 +377,8 @@ class RayPool:
         if job.device == "auto" and not self.gpus_per_run:
             # Ray does not hide GPUs from a task that asked for none: keep such runs off them
             job = Job(**{**asdict(job), "device": "cpu"})
+        if self.devices_per_run > 1:
+            job = Job(**{**asdict(job), "devices": self.devices_per_run})
         self.running[self._task.remote(job, self.channel, threads)] = job
 
     def wait(self, timeout: float) -> tuple[list[tuple[str, dict]], dict[str, int], list[Outcome]]:

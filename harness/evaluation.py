@@ -13,8 +13,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from harness.diffusion import generate, sample_seeds
+from harness.diffusion import ddim_sample, sample_seeds, seed_batches, to_uint8
 from harness.fid import InceptionFeatures, frechet_distance, kernel_inception_distance, mean_cov
+from harness.parallel import SINGLE, World
 from harness.reference import Reference, get_reference
 from harness.tasks import TaskSpec
 
@@ -62,33 +63,49 @@ class Evaluator:
             self._reference = get_reference(self.spec.data, self.spec.evaluation, self.features, self.load_images, bar)
         return self._reference
 
-    def evaluate(self, ema_model: torch.nn.Module, step: int) -> EvaluationResult:
-        reference = self.reference
+    def evaluate(self, ema_model: torch.nn.Module, step: int, world: World = SINGLE) -> EvaluationResult | None:
+        """Every rank of ``world`` generates whole sampling batches (batch j on rank j mod N) and
+        their features; rank 0 gathers them in seed order and returns the result, the others None."""
         evaluation = self.spec.evaluation
+        if world.is_main:
+            self.reference  # noqa: B018  (computed, or read from its cache, before sampling starts)
         seeds = sample_seeds(self.spec.seed, evaluation.num_samples)
-        bar = self.progress_factory(len(seeds), f"FID @ step {step}") if self.progress_factory else None
-        feats, grid = [], []
-        sample_seconds = feature_seconds = 0.0
-        batches = generate(ema_model, self.spec.diffusion, self.spec.sampling, seeds, self.device, self.autocast_dtype)
-        t0 = time.perf_counter()
-        for images in batches:  # uint8 [b,3,32,32] on the device
+        size = self.spec.sampling.batch_size
+        chunks = seed_batches(seeds, size)
+        mine = range(world.rank, len(chunks), world.size)
+        bar = None
+        if self.progress_factory and world.is_main:
+            bar = self.progress_factory(sum(len(chunks[j]) for j in mine), f"FID @ step {step}")
+        parts, seconds = {}, [0.0, 0.0]  # batch index -> (features [b,2048], first grid images); sampling, features
+        for j in mine:
+            t0 = time.perf_counter()
+            images = to_uint8(ddim_sample(ema_model, self.spec.diffusion, self.spec.sampling, chunks[j], self.device,
+                                          self.autocast_dtype))  # uint8 [b,3,32,32] on the device
             _sync(self.device)
             t1 = time.perf_counter()
-            sample_seconds += t1 - t0
-            if sum(len(g) for g in grid) < GRID_IMAGES:
-                grid.append(images[: GRID_IMAGES - sum(len(g) for g in grid)].cpu())
-            for start in range(0, len(images), evaluation.feature_batch_size):
-                feats.append(self.features(images[start : start + evaluation.feature_batch_size]).cpu().numpy())
-            t0 = time.perf_counter()
-            feature_seconds += t0 - t1
+            feats = [self.features(images[i : i + evaluation.feature_batch_size]).cpu().numpy()
+                     for i in range(0, len(images), evaluation.feature_batch_size)]
+            grid = images[: max(0, GRID_IMAGES - j * size)].cpu()
+            parts[j] = (np.concatenate(feats), grid)
+            seconds[0] += t1 - t0
+            seconds[1] += time.perf_counter() - t1
             if bar is not None:
                 bar.update(len(images))
         if bar is not None:
             bar.close()
-        features = np.concatenate(feats)  # [N,2048] float32
+        gathered = world.gather((parts, seconds))
+        if not world.is_main:
+            return None
+        for rank_parts, _ in gathered[1:]:
+            parts.update(rank_parts)
+        features = np.concatenate([parts[j][0] for j in range(len(chunks))])  # [N,2048] float32, seed order
+        grid = torch.cat([parts[j][1] for j in range(len(chunks))])
+        reference = self.reference
         mu, sigma = mean_cov(features)
         fid = frechet_distance(mu, sigma, reference.mu, reference.sigma)
         kid = None
         if evaluation.kid and reference.kid_features is not None:
             kid = kernel_inception_distance(features, reference.kid_features)
-        return EvaluationResult(step, fid, kid, len(seeds), sample_seconds, feature_seconds, torch.cat(grid))
+        # the evaluation took as long as its slowest process
+        sample_seconds, feature_seconds = (max(s[i] for _, s in gathered) for i in range(2))
+        return EvaluationResult(step, fid, kid, len(seeds), sample_seconds, feature_seconds, grid)

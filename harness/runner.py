@@ -11,6 +11,7 @@ lock on its folder (``run.lock``) from start to end and appends its messages to 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -29,6 +30,7 @@ from harness.data import ImageBatches, load_images
 from harness.errors import HarnessError, RunFailed
 from harness.evaluation import Evaluator
 from harness.flops import count_macs, mfu
+from harness.parallel import SINGLE, World
 from harness.records import (
     CHECKPOINT_FILE, RECORD_FILE, RunRecord, atomic_write_bytes, device_info,
     ensure_writable, git_commit, library_versions, now, run_dir,
@@ -130,13 +132,17 @@ class Run:
     ``should_stop(step)`` is asked after every step: True checkpoints and raises RunInterrupted
     (as Ctrl-C does). ``on_evaluation(evaluation)`` is told of every evaluation once it is saved
     (a sweep or a search reads FID from it as the run goes).
+
+    With a ``world`` of several processes (started by harness/parallel.py) every rank runs these
+    phases in step; a stop is agreed on by all ranks at the same step, and rank 0 alone writes
+    (log, checkpoints, record, grids): the launcher holds the folder's lock.
     """
 
     def __init__(self, task: str = "cifar10", arch: str = "standard", tier: str = "smoke", seed: int | None = None, *,
                  device: str = "auto", results_dir: str | Path = "results", data_dir: str | Path | None = None,
                  overrides: dict[str, Any] | None = None, fresh: bool = False, progress: bool = True,
                  log: Callable[[str], None] = tqdm.write, should_stop: Callable[[int], bool] | None = None,
-                 on_evaluation: Callable[[dict], None] | None = None):
+                 on_evaluation: Callable[[dict], None] | None = None, world: World = SINGLE):
         self.started = time.perf_counter()
         overrides = dict(overrides or {})
         if seed is not None:
@@ -147,7 +153,8 @@ class Run:
         self.directory = run_dir(results_dir, self.spec.name, self.architecture.name, self.spec.tier, self.spec.seed)
         self.arch_name, self.data_dir, self.fresh, self.progress = arch, data_dir, fresh, progress
         self.should_stop, self.on_evaluation = should_stop, on_evaluation
-        self.run_log = RunLog(self.directory / LOG_FILE, echo=log)
+        self.world = world
+        self.run_log = RunLog(self.directory / LOG_FILE if world.is_main else None, echo=log)
         self.log = self.run_log.write
         self.stop = _StopOnSignal()
         self.totals = {"train_seconds": 0.0, "train_images": 0, "eval_seconds": 0.0, "wall_seconds": 0.0}
@@ -159,7 +166,8 @@ class Run:
 
     def execute(self) -> RunRecord:
         ensure_writable(self.directory)
-        with locks.RunLock(self.directory), self.run_log:
+        lock = contextlib.nullcontext() if self.world.distributed else locks.RunLock(self.directory)
+        with lock, self.run_log:
             self.log(f"Run {self.spec.name}/{self.architecture.name}/{self.spec.tier}/seed{self.spec.seed} on "
                      f"{socket.gethostname()}, pid {os.getpid()}, {self.device} ({locks.holder_command()})")
             try:
@@ -204,12 +212,14 @@ class Run:
             checkpoints.remove(self.directory)
             self.record_path.unlink(missing_ok=True)
         self.architecture, model = registry.load(self.arch_name, spec.width_env, dev, spec.seed)
-        profile = _static_profile(model, dev)
+        profile = _static_profile(model, dev) if self.world.is_main else None
         images = load_images(spec.data, self.data_dir)  # uint8 [N,3,32,32] on the host
         batches = ImageBatches(images, spec.training.batch_size, dev, flip=spec.data.horizontal_flip)
-        self.trainer = Trainer(model, spec, batches, dev)
+        self.trainer = Trainer(model, spec, batches, dev, self.world)
+        devices = self.world.gather(device_info(dev)["name"])
         self.record = self._new_record("running", param_count=registry.count_parameters(self.trainer.model),
                                        profile=profile)
+        self.record.processes = {"count": self.world.size, "backend": self.world.backend, "devices": devices}
 
         def bar_factory(total: int, desc: str):
             return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not self.progress, dynamic_ncols=True)
@@ -269,8 +279,10 @@ class Run:
     def evaluate(self) -> None:
         """FID/KID of the EMA model at the current step; saved with a checkpoint and the record."""
         eval_start = time.perf_counter()
-        result = self.evaluator.evaluate(self.trainer.ema_model(), self.trainer.step)
+        result = self.evaluator.evaluate(self.trainer.ema_model(), self.trainer.step, self.world)
         self.totals["eval_seconds"] += time.perf_counter() - eval_start
+        if result is None:  # not rank 0: its share is in rank 0's result
+            return
         record, reference = self.record, self.evaluator.reference
         record.add_evaluation(result.to_dict())
         record.reference = {"source": reference.source, "num_images": reference.num_images,
@@ -286,13 +298,15 @@ class Run:
 
     def checkpoint(self) -> None:
         """Save the checkpoint (the previous one kept) and the record, status running."""
+        self.last_good_step = self.trainer.step
+        if not self.world.is_main:
+            return
         self.totals["wall_seconds"] = self._wall()
         record = self.record
         state = {"trainer": self.trainer.state_dict(), "evaluations": record.evaluations, "totals": self.totals,
                  "fingerprint": self._fingerprint(), "arch_sha256": self.architecture.sha256,
                  "created_at": record.created_at, "reference": record.reference, "samples_png": record.samples_png}
         checkpoints.save(self.directory, state)
-        self.last_good_step = self.trainer.step
         self._write_record("running")
 
     def finish(self, status: str) -> RunRecord:
@@ -316,8 +330,11 @@ class Run:
     def _fingerprint(self) -> dict:
         return _run_fingerprint(self.spec, self.device, self.record.precision)
 
-    def _stop_requested(self) -> bool:  # Ctrl-C, or the caller's should_stop
-        return self.stop.requested or (self.should_stop is not None and self.should_stop(self.trainer.step))
+    def _stop_requested(self) -> bool:
+        """Ctrl-C, or the caller's should_stop, in any process of the run (a collective: every
+        rank asks at the same points)."""
+        local = self.stop.requested or (self.should_stop is not None and self.should_stop(self.trainer.step))
+        return self.world.any(local)
 
     def _interrupt(self, where: str) -> "RunInterrupted":
         self._write_record("interrupted")
@@ -353,6 +370,8 @@ class Run:
         """A run that cannot even start says why in its record: a new record, or the failure added
         to a partial one (its evaluations kept); a completed record is left as it is."""
         self.log(traceback.format_exc().rstrip())
+        if not self.world.is_main:
+            return
         message = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
         failure = {"step": 0, "message": message, "error": type(exc).__name__}
         if self.record_path.exists():
@@ -384,6 +403,8 @@ class Run:
         return self.wall_before + time.perf_counter() - self.started
 
     def _write_record(self, status: str) -> None:
+        if not self.world.is_main:
+            return
         record, totals, trainer = self.record, self.totals, self.trainer
         record.status, record.step = status, trainer.step
         record.loss_curve = [list(x) for x in trainer.loss_curve]
@@ -405,10 +426,17 @@ def run(task: str = "cifar10", arch: str = "standard", tier: str = "smoke", seed
     """Train and evaluate one architecture under a task's protocol; return its run record.
 
     ``overrides`` are dotted task fields (``{"training.steps": 100}``); the other keyword options
-    are those of ``Run``. Raises RunInterrupted when stopped (Ctrl-C or ``should_stop``),
+    are those of ``Run``, plus ``devices``: train with that many DDP processes on this machine
+    (harness/parallel.py). Raises RunInterrupted when stopped (Ctrl-C or ``should_stop``),
     RunFailed (record status ``failed``) when the run fails by itself (a non-finite loss, out of
     memory), RunLocked when another live process holds the run folder.
     """
+    devices = options.pop("devices", None)
+    if devices is not None and devices != 1:  # (the launcher refuses 0 and below)
+        from harness.parallel import launch
+
+        callbacks = {k: options.pop(k) for k in ("should_stop", "on_evaluation", "log") if k in options}
+        return launch(dict(options, task=task, arch=arch, tier=tier, seed=seed), devices, **callbacks)
     return Run(task, arch, tier, seed, **options).execute()
 
 
@@ -419,11 +447,13 @@ class RunLog:
         self.path, self.echo, self._file = path, echo, None
 
     def __enter__(self) -> "RunLog":
-        self._file = open(self.path, "a", encoding="utf-8")
+        if self.path is not None:  # None: a DDP rank other than 0, which writes no files
+            self._file = open(self.path, "a", encoding="utf-8")
         return self
 
     def __exit__(self, *exc) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         self._file = None
 
     def write(self, message: str) -> None:

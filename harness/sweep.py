@@ -88,14 +88,25 @@ def expand(sweep: SweepSpec) -> list[Cell]:
 
 
 def allocate(resources: Resources, device: str, gpus_per_run: float | None, cpus_per_run: float | None,
-             max_parallel: int | None, runs: int) -> dict:
-    """GPUs and CPUs per run and how many runs at once, from the flags and the cluster (sweeps
-    and searches alike)."""
+             max_parallel: int | None, runs: int, devices: int | None = None) -> dict:
+    """GPUs and CPUs per run, DDP processes per run, and how many runs at once, from the flags and
+    the cluster (sweeps and searches alike). A run given N >= 2 whole GPUs trains on all of them."""
     gpus = gpus_per_run
     if gpus is None:
-        gpus = 1 if resources.gpus and device != "cpu" else 0
+        gpus = (devices or 1) if resources.gpus and device != "cpu" else 0
     if gpus and device == "cpu":
         raise HarnessError("--device cpu with GPUs per run above 0: drop one of them.")
+    if gpus >= 2 and (gpus != int(gpus) or (devices and devices != gpus)):
+        raise HarnessError(f"{gpus:g} GPUs per run with --devices {devices or 1}: a run trains with one process per "
+                           f"GPU, so give a whole number of GPUs and the same --devices (or leave --devices out).")
+    processes = int(gpus) if gpus >= 2 else devices or 1
+    if gpus and gpus < 2 and processes > 1:
+        raise HarnessError(f"--devices {processes} needs {processes} GPUs per run, not {gpus:g}: pass --gpus-per-run "
+                           f"{processes} (or leave it out).")
+    if gpus > resources.max_node_gpus:
+        raise HarnessError(f"{gpus:g} GPUs per run is more than any node has ({resources.max_node_gpus:g}): a run's "
+                           f"processes share one node (runs spanning nodes are not supported yet). Ask for at most "
+                           f"{resources.max_node_gpus:g}.")
     if gpus > resources.gpus or (device.startswith("cuda") and not resources.gpus):
         raise HarnessError(
             f"The runs ask for {gpus or 1:g} GPU(s) each, but the Ray cluster has {resources.gpus:g}. Ask for 0 GPUs "
@@ -114,7 +125,7 @@ def allocate(resources: Resources, device: str, gpus_per_run: float | None, cpus
     if gpus:
         slots = min(slots, int(resources.gpus // gpus))
     return {"gpus_per_run": gpus, "cpus_per_run": cpus, "max_parallel": wanted or max(1, slots),
-            "torch_threads_per_run": max(1, int(cpus)),
+            "torch_threads_per_run": max(1, int(cpus)), "devices_per_run": processes,
             "device_type": "cuda" if gpus or device.startswith("cuda") else "cpu"}
 
 
@@ -152,7 +163,7 @@ def sweep_id(sweep: SweepSpec, cells: list[Cell]) -> str:
 class Sweep:
     def __init__(self, spec: SweepSpec, *, address: str | None = None, gpus_per_run: float | None = None,
                  cpus_per_run: float | None = None, max_parallel: int | None = None, max_retries: int = 3,
-                 progress: bool = True, stream=None):
+                 progress: bool = True, stream=None, devices: int | None = None):
         results_dir = Path(spec.results_dir).expanduser().resolve()
         if "runtime_resources" in results_dir.parts:
             raise HarnessError(
@@ -166,7 +177,8 @@ class Sweep:
             task = str(Path(task).resolve())
         self.spec = SweepSpec(**{**spec.__dict__, "task": task, "results_dir": results_dir, "data_dir": data_dir})
         self.address = address
-        self.requested = {"gpus_per_run": gpus_per_run, "cpus_per_run": cpus_per_run, "max_parallel": max_parallel}
+        self.requested = {"gpus_per_run": gpus_per_run, "cpus_per_run": cpus_per_run, "max_parallel": max_parallel,
+                          "devices": devices}
         self.max_retries, self.progress, self.stream = max_retries, progress, stream or sys.stdout
         self.cells = expand(self.spec)
         self.id = sweep_id(self.spec, self.cells)
@@ -216,7 +228,8 @@ class Sweep:
                 allocation = self.allocation(resources)
                 self.plan(allocation)
                 todo = [c for c in self.cells if c.action in ("run", "resume")]
-                pool = RayPool(allocation["gpus_per_run"], allocation["cpus_per_run"], self.max_retries)
+                pool = RayPool(allocation["gpus_per_run"], allocation["cpus_per_run"], self.max_retries,
+                               allocation["devices_per_run"])
                 if todo:
                     self._check_nodes(pool, todo)
                 self._open_manifest(resources, allocation)

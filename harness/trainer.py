@@ -13,6 +13,7 @@ import torch
 
 from harness.data import ImageBatches
 from harness.diffusion import NoiseSchedule
+from harness.parallel import SINGLE, World
 from harness.tasks import TaskSpec
 
 
@@ -39,10 +40,16 @@ def uses_channels_last(spec: TaskSpec, device: torch.device) -> bool:
 
 
 class Trainer:
-    def __init__(self, model: torch.nn.Module, spec: TaskSpec, batches: ImageBatches, device: torch.device):
+    """With a ``world`` of N processes, every rank draws the whole global batch from the same
+    generator and trains on its slice under DDP (see harness/parallel.py); ``self.model`` stays
+    the bare module, so checkpoints are the same whatever the number of processes."""
+
+    def __init__(self, model: torch.nn.Module, spec: TaskSpec, batches: ImageBatches, device: torch.device,
+                 world: World = SINGLE):
         self.spec = spec
         self.device = device
         self.batches = batches
+        self.world = world
         memory_format = torch.channels_last if uses_channels_last(spec, device) else torch.contiguous_format
         self.memory_format = memory_format
         self.model = model.to(memory_format=memory_format).train()
@@ -61,7 +68,13 @@ class Trainer:
         self.schedule = NoiseSchedule(spec.diffusion, device)
         self.gen = torch.Generator(device).manual_seed(spec.seed)  # every training draw comes from here
         self.autocast = autocast_dtype(spec, device)
-        self.forward = torch.compile(self.model) if spec.training.compile else self.model
+        forward = self.model
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            forward = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.forward = torch.compile(forward) if spec.training.compile else forward
+        self.part = world.batch_slice(spec.training.batch_size)  # this rank's rows of each global batch
         self.step = 0
         self.loss_curve: list[tuple[int, float]] = []  # (step, mean loss over the log interval)
         self._pending: list[torch.Tensor] = []  # 0-dim device losses not yet read back
@@ -71,7 +84,7 @@ class Trainer:
     def train_step(self) -> None:
         x0 = self.batches.next(self.gen).contiguous(memory_format=self.memory_format)  # [B,3,32,32]
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-            loss = self.schedule.loss(self.forward, x0, self.gen)
+            loss = self.schedule.loss(self.forward, x0, self.gen, self.part)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.spec.optimizer.grad_clip_norm, foreach=True)
@@ -103,6 +116,7 @@ class Trainer:
         if not self._pending:
             return None
         losses = torch.stack(self._pending).float().cpu()  # note: the CPU-GPU sync point
+        losses = self.world.mean(losses)  # each rank's loss is its slice's: the batch's is their mean
         first = self._pending_from
         self._pending = []
         bad = (~torch.isfinite(losses)).nonzero()

@@ -85,7 +85,7 @@ def settings_for(spec: SearchSpec) -> StudySettings:
 class Search:
     def __init__(self, spec: SearchSpec, *, address: str | None = None, gpus_per_trial: float | None = None,
                  cpus_per_trial: float | None = None, max_parallel: int | None = None, max_retries: int = 3,
-                 progress: bool = True, stream=None):
+                 progress: bool = True, stream=None, devices: int | None = None):
         self.results_dir = Path(spec.results_dir).expanduser().resolve()
         task = spec.task  # a task file given by path must resolve the same way on every worker
         if Path(task).suffix in (".yaml", ".yml") and Path(task).exists():
@@ -95,7 +95,8 @@ class Search:
         self.settings = settings_for(self.spec)
         self.url = storage_url(spec.storage, self.results_dir, self.settings.name)
         self.address, self.max_retries = address, max_retries
-        self.requested = {"gpus_per_run": gpus_per_trial, "cpus_per_run": cpus_per_trial, "max_parallel": max_parallel}
+        self.requested = {"gpus_per_run": gpus_per_trial, "cpus_per_run": cpus_per_trial, "max_parallel": max_parallel,
+                          "devices": devices}
         self.progress, self.stream = progress, stream or sys.stdout
         self.trials_dir = self.results_dir / "studies" / self.settings.name
 
@@ -142,7 +143,8 @@ class Search:
             connect(self.address)
             try:
                 allocation = allocate(cluster_resources(), self.spec.device, runs=self.spec.trials, **self.requested)
-                pool = RayPool(allocation["gpus_per_run"], allocation["cpus_per_run"], self.max_retries)
+                pool = RayPool(allocation["gpus_per_run"], allocation["cpus_per_run"], self.max_retries,
+                               allocation["devices_per_run"])
                 problems = pool.check_nodes(self.results_dir, {})
                 if problems:
                     raise HarnessError("The search cannot start: " + "; ".join(problems) + ". Put --results-dir on "

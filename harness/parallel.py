@@ -1,0 +1,354 @@
+"""One run on several devices: DistributedDataParallel processes started by the harness.
+
+``launch`` is what ``run(..., devices=N)`` does in the process the user started: it checks the
+settings, holds the run folder's lock, and starts N worker processes with torch's elastic launcher
+(torchrun as a function: c10d rendezvous on localhost, a worker that fails stops the others and
+raises ChildFailedError, so a dead process never leaves the rest hanging). Each worker joins the
+process group (NCCL on GPUs, gloo on the CPU) and runs the same ``Run`` with a ``World``; rank 0
+writes everything (log, checkpoints, record, sample grids), the others only compute.
+
+The launcher and its workers talk through a TCPStore (torch.distributed's key-value store, served
+by the launcher): rank 0 posts its step and each evaluation (a sweep shows progress, a search
+prunes on them), and the launcher posts a stop request (Ctrl-C, or a sweep stopping the run).
+
+Why N processes train the model one process trains: every rank draws the whole global batch
+(images, flips, timesteps, noise) from the run's one generator, identical on all ranks, and
+trains on its contiguous slice; DDP averages the gradients, which is the gradient of the mean loss
+over the whole batch. Evaluation is split by whole sampling batches, so every image (and its
+Inception features) is computed exactly as one process computes it.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from harness.errors import HarnessError, RunFailed
+
+STORE_POLL_SECONDS = 0.5  # how often rank 0 looks for a stop request and the launcher for progress
+# Rank 0 alone computes the FID reference the first time (minutes on a CPU) while the others wait.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=60)
+
+
+@dataclass
+class World:
+    """Where this process stands in its run: rank, number of processes, and the collectives the
+    run loop needs on the host side (a gloo group, so that agreeing on a stop or averaging the
+    logged loss never touches the GPU's stream)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    control: Any = None  # gloo process group; None for one process
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def batch_slice(self, batch_size: int) -> slice:
+        """This rank's contiguous part of a global batch (checked divisible before launching)."""
+        part = batch_size // self.size
+        return slice(self.rank * part, (self.rank + 1) * part)
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is True on any (a stop request seen by one process)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([int(flag)])
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.control)
+        return bool(value.item())
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise mean over ranks of a CPU tensor (the logged losses of each rank's slice)."""
+        if not self.distributed:
+            return values
+        values = values.clone()
+        dist.all_reduce(values, group=self.control)
+        return values / self.size
+
+    def gather(self, obj: Any) -> list | None:
+        """Rank 0 gets every rank's ``obj`` in rank order; the others get None."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.size if self.is_main else None
+        dist.gather_object(obj, out, dst=0, group=self.control)
+        return out
+
+
+SINGLE = World()
+
+
+# ----------------------------------------------------------------------------- the launcher
+
+
+def check_devices(devices: int, device: str, batch_size: int) -> str:
+    """The device type the workers will use ("cuda" or "cpu"), or a HarnessError saying why N
+    processes cannot train this run."""
+    if devices < 1:
+        raise HarnessError(f"--devices must be at least 1, not {devices}.")
+    kind = "cuda" if device == "auto" and torch.cuda.is_available() else device.split(":")[0]
+    if kind == "auto":
+        kind = "cpu"
+    if kind == "cuda" and devices > torch.cuda.device_count():
+        raise HarnessError(f"--devices {devices} asks for more GPUs than this machine shows ({torch.cuda.device_count()}); "
+                           f"use --devices {max(1, torch.cuda.device_count())} or fewer (CUDA_VISIBLE_DEVICES limits them).")
+    if ":" in device and devices > 1:
+        raise HarnessError(f"--device {device} names one GPU, and --devices {devices} needs {devices}: pass --device cuda "
+                           f"(set CUDA_VISIBLE_DEVICES to choose which).")
+    if batch_size % devices:
+        raise HarnessError(
+            f"The global batch size {batch_size} does not split into {devices} equal parts, so {devices} processes "
+            f"cannot train exactly what one process trains. Use a number of devices that divides it, or change it "
+            f"with --set training.batch_size=N (a different protocol setting, recorded as such)."
+        )
+    return kind
+
+
+def launch(options: dict, devices: int, *, should_stop: Callable[[int], bool] | None = None,
+           on_evaluation: Callable[[dict], None] | None = None, log: Callable[[str], None] = print):
+    """Run ``Run(**options)`` as ``devices`` DDP processes on this machine; return its record.
+    Raises what a one-process run raises: RunInterrupted, RunFailed, RunLocked, HarnessError."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from harness import checkpoints, locks, registry
+    from harness.records import RECORD_FILE, ensure_writable, run_dir
+    from harness.runner import LOG_FILE, RunLog
+    from harness.tasks import resolve_task
+
+    overrides = dict(options.get("overrides") or {})
+    if options.get("seed") is not None:
+        overrides["seed"] = options["seed"]
+    spec = resolve_task(options["task"], options["tier"], overrides)
+    kind = check_devices(devices, options.get("device", "auto"), spec.training.batch_size)
+    architecture = registry.find_architecture(options["arch"])
+    directory = run_dir(options.get("results_dir", "results"), spec.name, architecture.name, spec.tier, spec.seed)
+    ensure_writable(directory)
+    threads = max(1, torch.get_num_threads() // devices)  # N processes share this process's CPU threads
+    worker_options = dict(options, device=kind, fresh=False, devices=None)
+    with locks.RunLock(directory), RunLog(directory / LOG_FILE, echo=log) as run_log:
+        if options.get("fresh"):  # here, not in the workers: one of them could read it before another removes it
+            checkpoints.remove(directory)
+            (directory / RECORD_FILE).unlink(missing_ok=True)
+        run_log.write(f"Starting {devices} processes ({'nccl' if kind == 'cuda' else 'gloo'} on {kind}, "
+                      f"{threads} thread(s) each), global batch {spec.training.batch_size} = {devices} x "
+                      f"{spec.training.batch_size // devices}")
+        store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+        config = LaunchConfig(
+            min_nodes=1, max_nodes=1, nproc_per_node=devices, run_id=uuid.uuid4().hex, rdzv_backend="c10d",
+            rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.5, start_method="spawn",
+            # Ctrl-C reaches the workers themselves (they stop at the next step and checkpoint); the
+            # launcher must not answer it by killing them, as torchrun's agent does by default.
+            signals_to_handle="SIGTERM,SIGHUP,SIGQUIT",
+        )
+        # the agent logs each failure with its traceback; the launcher says it in one paragraph instead
+        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+        watcher = _Watcher(store, should_stop, on_evaluation)
+        failure = None
+        with watcher, _LauncherSignals(store):
+            try:
+                elastic_launch(config, worker)(worker_options, store.port, os.getpid(), threads)
+            except ChildFailedError as exc:
+                failure = exc
+        return _outcome(directory, failure, run_log)
+
+
+def _outcome(directory: Path, failure, run_log):
+    """The launcher's answer from what rank 0 wrote: the record, or the exception a one-process
+    run would have raised."""
+    from harness.records import CHECKPOINT_FILE, RECORD_FILE, RunRecord
+    from harness.runner import RunInterrupted
+
+    path = directory / RECORD_FILE
+    record = RunRecord.load(path) if path.exists() else None
+    if failure is None and record is not None and record.status == "completed":
+        return record
+    if failure is None and record is not None and record.status == "interrupted":
+        raise RunInterrupted(f"Stopped at step {record.step}; checkpoint saved to {directory / CHECKPOINT_FILE}. "
+                             f"Run the same command again to resume.")
+    killed = _killed(failure)
+    if not killed and record is not None and record.status == "failed" and record.failure:
+        # rank 0 failed by itself (out of memory, a broken architecture, a non-finite loss) and said why
+        raise RunFailed(f"{record.failure['message']} The record (status 'failed') is at {path}; the log is "
+                        f"{directory / 'run.log'}.")
+    # A process died, or one other than rank 0 failed: the others then only saw their peer vanish.
+    what = _describe_failure(failure, killed)
+    for rank, info in sorted((failure.failures if failure else {}).items()):  # their tracebacks, for the log
+        stack = info.message.get("extraInfo", {}).get("py_callstack") if isinstance(info.message, dict) else None
+        if stack:
+            run_log.write(f"Traceback of process rank {rank}:\n{stack.rstrip()}")
+    run_log.write(what)
+    step = record.step if record is not None else 0
+    if record is not None:
+        record.status = "failed"
+        record.failure = {"step": step, "message": what, "error": "ChildFailedError"}
+        record.save(directory)
+    kept = (directory / CHECKPOINT_FILE).exists()
+    raise RunFailed(f"{what} The run stopped" + (f"; its checkpoint (step {step}) is kept at {directory / CHECKPOINT_FILE}: "
+                    f"run the same command again to resume." if kept else "."))
+
+
+def _killed(failure) -> list[int]:
+    """Ranks that a signal ended (the root cause when there is one: the others fail after them)."""
+    if failure is None:
+        return []
+    return sorted((info.timestamp, rank) for rank, info in failure.failures.items() if info.exitcode < 0)
+
+
+def _describe_failure(failure, killed) -> str:
+    if failure is None:
+        return "The worker processes ended without a result."
+    rank = killed[0][1] if killed else min(failure.failures, key=lambda r: failure.failures[r].timestamp)
+    info = failure.failures[rank]
+    if killed:
+        cause = f"was killed by {info.signal_name()}"
+    else:
+        message = info.message.get("message", "") if isinstance(info.message, dict) else str(info.message or "")
+        cause = f"exited with code {info.exitcode}" + (f" ({message.strip().splitlines()[-1]})" if message.strip() else "")
+    return f"Process rank {rank} (pid {info.pid}) {cause}, so every process of the run was stopped."
+
+
+class _Watcher:
+    """A launcher thread: passes rank 0's step and evaluations to the caller's callbacks and its
+    stop decision down to the workers."""
+
+    def __init__(self, store, should_stop, on_evaluation):
+        self.store, self.should_stop, self.on_evaluation = store, should_stop, on_evaluation
+        self.seen, self.done = 0, threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        if self.should_stop or self.on_evaluation:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        self._forward_evaluations()  # the last one may land after the final poll
+
+    def _loop(self):
+        while not self.done.wait(STORE_POLL_SECONDS):
+            self._forward_evaluations()
+            step = int(self.store.get("step")) if self.store.check(["step"]) else None
+            if self.should_stop is not None and self.should_stop(step):
+                self.store.set("stop", "1")
+
+    def _forward_evaluations(self):
+        count = int(self.store.add("evaluations", 0))
+        while self.seen < count:
+            evaluation = json.loads(self.store.get(f"evaluation/{self.seen}"))
+            self.seen += 1
+            if self.on_evaluation is not None:
+                self.on_evaluation(evaluation)
+
+
+class _LauncherSignals:
+    """In the launcher: Ctrl-C asks the workers to stop (they also see a terminal's Ctrl-C
+    themselves); a second Ctrl-C raises KeyboardInterrupt, and the agent then ends them. The
+    handlers the elastic agent installs (SIGTERM, SIGHUP, SIGQUIT) are undone afterwards, so a
+    caller's own (a Ray worker's) are back once the run is over."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+    def __init__(self, store):
+        self.store, self.saved, self.requested = store, {}, False
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.saved = {s: signal.getsignal(s) for s in self.SIGNALS}
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.store.set("stop", "1")
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------- the workers
+
+
+class LauncherLink:
+    """Rank 0's side of the store: ``should_stop`` and ``on_evaluation`` for its Run. A launcher
+    that is gone (killed) counts as a stop request, so its workers checkpoint and end."""
+
+    def __init__(self, store, launcher_pid: int):
+        self.store, self.launcher_pid = store, launcher_pid
+        self.last_poll, self.stop = 0.0, False
+
+    def should_stop(self, step: int) -> bool:
+        now = time.monotonic()
+        if not self.stop and now - self.last_poll >= STORE_POLL_SECONDS:
+            self.last_poll = now
+            self.store.set("step", str(step))
+            self.stop = self.store.check(["stop"]) or os.getppid() != self.launcher_pid
+        return self.stop
+
+    def on_evaluation(self, evaluation: dict) -> None:
+        index = int(self.store.add("evaluations", 0))
+        self.store.set(f"evaluation/{index}", json.dumps(evaluation))
+        self.store.add("evaluations", 1)
+
+
+def worker(options: dict, store_port: int, launcher_pid: int, threads: int) -> str:
+    """One process of the run (started by the elastic agent, which sets RANK, WORLD_SIZE,
+    LOCAL_RANK and the rendezvous address). Returns the outcome every rank agreed on; an error of
+    this process alone propagates, and the agent then stops the others."""
+    import warnings
+
+    from tqdm.auto import tqdm
+
+    # as in the command line: deprecation notices of clean-fid's and fvcore's TorchScript use
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
+    from harness.runner import Run, RunInterrupted
+    from harness.trainer import NonFiniteLoss
+
+    rank, size, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    torch.set_num_threads(threads)
+    device = options["device"]
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(local_rank)
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+    control = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT) if backend != "gloo" else dist.group.WORLD
+    world = World(rank, size, local_rank, backend, control)
+    link = LauncherLink(dist.TCPStore("127.0.0.1", store_port, is_master=False), launcher_pid) if rank == 0 else None
+    main = rank == 0
+    run_options = {k: v for k, v in options.items() if k != "devices"}
+    try:
+        Run(**dict(run_options, device=device, progress=run_options.get("progress", True) and main),
+            world=world, log=tqdm.write if main else (lambda message: None),
+            should_stop=link.should_stop if main else None, on_evaluation=link.on_evaluation if main else None).execute()
+        outcome = "completed"
+    except RunInterrupted:  # every rank agreed on the step; rank 0 saved the checkpoint and record
+        outcome = "interrupted"
+    except RunFailed as exc:
+        if not isinstance(exc.__cause__, NonFiniteLoss):  # the averaged loss: every rank saw it
+            raise
+        outcome = "failed"
+    dist.destroy_process_group()
+    return outcome
