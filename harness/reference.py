@@ -42,6 +42,8 @@ def reference_key(data: DataSpec, evaluation: EvaluationSpec, weights_id: str) -
     dataset = {"dataset": data.dataset, "image_size": data.image_size}
     if data.dataset == "shapes":
         dataset.update(num_images=data.num_images, seed=data.seed)
+        if data.max_shapes != 3:  # named only when not the default, so that earlier caches keep their names
+            dataset.update(max_shapes=data.max_shapes)
     elif data.num_images:
         dataset.update(num_images=data.num_images)
     return {"data": dataset, "reference": evaluation.reference, "images": evaluation.reference_images,

@@ -35,7 +35,7 @@ from harness.records import (
     CHECKPOINT_FILE, RECORD_FILE, RunRecord, atomic_write_bytes, device_info,
     ensure_writable, git_commit, library_versions, now, run_dir,
 )
-from harness.tasks import TaskSpec, resolve_task
+from harness.tasks import TaskSpec, field_defaults, resolve_task
 from harness.trainer import NonFiniteLoss, Trainer, autocast_dtype, precision_name
 
 
@@ -485,7 +485,9 @@ def _check_resumable(state: dict, fingerprint: dict, architecture: registry.Arch
             f"The architecture file {architecture.path} changed since the checkpoint {path} was written, so the "
             f"run cannot resume. Pass --fresh to start over (or restore the file)."
         )
-    before, after = state.get("fingerprint", {}), fingerprint
+    after = fingerprint
+    # a field added to the task since the checkpoint was written counts as its default there
+    before = {**{k: v for k, v in field_defaults().items() if k in after}, **state.get("fingerprint", {})}
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     if "device type" in changed:
         raise HarnessError(

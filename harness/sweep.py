@@ -28,7 +28,7 @@ from harness.errors import HarnessError
 from harness.locks import LOCK_FILE, RunLock, RunLocked
 from harness.records import RECORD_FILE, RunRecord, atomic_write_json, ensure_writable, git_commit, now, run_dir
 from harness.runner import LOG_FILE
-from harness.tasks import TaskSpec, resolve_task
+from harness.tasks import TaskSpec, complete_config, resolve_task
 
 FINAL = ("completed", "skipped")  # a cell in one of these states needs nothing more
 
@@ -130,7 +130,8 @@ def allocate(resources: Resources, device: str, gpus_per_run: float | None, cpus
 
 
 def _same_config(record: RunRecord, spec: TaskSpec) -> bool:
-    return json.loads(json.dumps(record.config, default=list)) == json.loads(json.dumps(spec.to_dict(), default=list))
+    stored = complete_config(record.config)  # a record written before a field existed has its default
+    return json.loads(json.dumps(stored, default=list)) == json.loads(json.dumps(spec.to_dict(), default=list))
 
 
 def inspect(cell: Cell, device_type: str) -> None:

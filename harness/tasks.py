@@ -45,6 +45,7 @@ class DataSpec:
     horizontal_flip: bool = True  # random left-right flip of each training image
     num_images: int | None = None  # shapes: how many to generate; cifar10: None = the whole split
     seed: int = 0  # shapes: generator seed (the dataset, not the run)
+    max_shapes: int = 3  # shapes: each image has 1 to this many shapes (at most 3)
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,31 @@ def _field_paths(cls=None, prefix: str = "") -> list[str]:
     return out
 
 
+def field_defaults(cls=None, prefix: str = "") -> dict[str, Any]:
+    """The default of every field that has one, by dotted name (``data.max_shapes``: 3). A record
+    or checkpoint written before a field existed is read as having its default: fields are only
+    ever added with the default that keeps earlier results what they were."""
+    out = {}
+    hints = typing.get_type_hints(cls or TaskSpec)
+    for f in dataclasses.fields(cls or TaskSpec):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(field_defaults(hints[f.name], f"{prefix}{f.name}."))
+        elif f.default is not dataclasses.MISSING:
+            out[prefix + f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+    return out
+
+
+def complete_config(config: dict) -> dict:
+    """A stored config (a record's) with the fields added since it was written set to their defaults."""
+    out = {key: dict(value) if isinstance(value, dict) else value for key, value in config.items()}
+    for dotted, default in field_defaults().items():
+        section, _, name = dotted.rpartition(".")
+        node = out.get(section) if section else out
+        if isinstance(node, dict) and name not in node:
+            node[name] = default
+    return out
+
+
 def _check_override_key(key: str) -> None:
     """An override names a real field; a wrong one is reported as the user's --set, with the
     closest real field (``training.lr`` -> ``optimizer.lr``), not as an error in the task file."""
@@ -366,6 +392,8 @@ def _check_choices(spec: TaskSpec, path: Path) -> None:
                            f"diffusion.num_train_timesteps ({spec.diffusion.num_train_timesteps}).")
     if not 0.0 <= spec.sampling.eta <= 1.0:
         raise HarnessError(f"{path}: sampling.eta must be between 0 (DDIM) and 1, not {spec.sampling.eta!r}.")
+    if not 1 <= spec.data.max_shapes <= 3:
+        raise HarnessError(f"{path}: data.max_shapes must be 1, 2 or 3, not {spec.data.max_shapes!r}.")
     if not 0.0 <= spec.training.ema_decay < 1.0:
         raise HarnessError(f"{path}: training.ema_decay must be in [0, 1), not {spec.training.ema_decay!r}.")
     reference = spec.evaluation.reference

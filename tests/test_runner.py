@@ -126,6 +126,32 @@ def test_evaluation_settings_are_fixed_but_batch_sizes_may_change(tiny_arch, tmp
     assert _run(tiny_arch, tmp_path, overrides={"sampling.batch_size": 4, "evaluation.feature_batch_size": 5}).status == "completed"
 
 
+def test_checkpoints_and_records_from_before_a_new_task_field_still_count(tiny_arch, tmp_path):
+    """data.max_shapes was added after runs existed: theirs lack it and must read as its default."""
+    from harness.records import atomic_torch_save
+    from harness.sweep import _same_config
+    from harness.tasks import resolve_task
+
+    with pytest.raises(RunInterrupted):
+        _run(tiny_arch, tmp_path, should_stop=lambda step: step == 2)
+    folder = tmp_path / "shapes" / "tiny" / "smoke" / "seed42"
+    state = _checkpoint(tmp_path)
+    del state["fingerprint"]["data.max_shapes"]
+    atomic_torch_save(folder / "checkpoint.pt", state)
+    record = RunRecord.load(folder / "record.json")
+    del record.config["data"]["max_shapes"]
+    assert _same_config(record, resolve_task("shapes", "smoke", FAST))
+    assert not _same_config(record, resolve_task("shapes", "smoke", dict(FAST, **{"data.max_shapes": 1})))
+    assert _run(tiny_arch, tmp_path).status == "completed"  # resumed, not refused
+    with pytest.raises(RunInterrupted):
+        _run(tiny_arch, tmp_path / "b", should_stop=lambda step: step == 2)
+    state = _checkpoint(tmp_path / "b")
+    del state["fingerprint"]["data.max_shapes"]
+    atomic_torch_save(tmp_path / "b" / "shapes" / "tiny" / "smoke" / "seed42" / "checkpoint.pt", state)
+    with pytest.raises(HarnessError, match=r"data.max_shapes: 3 -> 1"):  # the default is what it had
+        _run(tiny_arch, tmp_path / "b", overrides={"data.max_shapes": 1})
+
+
 def test_checkpoint_from_another_device_type_is_refused_clearly(tiny_arch, tmp_path):
     from harness.registry import find_architecture
     from harness.runner import _check_resumable

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from harness.records import RECORD_FILE
+from harness.tasks import complete_config
 
 # config fields that change neither what is trained nor what an FID means
 NOT_RESULT_FIELDS = ("seed", "tier", "description", "reference_results", "training.log_every",
@@ -34,7 +35,7 @@ def flatten(config: dict, prefix: str = "") -> dict:
 
 
 def result_settings(config: dict) -> dict:
-    return {k: v for k, v in flatten(config).items() if k not in NOT_RESULT_FIELDS}
+    return {k: v for k, v in flatten(complete_config(config)).items() if k not in NOT_RESULT_FIELDS}
 
 
 def variant(config: dict, tier_default: dict | None) -> str:
