@@ -132,11 +132,13 @@ def _shape_masks(kind: np.ndarray, cx, cy, r, yy, xx) -> np.ndarray:
     return np.clip(0.5 - out, 0.0, 1.0)  # one-pixel anti-aliased edge
 
 
-def generate_shapes(num_images: int, seed: int, max_shapes: int = 3, chunk: int = 2000) -> np.ndarray:
+def generate_shapes(num_images: int, seed: int, max_shapes: int = 3, radius: tuple[float, float] = (4.0, 10.0),
+                    chunk: int = 2000) -> np.ndarray:
     """``num_images`` 32x32 RGB images, uint8 ``[N,3,32,32]``: 1 to ``max_shapes`` (at most 3)
-    coloured shapes on a two-colour gradient background. The same arguments always give the same
-    bytes: everything is drawn from one numpy PCG64 stream in a fixed order, the same number of
-    draws whatever ``max_shapes`` (so an image with fewer shapes has the same background and first shape)."""
+    coloured shapes of size ``radius`` [min, max) pixels on a two-colour gradient background. The
+    same arguments always give the same bytes: everything is drawn from one numpy PCG64 stream in
+    a fixed order, the same draws whatever ``max_shapes`` and ``radius`` (so a variant keeps the
+    backgrounds, colours and places of the default set)."""
     rng = np.random.Generator(np.random.PCG64(seed))
     yy, xx = np.mgrid[0:32, 0:32].astype(np.float64) + 0.5
     images = np.empty((num_images, 32, 32, 3), dtype=np.uint8)
@@ -150,7 +152,7 @@ def generate_shapes(num_images: int, seed: int, max_shapes: int = 3, chunk: int 
         count = rng.integers(1, max_shapes + 1, n)
         for slot in range(3):
             kind = rng.integers(0, len(SHAPE_KINDS), n)
-            r = rng.uniform(4, 10, n)
+            r = rng.uniform(radius[0], radius[1], n)
             cx, cy = rng.uniform(6, 26, (2, n))
             colour = rng.uniform(0, 1, (n, 3))
             mask = _shape_masks(kind, cx, cy, r, yy, xx) * (slot < count)[:, None, None]
@@ -168,7 +170,7 @@ def load_images(spec: DataSpec, data_dir: str | Path | None = None) -> np.ndarra
         images = load_cifar10(data_dir)
         return images[: spec.num_images] if spec.num_images else images
     if spec.dataset == "shapes":
-        return generate_shapes(spec.num_images or 20000, spec.seed, spec.max_shapes)
+        return generate_shapes(spec.num_images or 20000, spec.seed, spec.max_shapes, spec.shape_radius)
     raise HarnessError(f"Unknown dataset '{spec.dataset}': use 'cifar10' or 'shapes'.")
 
 

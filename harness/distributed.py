@@ -147,7 +147,7 @@ def _execute(job: Job, channel, threads: int) -> Outcome:
             record = _run_past_dead_holders(
                 lambda: run(job.task, job.arch, job.tier, job.seed, device=job.device, devices=job.devices,
                             results_dir=job.results_dir,
-                            data_dir=job.data_dir, overrides=job.overrides, progress=False, log=lambda message: None,
+                            data_dir=job.data_dir, overrides=job.overrides, progress=False, log=None,
                             should_stop=should_stop,
                             on_evaluation=lambda e: channel.report.remote(job.key, {"kind": "evaluation", **e})))
         outcome.status = "completed"

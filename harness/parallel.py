@@ -19,6 +19,7 @@ Inception features) is computed exactly as one process computes it.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -121,9 +122,10 @@ def check_devices(devices: int, device: str, batch_size: int) -> str:
 
 
 def launch(options: dict, devices: int, *, should_stop: Callable[[int], bool] | None = None,
-           on_evaluation: Callable[[dict], None] | None = None, log: Callable[[str], None] = print):
+           on_evaluation: Callable[[dict], None] | None = None, log: Callable[[str], None] | None = print):
     """Run ``Run(**options)`` as ``devices`` DDP processes on this machine; return its record.
-    Raises what a one-process run raises: RunInterrupted, RunFailed, RunLocked, HarnessError."""
+    Raises what a one-process run raises: RunInterrupted, RunFailed, RunLocked, HarnessError.
+    ``log`` None: messages go to run.log only (rank 0 prints them otherwise, on the launcher's output)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -141,7 +143,7 @@ def launch(options: dict, devices: int, *, should_stop: Callable[[int], bool] | 
     directory = run_dir(options.get("results_dir", "results"), spec.name, architecture.name, spec.tier, spec.seed)
     ensure_writable(directory)
     threads = max(1, torch.get_num_threads() // devices)  # N processes share this process's CPU threads
-    worker_options = dict(options, device=kind, fresh=False, devices=None)
+    worker_options = dict(options, device=kind, fresh=False, devices=None, echo=log is not None)
     with locks.RunLock(directory), RunLog(directory / LOG_FILE, echo=log) as run_log:
         if options.get("fresh"):  # here, not in the workers: one of them could read it before another removes it
             checkpoints.remove(directory)
@@ -161,7 +163,7 @@ def launch(options: dict, devices: int, *, should_stop: Callable[[int], bool] | 
         logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
         watcher = _Watcher(store, should_stop, on_evaluation)
         failure = None
-        with watcher, _LauncherSignals(store):
+        with watcher, _LauncherSignals(store), _thread_environment(threads):
             try:
                 elastic_launch(config, worker)(worker_options, store.port, os.getpid(), threads)
             except ChildFailedError as exc:
@@ -222,6 +224,24 @@ def _describe_failure(failure, killed) -> str:
         message = info.message.get("message", "") if isinstance(info.message, dict) else str(info.message or "")
         cause = f"exited with code {info.exitcode}" + (f" ({message.strip().splitlines()[-1]})" if message.strip() else "")
     return f"Process rank {rank} (pid {info.pid}) {cause}, so every process of the run was stopped."
+
+
+@contextlib.contextmanager
+def _thread_environment(threads: int):
+    """The workers' BLAS and OpenMP pools sized like their torch threads (a spawned process reads
+    these when numpy loads): an OpenBLAS pool wider than its share of the cores spins against
+    the other processes (the FID's eigvalsh took minutes instead of seconds)."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(threads) for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class _Watcher:
@@ -338,10 +358,10 @@ def worker(options: dict, store_port: int, launcher_pid: int, threads: int) -> s
     world = World(rank, size, local_rank, backend, control)
     link = LauncherLink(dist.TCPStore("127.0.0.1", store_port, is_master=False), launcher_pid) if rank == 0 else None
     main = rank == 0
-    run_options = {k: v for k, v in options.items() if k != "devices"}
+    run_options = {k: v for k, v in options.items() if k not in ("devices", "echo")}
     try:
         Run(**dict(run_options, device=device, progress=run_options.get("progress", True) and main),
-            world=world, log=tqdm.write if main else (lambda message: None),
+            world=world, log=tqdm.write if main and options["echo"] else None,
             should_stop=link.should_stop if main else None, on_evaluation=link.on_evaluation if main else None).execute()
         outcome = "completed"
     except RunInterrupted:  # every rank agreed on the step; rank 0 saved the checkpoint and record

@@ -44,6 +44,8 @@ def reference_key(data: DataSpec, evaluation: EvaluationSpec, weights_id: str) -
         dataset.update(num_images=data.num_images, seed=data.seed)
         if data.max_shapes != 3:  # named only when not the default, so that earlier caches keep their names
             dataset.update(max_shapes=data.max_shapes)
+        if tuple(data.shape_radius) != (4.0, 10.0):
+            dataset.update(shape_radius=list(data.shape_radius))
     elif data.num_images:
         dataset.update(num_images=data.num_images)
     return {"data": dataset, "reference": evaluation.reference, "images": evaluation.reference_images,

@@ -141,7 +141,7 @@ class Run:
     def __init__(self, task: str = "cifar10", arch: str = "standard", tier: str = "smoke", seed: int | None = None, *,
                  device: str = "auto", results_dir: str | Path = "results", data_dir: str | Path | None = None,
                  overrides: dict[str, Any] | None = None, fresh: bool = False, progress: bool = True,
-                 log: Callable[[str], None] = tqdm.write, should_stop: Callable[[int], bool] | None = None,
+                 log: Callable[[str], None] | None = tqdm.write, should_stop: Callable[[int], bool] | None = None,
                  on_evaluation: Callable[[dict], None] | None = None, world: World = SINGLE):
         self.started = time.perf_counter()
         overrides = dict(overrides or {})
@@ -460,7 +460,7 @@ class RunLog:
         if self._file is not None:
             self._file.write(f"[{now()}] {message}\n")
             self._file.flush()
-        if not message.startswith("Traceback"):
+        if self.echo is not None and not message.startswith("Traceback"):
             self.echo(message)
 
 

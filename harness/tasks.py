@@ -46,6 +46,7 @@ class DataSpec:
     num_images: int | None = None  # shapes: how many to generate; cifar10: None = the whole split
     seed: int = 0  # shapes: generator seed (the dataset, not the run)
     max_shapes: int = 3  # shapes: each image has 1 to this many shapes (at most 3)
+    shape_radius: tuple[float, ...] = (4.0, 10.0)  # shapes: [min, max] size in pixels, drawn uniformly
 
 
 @dataclass(frozen=True)
@@ -394,6 +395,10 @@ def _check_choices(spec: TaskSpec, path: Path) -> None:
         raise HarnessError(f"{path}: sampling.eta must be between 0 (DDIM) and 1, not {spec.sampling.eta!r}.")
     if not 1 <= spec.data.max_shapes <= 3:
         raise HarnessError(f"{path}: data.max_shapes must be 1, 2 or 3, not {spec.data.max_shapes!r}.")
+    radius = spec.data.shape_radius
+    if len(radius) != 2 or not 1.0 <= radius[0] <= radius[1] <= 16.0:
+        raise HarnessError(f"{path}: data.shape_radius must be [min, max] with 1 <= min <= max <= 16 (pixels), "
+                           f"not {list(radius)!r}.")
     if not 0.0 <= spec.training.ema_decay < 1.0:
         raise HarnessError(f"{path}: training.ema_decay must be in [0, 1), not {spec.training.ema_decay!r}.")
     reference = spec.evaluation.reference

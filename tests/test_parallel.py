@@ -155,11 +155,13 @@ def test_ctrl_c_and_a_killed_process_end_the_run_cleanly_and_it_resumes(tmp_path
     assert not _workers(psutil.Process(os.getpid()))  # no worker left behind
     failed = RunRecord.load(record_path)
     assert failed.status == "failed" and "rank 1" in failed.failure["message"]
-    # and the next attempt resumes from the checkpoint and finishes
-    finish = cli("run", "--task", "shapes", "--arch", str(tiny_arch), "--tier", "smoke", "--device", "cpu",
+    # The next attempt, here a sweep cell given 2 devices (a Ray task that launches the two
+    # processes), resumes from the checkpoint and finishes.
+    finish = cli("sweep", "--task", "shapes", "--arch", str(tiny_arch), "--tier", "smoke", "--device", "cpu",
                  "--devices", "2", "--results-dir", str(tmp_path), "--no-progress",
-                 *sets(dict(settings, **{"training.steps": failed.step + 20})))
+                 *sets(dict(settings, **{"training.steps": failed.step + 20})), env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert finish.returncode == 0, finish.stdout + finish.stderr
+    assert "completed" in finish.stdout
     log = (folder(tmp_path, "tiny") / "run.log").read_text()
     assert log.count("Resuming") == 2
     done = RunRecord.load(record_path)

@@ -173,3 +173,22 @@ def test_evaluation_point_behind_the_checkpoint_is_skipped_not_repeated(tiny_arc
                  overrides=dict(FAST, **{"evaluation.eval_points": [2]}))
     assert [e["step"] for e in record.evaluations] == [6]  # no evaluation of step 4's weights filed as step 2
     assert any("Skipping evaluation point(s) 2" in m for m in logs)
+
+
+@pytest.mark.slow
+def test_the_demo_tier_resolves_and_runs_a_few_steps(tmp_path):
+    """The demo tier is a shapes tier only (the cifar10 protocol has none); its 10-minute figure
+    is a measurement in the README, not a test."""
+    from harness.tasks import resolve_task
+
+    demo = resolve_task("shapes", "demo")
+    assert demo.evaluation.num_samples >= 256 and demo.data.max_shapes == 1 and demo.sampling.eta == 1.0
+    with pytest.raises(HarnessError, match="Unknown tier 'demo'"):
+        resolve_task("cifar10", "demo")
+    quick = {"training.steps": 3, "evaluation.num_samples": 8, "evaluation.reference_images": 16,
+             "data.num_images": 256, "sampling.steps": 4}
+    record = run("shapes", "standard", "demo", device="cpu", results_dir=tmp_path, overrides=quick, progress=False,
+                 log=lambda msg: None)
+    assert record.status == "completed" and record.step == 3 and record.tier == "demo"
+    assert record.config["optimizer"]["lr"] == demo.optimizer.lr and record.config["data"]["max_shapes"] == 1
+    assert (tmp_path / "shapes" / "standard" / "demo" / "seed42" / "samples.png").exists()
