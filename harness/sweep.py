@@ -103,15 +103,15 @@ def allocate(resources: Resources, device: str, gpus_per_run: float | None, cpus
     if gpus and gpus < 2 and processes > 1:
         raise HarnessError(f"--devices {processes} needs {processes} GPUs per run, not {gpus:g}: pass --gpus-per-run "
                            f"{processes} (or leave it out).")
-    if gpus > resources.max_node_gpus:
-        raise HarnessError(f"{gpus:g} GPUs per run is more than any node has ({resources.max_node_gpus:g}): a run's "
-                           f"processes share one node (runs spanning nodes are not supported yet). Ask for at most "
-                           f"{resources.max_node_gpus:g}.")
     if gpus > resources.gpus or (device.startswith("cuda") and not resources.gpus):
         raise HarnessError(
             f"The runs ask for {gpus or 1:g} GPU(s) each, but the Ray cluster has {resources.gpus:g}. Ask for 0 GPUs "
             f"per run (or --device cpu) to run on CPUs, or join a cluster with GPUs (--address)."
         )
+    if gpus > resources.max_node_gpus:
+        raise HarnessError(f"{gpus:g} GPUs per run is more than any node has ({resources.max_node_gpus:g}): a run's "
+                           f"processes share one node (runs spanning nodes are not supported yet). Ask for at most "
+                           f"{resources.max_node_gpus:g}.")
     cpus, wanted = cpus_per_run, max_parallel
     if cpus is None and gpus:  # one run per GPU, with its node's share of the CPUs
         cpus = max(1, int(resources.cpus_per_gpu * gpus))

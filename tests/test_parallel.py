@@ -189,6 +189,9 @@ def test_sweeps_give_each_run_its_gpus_as_processes():
                    runs=1, devices=2)
     assert (cpu["gpus_per_run"], cpu["devices_per_run"], cpu["cpus_per_run"]) == (0, 2, 2)
     for gpus, devices, words in [(2.5, None, "whole number"), (2, 4, "the same --devices"),
-                                 (1, 2, "needs 2 GPUs per run"), (16, None, "more than any node has")]:
+                                 (1, 2, "needs 2 GPUs per run")]:
         with pytest.raises(HarnessError, match=words):
             allocate(node, "auto", gpus, None, None, runs=1, devices=devices)
+    two_nodes = Resources(cpus=64, gpus=16, nodes=2, max_node_cpus=32, cpus_per_gpu=4, max_node_gpus=8)
+    with pytest.raises(HarnessError, match="more than any node has"):  # a run's processes share one node
+        allocate(two_nodes, "auto", 16, None, None, runs=1)
