@@ -185,8 +185,9 @@ def _outcome(directory: Path, failure, run_log):
         raise RunInterrupted(f"Stopped at step {record.step}; checkpoint saved to {directory / CHECKPOINT_FILE}. "
                              f"Run the same command again to resume.")
     killed = _killed(failure)
-    if not killed and record is not None and record.status == "failed" and record.failure:
-        # rank 0 failed by itself (out of memory, a broken architecture, a non-finite loss) and said why
+    first = min(failure.failures, key=lambda rank: failure.failures[rank].timestamp) if failure else 0
+    if not killed and first == 0 and record is not None and record.status == "failed" and record.failure:
+        # rank 0 failed first, by itself (out of memory, a broken architecture, a non-finite loss), and said why
         raise RunFailed(f"{record.failure['message']} The record (status 'failed') is at {path}; the log is "
                         f"{directory / 'run.log'}.")
     # A process died, or one other than rank 0 failed: the others then only saw their peer vanish.
