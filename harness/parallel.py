@@ -19,7 +19,6 @@ Inception features) is computed exactly as one process computes it.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
@@ -227,22 +226,13 @@ def _describe_failure(failure, killed) -> str:
     return f"Process rank {rank} (pid {info.pid}) {cause}, so every process of the run was stopped."
 
 
-@contextlib.contextmanager
 def _thread_environment(threads: int):
     """The workers' BLAS and OpenMP pools sized like their torch threads (a spawned process reads
     these when numpy loads): an OpenBLAS pool wider than its share of the cores spins against
     the other processes (the FID's eigvalsh took minutes instead of seconds)."""
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update({name: str(threads) for name in names})
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    from harness.registry import environment
+
+    return environment({name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
 
 
 class _Watcher:

@@ -84,8 +84,9 @@ def find_architecture(name: str) -> Architecture:
 
 
 @contextlib.contextmanager
-def width_env(env: dict[str, str]) -> Iterator[None]:
-    """Set BLOCK_OUT_CHANNELS / LAYERS_PER_BLOCK for the duration, then restore the caller's values."""
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """Set environment variables (e.g. BLOCK_OUT_CHANNELS / LAYERS_PER_BLOCK) for the duration,
+    then restore the caller's values."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -131,7 +132,7 @@ def _import(arch: Architecture):
 
 def build(arch: Architecture, env: dict[str, str], device: torch.device | str) -> torch.nn.Module:
     """Execute the file and call build_model(device) with the widths in ``env``."""
-    with width_env(env):
+    with environment(env):
         module = _import(arch)
         try:
             model = module.build_model(device)

@@ -29,7 +29,7 @@ def test_unknown_arch_suggests_close_name_and_lists_what_exists():
 def test_width_env_is_set_during_build_and_restored(monkeypatch):
     monkeypatch.setenv("BLOCK_OUT_CHANNELS", "1,2")
     monkeypatch.delenv("LAYERS_PER_BLOCK", raising=False)
-    with registry.width_env({"BLOCK_OUT_CHANNELS": "8,8", "LAYERS_PER_BLOCK": "3"}):
+    with registry.environment({"BLOCK_OUT_CHANNELS": "8,8", "LAYERS_PER_BLOCK": "3"}):
         assert os.environ["BLOCK_OUT_CHANNELS"] == "8,8" and os.environ["LAYERS_PER_BLOCK"] == "3"
     assert os.environ["BLOCK_OUT_CHANNELS"] == "1,2" and "LAYERS_PER_BLOCK" not in os.environ
 
