@@ -50,6 +50,7 @@ class Job:
     data_dir: str | None = None
     device: str = "auto"
     devices: int = 1  # DDP processes (one per GPU) training this one run
+    placement: dict | None = None  # each process's Ray resources when the run's processes may span nodes
     measure_latency: bool = False  # also time one forward pass of one image on the run's device (a search objective)
 
 
@@ -110,6 +111,7 @@ def _execute(job: Job, channel, threads: int) -> Outcome:
     from harness import locks
     from harness.errors import RunFailed
     from harness.locks import RunLocked
+    from harness.parallel import ProcessLost
     from harness.records import RECORD_FILE
     from harness.runner import LOG_FILE, RunInterrupted, run
 
@@ -146,7 +148,7 @@ def _execute(job: Job, channel, threads: int) -> Outcome:
         with _output_into(folder / LOG_FILE):
             record = _run_past_dead_holders(
                 lambda: run(job.task, job.arch, job.tier, job.seed, device=job.device, devices=job.devices,
-                            results_dir=job.results_dir,
+                            placement=job.placement, results_dir=job.results_dir,
                             data_dir=job.data_dir, overrides=job.overrides, progress=False, log=None,
                             should_stop=should_stop,
                             on_evaluation=lambda e: channel.report.remote(job.key, {"kind": "evaluation", **e})))
@@ -158,6 +160,8 @@ def _execute(job: Job, channel, threads: int) -> Outcome:
         outcome.status, outcome.message, outcome.holder = "locked", str(exc), exc.holder
     except RunInterrupted as exc:
         outcome.status, outcome.message, outcome.step = "interrupted", str(exc), state["step"]
+    except ProcessLost:  # a process of the run died, not the run's fault: Ray runs this task again
+        raise
     except (RunFailed, HarnessError) as exc:
         outcome.message = str(exc)
     except Exception as exc:  # the run itself logged its traceback when it got that far
@@ -333,17 +337,25 @@ def _use_auth_token(address: str) -> None:
 class RayPool:
     """Runs jobs as Ray tasks, at most as many at once as the caller submits."""
 
-    def __init__(self, gpus_per_run: float, cpus_per_run: float, max_retries: int, devices_per_run: int = 1):
+    def __init__(self, allocation: dict, max_retries: int):
+        """``allocation``: what ``sweep.allocate`` decided (GPUs, CPUs and processes per run, and
+        whether a run's processes are placed over nodes)."""
         import ray
 
-        self.gpus_per_run, self.cpus_per_run, self.max_retries = gpus_per_run, cpus_per_run, max_retries
-        self.devices_per_run = devices_per_run
+        from harness.parallel import ProcessLost
+
+        self.gpus_per_run, self.cpus_per_run = allocation["gpus_per_run"], allocation["cpus_per_run"]
+        self.devices_per_run, self.max_retries = allocation.get("devices_per_run", 1), max_retries
+        self.placement = None
+        if allocation.get("spans_nodes"):  # the task only launches; each process holds one bundle
+            self.placement = {"GPU": self.gpus_per_run / self.devices_per_run,
+                              "CPU": self.cpus_per_run / self.devices_per_run}
         self.channel = ray.remote(num_cpus=0)(Channel).remote()
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         self.runtime_env = {"env_vars": env} if env else None  # the runs see the driver's HARNESS_* settings
         self._task = ray.remote(_execute).options(
-            num_gpus=gpus_per_run, num_cpus=cpus_per_run, max_retries=max_retries, retry_exceptions=False,
-            runtime_env=self.runtime_env,
+            num_gpus=0 if self.placement else self.gpus_per_run, num_cpus=0 if self.placement else self.cpus_per_run,
+            max_retries=max_retries, retry_exceptions=[ProcessLost], runtime_env=self.runtime_env,
         )
         self.running: dict[Any, Job] = {}  # ObjectRef -> job
 
@@ -378,7 +390,7 @@ class RayPool:
             # Ray does not hide GPUs from a task that asked for none: keep such runs off them
             job = Job(**{**asdict(job), "device": "cpu"})
         if self.devices_per_run > 1:
-            job = Job(**{**asdict(job), "devices": self.devices_per_run})
+            job = Job(**{**asdict(job), "devices": self.devices_per_run, "placement": self.placement})
         self.running[self._task.remote(job, self.channel, threads)] = job
 
     def wait(self, timeout: float) -> tuple[list[tuple[str, dict]], dict[str, int], list[Outcome]]:
@@ -399,11 +411,17 @@ class RayPool:
     def _outcome(self, ref, job: Job) -> Outcome:
         import ray
 
+        from harness.parallel import ProcessLost
+
         try:
             return ray.get(ref)
         except ray.exceptions.TaskCancelledError:
             return Outcome(job.key, "interrupted", "cancelled before it started")
-        except ray.exceptions.RayTaskError as exc:  # _execute itself raised: a bug, not a dead worker
+        except ray.exceptions.RayTaskError as exc:  # _execute raised: processes lost too often, or a bug
+            if isinstance(exc.cause, ProcessLost):
+                return Outcome(job.key, "failed", f"{exc.cause} (lost {self.max_retries + 1} time(s): the sweep "
+                               f"stopped retrying it)", record=str(Path(job.folder) / "record.json"),
+                               log=str(Path(job.folder) / "run.log"))
             return Outcome(job.key, "failed", f"the run's task raised {str(exc).strip().splitlines()[-1]}")
         except ray.exceptions.RayError as exc:  # the worker or its node died more often than max_retries
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

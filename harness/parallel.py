@@ -19,6 +19,7 @@ Inception features) is computed exactly as one process computes it.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -100,8 +101,6 @@ SINGLE = World()
 def check_devices(devices: int, device: str, batch_size: int) -> str:
     """The device type the workers will use ("cuda" or "cpu"), or a HarnessError saying why N
     processes cannot train this run."""
-    if devices < 1:
-        raise HarnessError(f"--devices must be at least 1, not {devices}.")
     kind = "cuda" if device == "auto" and torch.cuda.is_available() else device.split(":")[0]
     if kind == "auto":
         kind = "cpu"
@@ -111,42 +110,71 @@ def check_devices(devices: int, device: str, batch_size: int) -> str:
     if ":" in device and devices > 1:
         raise HarnessError(f"--device {device} names one GPU, and --devices {devices} needs {devices}: pass --device cuda "
                            f"(set CUDA_VISIBLE_DEVICES to choose which).")
+    check_batch(devices, batch_size)
+    return kind
+
+
+def check_batch(devices: int, batch_size: int) -> None:
+    if devices < 1:
+        raise HarnessError(f"--devices must be at least 1, not {devices}.")
     if batch_size % devices:
         raise HarnessError(
             f"The global batch size {batch_size} does not split into {devices} equal parts, so {devices} processes "
             f"cannot train exactly what one process trains. Use a number of devices that divides it, or change it "
             f"with --set training.batch_size=N (a different protocol setting, recorded as such)."
         )
-    return kind
 
 
-def launch(options: dict, devices: int, *, should_stop: Callable[[int], bool] | None = None,
-           on_evaluation: Callable[[dict], None] | None = None, log: Callable[[str], None] | None = print):
-    """Run ``Run(**options)`` as ``devices`` DDP processes on this machine; return its record.
-    Raises what a one-process run raises: RunInterrupted, RunFailed, RunLocked, HarnessError.
-    ``log`` None: messages go to run.log only (rank 0 prints them otherwise, on the launcher's output)."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    from harness import checkpoints, locks, registry
-    from harness.records import RECORD_FILE, ensure_writable, run_dir
-    from harness.runner import LOG_FILE, RunLog
+def prepare(options: dict, devices: int, *, local: bool = True):
+    """(spec, device kind, run folder) for ``devices`` processes of ``Run(**options)``, or a
+    HarnessError. ``local`` False: the processes run on other nodes (their GPUs are not this one's)."""
+    from harness import registry
+    from harness.records import ensure_writable, run_dir
     from harness.tasks import resolve_task
 
     overrides = dict(options.get("overrides") or {})
     if options.get("seed") is not None:
         overrides["seed"] = options["seed"]
     spec = resolve_task(options["task"], options["tier"], overrides)
-    kind = check_devices(devices, options.get("device", "auto"), spec.training.batch_size)
+    device = options.get("device", "auto")
+    if local:
+        kind = check_devices(devices, device, spec.training.batch_size)
+    else:  # "auto" stays: each process finds its own GPU (or none)
+        kind = check_batch(devices, spec.training.batch_size) or device.split(":")[0]
     architecture = registry.find_architecture(options["arch"])
     directory = run_dir(options.get("results_dir", "results"), spec.name, architecture.name, spec.tier, spec.seed)
     ensure_writable(directory)
-    threads = max(1, torch.get_num_threads() // devices)  # N processes share this process's CPU threads
-    worker_options = dict(options, device=kind, fresh=False, devices=None, echo=log is not None)
+    return spec, kind, directory
+
+
+@contextlib.contextmanager
+def held_run_folder(directory: Path, options: dict, log):
+    """The run folder's lock and log, held by the launcher for all its processes; a fresh start
+    is made here, not in the processes (one could read a file that another removes)."""
+    from harness import checkpoints, locks
+    from harness.records import RECORD_FILE
+    from harness.runner import LOG_FILE, RunLog
+
     with locks.RunLock(directory), RunLog(directory / LOG_FILE, echo=log) as run_log:
-        if options.get("fresh"):  # here, not in the workers: one of them could read it before another removes it
+        if options.get("fresh"):
             checkpoints.remove(directory)
             (directory / RECORD_FILE).unlink(missing_ok=True)
+        yield run_log
+
+
+def launch(options: dict, devices: int, *, should_stop: Callable[[int], bool] | None = None,
+           on_evaluation: Callable[[dict], None] | None = None, log: Callable[[str], None] | None = print):
+    """Run ``Run(**options)`` as ``devices`` DDP processes on this machine; return its record.
+    Raises what a one-process run raises: RunInterrupted, RunFailed, RunLocked, HarnessError, and
+    ProcessLost (a RunFailed) when a process was killed.
+    ``log`` None: messages go to run.log only (rank 0 prints them otherwise, on the launcher's output)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    spec, kind, directory = prepare(options, devices)
+    threads = max(1, torch.get_num_threads() // devices)  # N processes share this process's CPU threads
+    worker_options = dict(options, device=kind, fresh=False, devices=None, echo=log is not None)
+    with held_run_folder(directory, options, log) as run_log:
         run_log.write(f"Starting {devices} processes ({'nccl' if kind == 'cuda' else 'gloo'} on {kind}, "
                       f"{threads} thread(s) each), global batch {spec.training.batch_size} = {devices} x "
                       f"{spec.training.batch_size // devices}")
@@ -160,70 +188,85 @@ def launch(options: dict, devices: int, *, should_stop: Callable[[int], bool] | 
         )
         # the agent logs each failure with its traceback; the launcher says it in one paragraph instead
         logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-        watcher = _Watcher(store, should_stop, on_evaluation)
-        failure = None
-        with watcher, _LauncherSignals(store), _thread_environment(threads):
+        failures = []
+        with Watcher(store, should_stop, on_evaluation), _LauncherSignals(store), _thread_environment(threads):
             try:
                 elastic_launch(config, worker)(worker_options, store.port, os.getpid(), threads)
             except ChildFailedError as exc:
-                failure = exc
-        return _outcome(directory, failure, run_log)
+                failures = _failures_of(exc)
+        return outcome(directory, failures, run_log)
 
 
-def _outcome(directory: Path, failure, run_log):
-    """The launcher's answer from what rank 0 wrote: the record, or the exception a one-process
-    run would have raised."""
+class ProcessLost(RunFailed):
+    """A process of the run was killed or lost with its node: not the run's own fault, so a
+    sweep runs it again (it resumes from its checkpoint)."""
+
+
+@dataclass
+class ProcessFailure:
+    """How one process of a run ended badly, as the launcher saw it."""
+
+    rank: int
+    order: float  # when (a timestamp, or the order the launcher noticed it): the first is the likely cause
+    killed: bool  # ended by a signal or lost with its node: the others then only lost their peer
+    cause: str  # "was killed by SIGKILL", "exited with code 1 (ValueError: ...)"
+    pid: int | None = None
+    traceback: str | None = None
+
+
+def _failures_of(exc) -> list[ProcessFailure]:
+    """The elastic agent's ChildFailedError as ProcessFailures."""
+    failures = []
+    for rank, info in exc.failures.items():
+        message = info.message if isinstance(info.message, dict) else {}
+        if info.exitcode < 0:
+            cause = f"was killed by {info.signal_name()}"
+        else:
+            text = str(message.get("message", "") if message else info.message or "").strip()
+            cause = f"exited with code {info.exitcode}" + (f" ({text.splitlines()[-1]})" if text else "")
+        failures.append(ProcessFailure(rank, info.timestamp, info.exitcode < 0, cause, info.pid,
+                                       message.get("extraInfo", {}).get("py_callstack")))
+    return failures
+
+
+def outcome(directory: Path, failures: list[ProcessFailure], run_log):
+    """The launcher's answer from what rank 0 wrote and how the processes ended: the record, or
+    the exception a one-process run would have raised."""
     from harness.records import CHECKPOINT_FILE, RECORD_FILE, RunRecord
     from harness.runner import RunInterrupted
 
     path = directory / RECORD_FILE
     record = RunRecord.load(path) if path.exists() else None
-    if failure is None and record is not None and record.status == "completed":
+    if not failures and record is not None and record.status == "completed":
         return record
-    if failure is None and record is not None and record.status == "interrupted":
+    if not failures and record is not None and record.status == "interrupted":
         raise RunInterrupted(f"Stopped at step {record.step}; checkpoint saved to {directory / CHECKPOINT_FILE}. "
                              f"Run the same command again to resume.")
-    killed = _killed(failure)
-    first = min(failure.failures, key=lambda rank: failure.failures[rank].timestamp) if failure else 0
-    if not killed and first == 0 and record is not None and record.status == "failed" and record.failure:
+    # The root cause: the first process killed (its peers then fail with "connection reset"), else the first to fail.
+    first = min(failures, key=lambda f: (not f.killed, f.order)) if failures else None
+    if first is not None and not first.killed and first.rank == 0 and record is not None \
+            and record.status == "failed" and record.failure:
         # rank 0 failed first, by itself (out of memory, a broken architecture, a non-finite loss), and said why
         raise RunFailed(f"{record.failure['message']} The record (status 'failed') is at {path}; the log is "
                         f"{directory / 'run.log'}.")
-    # A process died, or one other than rank 0 failed: the others then only saw their peer vanish.
-    what = _describe_failure(failure, killed)
-    for rank, info in sorted((failure.failures if failure else {}).items()):  # their tracebacks, for the log
-        stack = info.message.get("extraInfo", {}).get("py_callstack") if isinstance(info.message, dict) else None
-        if stack:
-            run_log.write(f"Traceback of process rank {rank}:\n{stack.rstrip()}")
+    for failure in sorted(failures, key=lambda f: f.rank):  # their tracebacks, for the log
+        if failure.traceback:
+            run_log.write(f"Traceback of process rank {failure.rank}:\n{failure.traceback.rstrip()}")
+    if first is None:
+        what = "The worker processes ended without a result."
+    else:
+        pid = f" (pid {first.pid})" if first.pid else ""
+        what = f"Process rank {first.rank}{pid} {first.cause}, so every process of the run was stopped."
     run_log.write(what)
     step = record.step if record is not None else 0
     if record is not None:
         record.status = "failed"
-        record.failure = {"step": step, "message": what, "error": "ChildFailedError"}
+        record.failure = {"step": step, "message": what, "error": "ProcessLost" if first and first.killed else "ChildFailedError"}
         record.save(directory)
     kept = (directory / CHECKPOINT_FILE).exists()
-    raise RunFailed(f"{what} The run stopped" + (f"; its checkpoint (step {step}) is kept at {directory / CHECKPOINT_FILE}: "
-                    f"run the same command again to resume." if kept else "."))
-
-
-def _killed(failure) -> list[int]:
-    """Ranks that a signal ended (the root cause when there is one: the others fail after them)."""
-    if failure is None:
-        return []
-    return sorted((info.timestamp, rank) for rank, info in failure.failures.items() if info.exitcode < 0)
-
-
-def _describe_failure(failure, killed) -> str:
-    if failure is None:
-        return "The worker processes ended without a result."
-    rank = killed[0][1] if killed else min(failure.failures, key=lambda r: failure.failures[r].timestamp)
-    info = failure.failures[rank]
-    if killed:
-        cause = f"was killed by {info.signal_name()}"
-    else:
-        message = info.message.get("message", "") if isinstance(info.message, dict) else str(info.message or "")
-        cause = f"exited with code {info.exitcode}" + (f" ({message.strip().splitlines()[-1]})" if message.strip() else "")
-    return f"Process rank {rank} (pid {info.pid}) {cause}, so every process of the run was stopped."
+    message = what + (f" The run stopped; its checkpoint (step {step}) is kept at {directory / CHECKPOINT_FILE}: "
+                      f"run the same command again to resume." if kept else " The run stopped.")
+    raise (ProcessLost if first is not None and first.killed else RunFailed)(message)
 
 
 def _thread_environment(threads: int):
@@ -235,7 +278,7 @@ def _thread_environment(threads: int):
     return environment({name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
 
 
-class _Watcher:
+class Watcher:
     """A launcher thread: passes rank 0's step and evaluations to the caller's callbacks and its
     stop decision down to the workers."""
 
@@ -304,9 +347,10 @@ class _LauncherSignals:
 
 class LauncherLink:
     """Rank 0's side of the store: ``should_stop`` and ``on_evaluation`` for its Run. A launcher
-    that is gone (killed) counts as a stop request, so its workers checkpoint and end."""
+    that is gone (killed; the parent pid tells, on one machine) counts as a stop request, so its
+    workers checkpoint and end. (Ray actors need no such check: they die with their owner.)"""
 
-    def __init__(self, store, launcher_pid: int):
+    def __init__(self, store, launcher_pid: int | None):
         self.store, self.launcher_pid = store, launcher_pid
         self.last_poll, self.stop = 0.0, False
 
@@ -315,7 +359,7 @@ class LauncherLink:
         if not self.stop and now - self.last_poll >= STORE_POLL_SECONDS:
             self.last_poll = now
             self.store.set("step", str(step))
-            self.stop = self.store.check(["stop"]) or os.getppid() != self.launcher_pid
+            self.stop = self.store.check(["stop"]) or (self.launcher_pid is not None and os.getppid() != self.launcher_pid)
         return self.stop
 
     def on_evaluation(self, evaluation: dict) -> None:
@@ -325,9 +369,20 @@ class LauncherLink:
 
 
 def worker(options: dict, store_port: int, launcher_pid: int, threads: int) -> str:
-    """One process of the run (started by the elastic agent, which sets RANK, WORLD_SIZE,
-    LOCAL_RANK and the rendezvous address). Returns the outcome every rank agreed on; an error of
-    this process alone propagates, and the agent then stops the others."""
+    """One process of a run on this machine, started by the elastic agent (which sets RANK,
+    WORLD_SIZE, LOCAL_RANK and the rendezvous address). Returns the outcome every rank agreed on;
+    an error of this process alone propagates, and the agent then stops the others."""
+    rank = int(os.environ["RANK"])
+    link = LauncherLink(dist.TCPStore("127.0.0.1", store_port, is_master=False), launcher_pid) if rank == 0 else None
+    return train_process(options, rank, int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]), threads, link)
+
+
+def train_process(options: dict, rank: int, size: int, local_rank: int, threads: int,
+                  link: LauncherLink | None, store=None) -> str:
+    """Join the process group and run ``Run(**options)`` as rank ``rank`` of ``size``. The group
+    meets in ``store`` (a TCPStore) when given, else where the environment says (torchrun's
+    variables). ``options["device"]``: "cuda" (this process's GPU is ``local_rank``), "cpu", or
+    "auto" (the first visible GPU, where a scheduler gave the process one GPU, else the CPU)."""
     import warnings
 
     from tqdm.auto import tqdm
@@ -337,22 +392,26 @@ def worker(options: dict, store_port: int, launcher_pid: int, threads: int) -> s
     from harness.runner import Run, RunInterrupted
     from harness.trainer import NonFiniteLoss
 
-    rank, size, local_rank = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     torch.set_num_threads(threads)
     device = options["device"]
+    if device == "auto":
+        device, local_rank = ("cuda", 0) if torch.cuda.is_available() else ("cpu", 0)
     if device == "cuda":
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)
     backend = "nccl" if device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+    if store is None:
+        dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+    else:
+        dist.init_process_group(backend, store=dist.PrefixStore("group", store), rank=rank, world_size=size,
+                                timeout=COLLECTIVE_TIMEOUT)
     control = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT) if backend != "gloo" else dist.group.WORLD
     world = World(rank, size, local_rank, backend, control)
-    link = LauncherLink(dist.TCPStore("127.0.0.1", store_port, is_master=False), launcher_pid) if rank == 0 else None
     main = rank == 0
     run_options = {k: v for k, v in options.items() if k not in ("devices", "echo")}
     try:
         Run(**dict(run_options, device=device, progress=run_options.get("progress", True) and main),
-            world=world, log=tqdm.write if main and options["echo"] else None,
+            world=world, log=tqdm.write if main and options.get("echo") else None,
             should_stop=link.should_stop if main else None, on_evaluation=link.on_evaluation if main else None).execute()
         outcome = "completed"
     except RunInterrupted:  # every rank agreed on the step; rank 0 saved the checkpoint and record

@@ -171,7 +171,8 @@ class RunRecord:
     failure: dict | None = None  # {"step", "message", "error"} when status is "failed"
     profile: dict | None = None  # parameters and FLOPs, when profiling is available
     samples_png: str | None = None
-    # the processes that trained it: {"count": N, "backend": None | "gloo" | "nccl", "devices": [name per rank]}
+    # the processes that trained it: {"count": N, "backend": None | "gloo" | "nccl", "devices": [name per rank],
+    # "hosts": [host name per rank]}
     processes: dict | None = None
     schema_version: int = SCHEMA_VERSION
 

@@ -216,10 +216,11 @@ class Run:
         images = load_images(spec.data, self.data_dir)  # uint8 [N,3,32,32] on the host
         batches = ImageBatches(images, spec.training.batch_size, dev, flip=spec.data.horizontal_flip)
         self.trainer = Trainer(model, spec, batches, dev, self.world)
-        devices = self.world.gather(device_info(dev)["name"])
+        placed = self.world.gather((device_info(dev)["name"], socket.gethostname())) or []  # per rank, on rank 0
         self.record = self._new_record("running", param_count=registry.count_parameters(self.trainer.model),
                                        profile=profile)
-        self.record.processes = {"count": self.world.size, "backend": self.world.backend, "devices": devices}
+        self.record.processes = {"count": self.world.size, "backend": self.world.backend,
+                                 "devices": [name for name, _ in placed], "hosts": [host for _, host in placed]}
 
         def bar_factory(total: int, desc: str):
             return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not self.progress, dynamic_ncols=True)
@@ -427,16 +428,21 @@ def run(task: str = "cifar10", arch: str = "standard", tier: str = "smoke", seed
 
     ``overrides`` are dotted task fields (``{"training.steps": 100}``); the other keyword options
     are those of ``Run``, plus ``devices``: train with that many DDP processes on this machine
-    (harness/parallel.py). Raises RunInterrupted when stopped (Ctrl-C or ``should_stop``),
+    (harness/parallel.py), or, with ``placement`` (each process's Ray resources, e.g.
+    ``{"GPU": 1, "CPU": 4}``), as Ray actors that may span nodes (harness/multinode.py; inside a
+    Ray task). Raises RunInterrupted when stopped (Ctrl-C or ``should_stop``),
     RunFailed (record status ``failed``) when the run fails by itself (a non-finite loss, out of
     memory), RunLocked when another live process holds the run folder.
     """
-    devices = options.pop("devices", None)
-    if devices is not None and devices != 1:  # (the launcher refuses 0 and below)
-        from harness.parallel import launch
+    devices, placement = options.pop("devices", None), options.pop("placement", None)
+    if devices is not None and devices != 1:  # (the launchers refuse 0 and below)
+        from harness import multinode, parallel
 
         callbacks = {k: options.pop(k) for k in ("should_stop", "on_evaluation", "log") if k in options}
-        return launch(dict(options, task=task, arch=arch, tier=tier, seed=seed), devices, **callbacks)
+        options = dict(options, task=task, arch=arch, tier=tier, seed=seed)
+        if placement:
+            return multinode.launch(options, devices, placement, **callbacks)
+        return parallel.launch(options, devices, **callbacks)
     return Run(task, arch, tier, seed, **options).execute()
 
 

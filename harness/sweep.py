@@ -108,25 +108,33 @@ def allocate(resources: Resources, device: str, gpus_per_run: float | None, cpus
             f"The runs ask for {gpus or 1:g} GPU(s) each, but the Ray cluster has {resources.gpus:g}. Ask for 0 GPUs "
             f"per run (or --device cpu) to run on CPUs, or join a cluster with GPUs (--address)."
         )
-    if gpus > resources.max_node_gpus:
-        raise HarnessError(f"{gpus:g} GPUs per run is more than any node has ({resources.max_node_gpus:g}): a run's "
-                           f"processes share one node (runs spanning nodes are not supported yet). Ask for at most "
-                           f"{resources.max_node_gpus:g}.")
+    # more GPUs than one node has: the run's processes are placed over nodes (harness/multinode.py)
+    spans = processes > 1 and gpus > resources.max_node_gpus
     cpus, wanted = cpus_per_run, max_parallel
     if cpus is None and gpus:  # one run per GPU, with its node's share of the CPUs
         cpus = max(1, int(resources.cpus_per_gpu * gpus))
     elif cpus is None:  # CPUs alone: one run per node, or the node's CPUs split among --max-parallel runs
         cpus = max(1, resources.max_node_cpus * resources.nodes // wanted) if wanted else resources.max_node_cpus
         cpus = min(cpus, resources.max_node_cpus)
-    if cpus > resources.max_node_cpus:
-        raise HarnessError(f"{cpus:g} CPUs per run is more than any node has ({resources.max_node_cpus:g}), so no run "
-                           f"could ever start. Ask for at most {resources.max_node_cpus:g}.")
+    per_node = cpus / processes if spans else cpus  # a spanning run's processes may each be on another node
+    if per_node > resources.max_node_cpus:
+        each = f" ({per_node:g} per process)" if spans else ""
+        raise HarnessError(f"{cpus:g} CPUs per run{each} is more than any node has ({resources.max_node_cpus:g}), so "
+                           f"no run could ever start. Ask for at most {resources.max_node_cpus:g}.")
     slots = int(resources.cpus // cpus) if cpus else runs
     if gpus:
         slots = min(slots, int(resources.gpus // gpus))
     return {"gpus_per_run": gpus, "cpus_per_run": cpus, "max_parallel": wanted or max(1, slots),
-            "torch_threads_per_run": max(1, int(cpus)), "devices_per_run": processes,
+            "torch_threads_per_run": max(1, int(per_node)), "devices_per_run": processes,
+            "spans_nodes": spans,
             "device_type": "cuda" if gpus or device.startswith("cuda") else "cpu"}
+
+
+def _processes_note(allocation: dict) -> str:
+    processes = allocation.get("devices_per_run", 1)
+    if processes < 2:
+        return ""
+    return f" as {processes} processes" + (" placed over nodes by Ray" if allocation.get("spans_nodes") else " on one node")
 
 
 def _same_config(record: RunRecord, spec: TaskSpec) -> bool:
@@ -229,8 +237,7 @@ class Sweep:
                 allocation = self.allocation(resources)
                 self.plan(allocation)
                 todo = [c for c in self.cells if c.action in ("run", "resume")]
-                pool = RayPool(allocation["gpus_per_run"], allocation["cpus_per_run"], self.max_retries,
-                               allocation["devices_per_run"])
+                pool = RayPool(allocation, self.max_retries)
                 if todo:
                     self._check_nodes(pool, todo)
                 self._open_manifest(resources, allocation)
@@ -393,7 +400,8 @@ class Sweep:
         alloc = self.manifest["allocation"]
         self.say(f"Sweep {self.id}: {len(self.cells)} cells; {len(todo)} to run ({len(resumed)} resuming from "
                  f"checkpoints), {len(skipped)} already completed, {len(locked)} locked by other processes. Each run: "
-                 f"{alloc['gpus_per_run']:g} GPU, {alloc['cpus_per_run']:g} CPU; up to {alloc['max_parallel']} at once. "
+                 f"{alloc['gpus_per_run']:g} GPU, {alloc['cpus_per_run']:g} CPU{_processes_note(alloc)}; up to "
+                 f"{alloc['max_parallel']} at once. "
                  f"Manifest: {self.manifest_path}")
         for cell in locked:
             self.say(f"locked     {cell.key}  {self._entry(cell)['message']}")

@@ -193,5 +193,12 @@ def test_sweeps_give_each_run_its_gpus_as_processes():
         with pytest.raises(HarnessError, match=words):
             allocate(node, "auto", gpus, None, None, runs=1, devices=devices)
     two_nodes = Resources(cpus=64, gpus=16, nodes=2, max_node_cpus=32, cpus_per_gpu=4, max_node_gpus=8)
-    with pytest.raises(HarnessError, match="more than any node has"):  # a run's processes share one node
-        allocate(two_nodes, "auto", 16, None, None, runs=1)
+    within = allocate(two_nodes, "auto", 8, None, None, runs=2)  # fits one node: one task starts its processes
+    assert (within["devices_per_run"], within["spans_nodes"], within["max_parallel"]) == (8, False, 2)
+    spanning = allocate(two_nodes, "auto", 16, None, None, runs=1)  # more than a node has: placed over nodes
+    assert (spanning["devices_per_run"], spanning["spans_nodes"], spanning["cpus_per_run"]) == (16, True, 64)
+    assert spanning["torch_threads_per_run"] == 4  # each process has its GPU's share of its node's CPUs
+    with pytest.raises(HarnessError, match="more than any node has"):  # 40 CPUs for one process
+        allocate(two_nodes, "auto", 16, 640, None, runs=1)
+    with pytest.raises(HarnessError, match="the Ray cluster has 16"):
+        allocate(two_nodes, "auto", 24, None, None, runs=1)

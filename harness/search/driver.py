@@ -143,8 +143,7 @@ class Search:
             connect(self.address)
             try:
                 allocation = allocate(cluster_resources(), self.spec.device, runs=self.spec.trials, **self.requested)
-                pool = RayPool(allocation["gpus_per_run"], allocation["cpus_per_run"], self.max_retries,
-                               allocation["devices_per_run"])
+                pool = RayPool(allocation, self.max_retries)
                 problems = pool.check_nodes(self.results_dir, {})
                 if problems:
                     raise HarnessError("The search cannot start: " + "; ".join(problems) + ". Put --results-dir on "

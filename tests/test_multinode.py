@@ -1,0 +1,80 @@
+"""One run whose processes span the nodes of a real Ray cluster (two `ray start` nodes on loopback,
+one fake GPU each, so that a run given 2 GPUs must place one process on each node)."""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import torch
+
+from harness.records import RunRecord
+
+from test_sweep import SLOW_ARCH, _run_command, folder, manifest, sweep_command, wait_for_step, weights
+
+pytestmark = pytest.mark.slow
+
+LONGER = {"training.steps": 24, "training.batch_size": 8}
+
+
+@pytest.fixture
+def two_node_cluster():
+    """A head node and a second node, each with 1 CPU and 1 GPU as Ray resources, started with
+    `ray start` as on a real cluster (and stopped with `ray stop`)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp)
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "1", "--disable-usage-stats"]
+    try:
+        head = ["ray", "start", "--head", "--port", str(port), "--include-dashboard=false", *common]
+        # the second node joins by HOST:PORT, which sends the head's token (~/.ray/auth_token) only when told to
+        second = ["ray", "start", "--address", f"127.0.0.1:{port}", *common]
+        for command, extra in ((head, {}), (second, {"RAY_AUTH_MODE": "token"})):
+            started = subprocess.run(command, capture_output=True, text=True, env=dict(env, **extra), timeout=180)
+            assert started.returncode == 0, started.stdout + started.stderr
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_run_spans_two_nodes_survives_a_lost_process_and_trains_what_one_node_trains(
+        two_node_cluster, write_arch, tmp_path):
+    arch = write_arch("slow", SLOW_ARCH)
+    command = sweep_command(tmp_path / "sweep", "--arch", str(arch), "--address", two_node_cluster, "--device", "auto",
+                            "--gpus-per-run", "2", "--cpus-per-run", "2", overrides=LONGER)
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        run_folder = folder(tmp_path / "sweep", "slow")
+        wait_for_step(run_folder, 4, driver)
+        # rank 1 is the process on the second node: kill it as a dying node would
+        places = re.findall(r"rank (\d) on \S+ \(([\d.]+), Ray node (\w+), pid (\d+)\)", (run_folder / "run.log").read_text())
+        assert len(places) == 2 and places[0][2] != places[1][2], places  # one process on each node
+        os.kill(int(places[1][3]), signal.SIGKILL)
+        assert driver.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()
+    text = (run_folder / "run.log").read_text()
+    assert f"Process rank 1 (pid {places[1][3]}) was lost" in text  # the lost process named, not its peer
+    assert text.count("Resuming") == 1  # the sweep's task ran again, from the checkpoint
+    (cell,) = manifest(tmp_path / "sweep")["cells"]
+    assert cell["status"] == "completed" and cell["attempts"] == 2
+    assert manifest(tmp_path / "sweep")["allocation"]["spans_nodes"] is True
+    spanning = RunRecord.load(run_folder / "record.json")
+    assert spanning.status == "completed" and spanning.step == 24
+    assert spanning.processes["count"] == 2 and spanning.processes["backend"] == "gloo"
+
+    # The same run as 2 processes on one machine (one thread each, as each actor has one CPU):
+    # the same computation, so the same numbers to the bit, although it was interrupted and resumed.
+    local = subprocess.run(_run_command(arch, tmp_path / "local", 42, LONGER) + ["--devices", "2"],
+                           capture_output=True, text=True, timeout=400, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    assert local.returncode == 0, local.stderr
+    one_node = RunRecord.load(folder(tmp_path / "local", "slow") / "record.json")
+    assert spanning.loss_curve == one_node.loss_curve
+    assert spanning.best_fid == one_node.best_fid and spanning.final_kid == one_node.final_kid
+    a, b = weights(run_folder), weights(folder(tmp_path / "local", "slow"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
