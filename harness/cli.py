@@ -372,7 +372,8 @@ def cmd_profile(args) -> int:
         for r in results:
             cells = "".join(f"{fmt.format(r[key]):>14}" if key in r else f"{'-':>14}" for key, _, fmt in columns)
             print(f"{r['arch']:<16}{r['tier']:<8}{cells}" + (f"  error: {r['error']}" if "error" in r else ""))
-        print("GMACs: multiply-accumulates of one forward pass of one 32x32 image, attention included (GFLOPs = 2 x GMACs).")
+        print("GMACs: multiply-accumulates of one forward pass of one image of the task's size (32x32; the shapes demo tier 16x16), "
+              "attention included (GFLOPs = 2 x GMACs).")
     if not args.all and "error" in results[0]:
         raise HarnessError(results[0]["error"])
     return 1 if any("error" in r for r in results) else 0

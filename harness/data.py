@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
-from harness.tasks import DataSpec
+from harness.tasks import SHAPE_KINDS, DataSpec
 
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_TARBALL = "cifar-10-python.tar.gz"
@@ -100,9 +100,6 @@ def load_cifar10(data_dir: str | Path | None = None, download: bool = True) -> n
 
 # ----------------------------------------------------------------------------- shapes
 
-SHAPE_KINDS = ("circle", "square", "triangle", "ring", "diamond", "cross")
-
-
 def _signed_distance(kind: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Distance-like field of one shape kind, negative inside: dx, dy [M,32,32], r [M,1,1]."""
     ax, ay = np.abs(dx), np.abs(dy)
@@ -133,15 +130,16 @@ def _shape_masks(kind: np.ndarray, cx, cy, r, yy, xx) -> np.ndarray:
 
 
 def generate_shapes(num_images: int, seed: int, max_shapes: int = 3, radius: tuple[float, float] = (4.0, 10.0),
-                    chunk: int = 2000) -> np.ndarray:
-    """``num_images`` 32x32 RGB images, uint8 ``[N,3,32,32]``: 1 to ``max_shapes`` (at most 3)
-    coloured shapes of size ``radius`` [min, max) pixels on a two-colour gradient background. The
-    same arguments always give the same bytes: everything is drawn from one numpy PCG64 stream in
-    a fixed order, the same draws whatever ``max_shapes`` and ``radius`` (so a variant keeps the
-    backgrounds, colours and places of the default set)."""
+                    kinds: tuple[str, ...] = SHAPE_KINDS, size: int = 32, chunk: int = 2000) -> np.ndarray:
+    """``num_images`` RGB images, uint8 ``[N,3,size,size]``: 1 to ``max_shapes`` (at most 3)
+    coloured shapes of the given ``kinds``, of size ``radius`` [min, max) pixels, on a two-colour
+    gradient background. Drawn at 32x32; a smaller ``size`` averages each block of pixels (the
+    same images, at lower resolution). The same arguments always give the same bytes: everything
+    is drawn from one numpy PCG64 stream in a fixed order, the same draws whatever ``max_shapes``
+    and ``radius`` (so a variant keeps the backgrounds, colours and places of the default set)."""
     rng = np.random.Generator(np.random.PCG64(seed))
     yy, xx = np.mgrid[0:32, 0:32].astype(np.float64) + 0.5
-    images = np.empty((num_images, 32, 32, 3), dtype=np.uint8)
+    images = np.empty((num_images, size, size, 3), dtype=np.uint8)
     for start in range(0, num_images, chunk):
         n = min(chunk, num_images - start)
         # background: linear gradient between two colours along a random direction
@@ -151,12 +149,17 @@ def generate_shapes(num_images: int, seed: int, max_shapes: int = 3, radius: tup
         canvas = c0 + (c1 - c0) * np.clip(ramp, 0, 1)[..., None]
         count = rng.integers(1, max_shapes + 1, n)
         for slot in range(3):
-            kind = rng.integers(0, len(SHAPE_KINDS), n)
+            kind = rng.integers(0, len(kinds), n)
+            if tuple(kinds) != SHAPE_KINDS:  # indices into SHAPE_KINDS
+                kind = np.array([SHAPE_KINDS.index(k) for k in kinds])[kind]
             r = rng.uniform(radius[0], radius[1], n)
             cx, cy = rng.uniform(6, 26, (2, n))
             colour = rng.uniform(0, 1, (n, 3))
             mask = _shape_masks(kind, cx, cy, r, yy, xx) * (slot < count)[:, None, None]
             canvas = canvas * (1 - mask[..., None]) + colour[:, None, None, :] * mask[..., None]
+        if size != 32:  # [n,32,32,3] -> [n,size,size,3], each output pixel the mean of its block
+            f = 32 // size
+            canvas = canvas.reshape(n, size, f, size, f, 3).mean(axis=(2, 4))
         images[start : start + n] = np.round(canvas * 255).astype(np.uint8)
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
 
@@ -165,12 +168,13 @@ def generate_shapes(num_images: int, seed: int, max_shapes: int = 3, radius: tup
 
 
 def load_images(spec: DataSpec, data_dir: str | Path | None = None) -> np.ndarray:
-    """The task's training images, uint8 ``[N,3,32,32]``, on the host."""
+    """The task's training images, uint8 ``[N,3,S,S]`` (S = ``spec.image_size``), on the host."""
     if spec.dataset == "cifar10":
         images = load_cifar10(data_dir)
         return images[: spec.num_images] if spec.num_images else images
     if spec.dataset == "shapes":
-        return generate_shapes(spec.num_images or 20000, spec.seed, spec.max_shapes, spec.shape_radius)
+        return generate_shapes(spec.num_images or 20000, spec.seed, spec.max_shapes, spec.shape_radius,
+                               tuple(spec.shape_kinds), spec.image_size)
     raise HarnessError(f"Unknown dataset '{spec.dataset}': use 'cifar10' or 'shapes'.")
 
 

@@ -17,8 +17,6 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from harness.tasks import DiffusionSpec, SamplingSpec
 
-IMAGE_SHAPE = (3, 32, 32)
-
 
 def ddpm_scheduler(spec: DiffusionSpec) -> DDPMScheduler:
     return DDPMScheduler(
@@ -74,15 +72,15 @@ class NoiseSchedule:
         return F.mse_loss(pred.float(), noise.float())
 
 
-def initial_noise(seeds: torch.Tensor | list[int], device: torch.device) -> torch.Tensor:
-    """[len(seeds),3,32,32] standard normal; row i drawn from a CPU generator seeded with seeds[i]
+def initial_noise(seeds: torch.Tensor | list[int], device: torch.device, image_size: int = 32) -> torch.Tensor:
+    """[len(seeds),3,S,S] standard normal; row i drawn from a CPU generator seeded with seeds[i]
     (the same stream diffusers' ``randn_tensor`` uses with a list of generators)."""
-    return _draw([torch.Generator().manual_seed(int(s)) for s in seeds], device)
+    return _draw([torch.Generator().manual_seed(int(s)) for s in seeds], device, image_size)
 
 
-def _draw(gens: list[torch.Generator], device: torch.device) -> torch.Tensor:
-    """[len(gens),3,32,32] standard normal, row i from gens[i] (advancing it)."""
-    return torch.cat([torch.randn((1, *IMAGE_SHAPE), generator=g) for g in gens]).to(device)
+def _draw(gens: list[torch.Generator], device: torch.device, image_size: int = 32) -> torch.Tensor:
+    """[len(gens),3,S,S] standard normal, row i from gens[i] (advancing it)."""
+    return torch.cat([torch.randn((1, 3, image_size, image_size), generator=g) for g in gens]).to(device)
 
 
 def sample_seeds(run_seed: int, count: int) -> list[int]:
@@ -104,8 +102,9 @@ def ddim_sample(
     seeds: list[int],
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
+    image_size: int = 32,
 ) -> torch.Tensor:
-    """DDIM from per-sample seeded noise. Returns float32 ``[len(seeds),3,32,32]`` in [-1,1]
+    """DDIM from per-sample seeded noise. Returns float32 ``[len(seeds),3,S,S]`` in [-1,1]
     (before clamping), equal to ``DDIMPipeline`` with one generator per sample (any eta)."""
     if sampling.sampler != "ddim":
         raise ValueError(f"unknown sampler {sampling.sampler!r}")
@@ -114,14 +113,14 @@ def ddim_sample(
     # One CPU generator per sample, as DDIMPipeline with a list of generators: it gives the initial
     # noise and then (eta > 0) each step's extra noise, so an image depends on its seed alone.
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    x = _draw(gens, device)  # [B,3,32,32]
+    x = _draw(gens, device, image_size)  # [B,3,S,S]
     batch = torch.empty(len(seeds), dtype=torch.int64, device=device)
     for t in scheduler.timesteps:
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             eps = model(x, batch.fill_(int(t))).sample  # timestep [B]: the contract's shape
         variance_noise = None
         if sampling.eta > 0:
-            variance_noise = _draw(gens, device)
+            variance_noise = _draw(gens, device, image_size)
         x = scheduler.step(eps.float(), t, x, eta=sampling.eta, variance_noise=variance_noise).prev_sample
     return x
 
@@ -139,7 +138,8 @@ def generate(
     seeds: list[int],
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
+    image_size: int = 32,
 ) -> Iterator[torch.Tensor]:
-    """uint8 ``[b,3,32,32]`` batches of ``sampling.batch_size`` images, in seed order."""
+    """uint8 ``[b,3,S,S]`` batches of ``sampling.batch_size`` images, in seed order."""
     for chunk in seed_batches(seeds, sampling.batch_size):
-        yield to_uint8(ddim_sample(model, diffusion, sampling, chunk, device, autocast_dtype))
+        yield to_uint8(ddim_sample(model, diffusion, sampling, chunk, device, autocast_dtype, image_size))

@@ -80,7 +80,7 @@ class Evaluator:
         for j in mine:
             t0 = time.perf_counter()
             images = to_uint8(ddim_sample(ema_model, self.spec.diffusion, self.spec.sampling, chunks[j], self.device,
-                                          self.autocast_dtype))  # uint8 [b,3,32,32] on the device
+                                          self.autocast_dtype, self.spec.data.image_size))  # uint8 [b,3,S,S] on the device
             _sync(self.device)
             t1 = time.perf_counter()
             feats = [self.features(images[i : i + evaluation.feature_batch_size]).cpu().numpy()

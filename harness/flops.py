@@ -59,10 +59,10 @@ class _SampleOnly(torch.nn.Module):
         return self.model(x, timestep).sample
 
 
-def count_macs(model: torch.nn.Module, device: torch.device | None = None) -> MacCount:
-    """MACs of ``model(x, timestep)`` for one image x [1,3,32,32] and timestep [1]."""
+def count_macs(model: torch.nn.Module, device: torch.device | None = None, image_size: int = 32) -> MacCount:
+    """MACs of ``model(x, timestep)`` for one image x [1,3,S,S] (S = ``image_size``) and timestep [1]."""
     device = device or next(model.parameters()).device
-    x = torch.zeros(1, 3, 32, 32, device=device)
+    x = torch.zeros(1, 3, image_size, image_size, device=device)
     t = torch.full((1,), 500, dtype=torch.int64, device=device)
     was_training = model.training
     model.eval()

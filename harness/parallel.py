@@ -139,8 +139,9 @@ def prepare(options: dict, devices: int, *, local: bool = True):
     device = options.get("device", "auto")
     if local:
         kind = check_devices(devices, device, spec.training.batch_size)
-    else:  # "auto" stays: each process finds its own GPU (or none)
-        kind = check_batch(devices, spec.training.batch_size) or device.split(":")[0]
+    else:
+        check_batch(devices, spec.training.batch_size)
+        kind = device.split(":")[0]  # "auto" stays: each process finds its own GPU (or none)
     architecture = registry.find_architecture(options["arch"])
     directory = run_dir(options.get("results_dir", "results"), spec.name, architecture.name, spec.tier, spec.seed)
     ensure_writable(directory)

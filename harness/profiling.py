@@ -45,7 +45,7 @@ def build_for_counting(arch: registry.Architecture, env: dict[str, str]) -> torc
 def static_profile(arch: registry.Architecture, spec: TaskSpec) -> dict:
     """Parameters and MACs: no timing, seconds on a CPU."""
     model = build_for_counting(arch, spec.width_env)
-    macs = count_macs(model, torch.device("cpu"))
+    macs = count_macs(model, torch.device("cpu"), spec.data.image_size)
     return {
         "param_count": registry.count_parameters(model),
         "gmacs": round(macs.gmacs, 4),  # one forward pass, one 32x32 image; 1 MAC = one multiply-add
@@ -112,7 +112,8 @@ def timed_profile(arch: registry.Architecture, spec: TaskSpec, device: torch.dev
     amp = autocast_dtype(spec, device)
 
     # training step (forward, backward, clip, AdamW, EMA) at the tier's batch, through the real Trainer
-    images = torch.randint(0, 256, (max(batch, 64), 3, 32, 32), dtype=torch.uint8)
+    size = spec.data.image_size
+    images = torch.randint(0, 256, (max(batch, 64), 3, size, size), dtype=torch.uint8)
     trainer = Trainer(model, spec, ImageBatches(images, batch, device), device)
     trainer.train_step()  # first step allocates optimizer state; not part of the peak below
     _sync(device)
@@ -135,7 +136,7 @@ def timed_profile(arch: registry.Architecture, spec: TaskSpec, device: torch.dev
     ema = trainer.ema.eval()
 
     def forward(b: int) -> Callable[[], None]:
-        return _forward_call(ema, b, device, amp, trainer.memory_format)
+        return _forward_call(ema, b, device, amp, trainer.memory_format, size)
 
     lat = np.array(time_it(forward(1), device, warmup=3, repeats=repeats * 3)) * 1e3
     out["infer_latency_ms"] = round(float(np.median(lat)), 3)
@@ -147,16 +148,17 @@ def timed_profile(arch: registry.Architecture, spec: TaskSpec, device: torch.dev
     # DDIM-50 sampling at a fixed batch per device type
     sample_batch = SAMPLE_BATCH.get(device.type, 8)
     seeds = sample_seeds(spec.seed, sample_batch)
-    sample_times = time_it(lambda: ddim_sample(ema, spec.diffusion, spec.sampling, seeds, device, amp), device,
+    sample_times = time_it(lambda: ddim_sample(ema, spec.diffusion, spec.sampling, seeds, device, amp, size), device,
                            warmup=1 if device.type == "cuda" else 0, repeats=3 if device.type == "cuda" else 1)
     out["sample_batch"], out["sample_steps"] = sample_batch, spec.sampling.steps
     out["sample_images_per_sec"] = round(sample_batch / statistics.median(sample_times), 3)
     return out
 
 
-def _forward_call(model: torch.nn.Module, batch: int, device: torch.device, amp, memory_format) -> Callable[[], None]:
-    """One no-grad forward pass of ``batch`` random images [batch,3,32,32] at random timesteps."""
-    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
+def _forward_call(model: torch.nn.Module, batch: int, device: torch.device, amp, memory_format,
+                  image_size: int = 32) -> Callable[[], None]:
+    """One no-grad forward pass of ``batch`` random images [batch,3,S,S] at random timesteps."""
+    x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
     t = torch.randint(0, 1000, (batch,), device=device)
 
     def call():
@@ -172,7 +174,7 @@ def inference_latency_ms(arch: registry.Architecture, spec: TaskSpec, device: to
     model = registry.build(arch, spec.width_env, device).eval()
     memory_format = torch.channels_last if uses_channels_last(spec, device) else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    call = _forward_call(model, 1, device, autocast_dtype(spec, device), memory_format)
+    call = _forward_call(model, 1, device, autocast_dtype(spec, device), memory_format, spec.data.image_size)
     return round(statistics.median(time_it(call, device, warmup=3, repeats=repeats)) * 1e3, 3)
 
 

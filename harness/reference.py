@@ -22,7 +22,7 @@ import numpy as np
 from harness.data import cache_dir
 from harness.fid import InceptionFeatures, mean_cov
 from harness.records import atomic_write_bytes
-from harness.tasks import DataSpec, EvaluationSpec
+from harness.tasks import SHAPE_KINDS, DataSpec, EvaluationSpec
 
 KID_FEATURES = 10_000  # features kept for KID (clean-fid's KID draws subsets of at most 1000)
 
@@ -46,6 +46,8 @@ def reference_key(data: DataSpec, evaluation: EvaluationSpec, weights_id: str) -
             dataset.update(max_shapes=data.max_shapes)
         if tuple(data.shape_radius) != (4.0, 10.0):
             dataset.update(shape_radius=list(data.shape_radius))
+        if tuple(data.shape_kinds) != SHAPE_KINDS:
+            dataset.update(shape_kinds=list(data.shape_kinds))
     elif data.num_images:
         dataset.update(num_images=data.num_images)
     return {"data": dataset, "reference": evaluation.reference, "images": evaluation.reference_images,

@@ -212,7 +212,7 @@ class Run:
             checkpoints.remove(self.directory)
             self.record_path.unlink(missing_ok=True)
         self.architecture, model = registry.load(self.arch_name, spec.width_env, dev, spec.seed)
-        profile = _static_profile(model, dev) if self.world.is_main else None
+        profile = _static_profile(model, dev, spec.data.image_size) if self.world.is_main else None
         images = load_images(spec.data, self.data_dir)  # uint8 [N,3,32,32] on the host
         batches = ImageBatches(images, spec.training.batch_size, dev, flip=spec.data.horizontal_flip)
         self.trainer = Trainer(model, spec, batches, dev, self.world)
@@ -470,10 +470,10 @@ class RunLog:
             self.echo(message)
 
 
-def _static_profile(model: torch.nn.Module, device: torch.device) -> dict:
-    """Parameters and MACs for the record, so FID can be read against compute."""
+def _static_profile(model: torch.nn.Module, device: torch.device, image_size: int = 32) -> dict:
+    """Parameters and MACs (per image of the run's size) for the record, so FID can be read against compute."""
     try:
-        macs = count_macs(model, device)
+        macs = count_macs(model, device, image_size)
     except Exception as exc:  # tracing can fail on exotic models; the run itself must not
         return {"error": f"MAC count failed: {type(exc).__name__}: {exc}"}
     return {"param_count": registry.count_parameters(model), "gmacs": round(macs.gmacs, 4),

@@ -38,15 +38,19 @@ def tasks_dir() -> Path:
 # ----------------------------------------------------------------------------- schema
 
 
+SHAPE_KINDS = ("circle", "square", "triangle", "ring", "diamond", "cross")  # the shapes dataset's kinds
+
+
 @dataclass(frozen=True)
 class DataSpec:
     dataset: str  # "cifar10" or "shapes"
-    image_size: int = 32
+    image_size: int = 32  # pixels per side: cifar10 32; shapes 32, or 16 or 8 (drawn at 32, area-averaged)
     horizontal_flip: bool = True  # random left-right flip of each training image
     num_images: int | None = None  # shapes: how many to generate; cifar10: None = the whole split
     seed: int = 0  # shapes: generator seed (the dataset, not the run)
     max_shapes: int = 3  # shapes: each image has 1 to this many shapes (at most 3)
     shape_radius: tuple[float, ...] = (4.0, 10.0)  # shapes: [min, max] size in pixels, drawn uniformly
+    shape_kinds: tuple[str, ...] = SHAPE_KINDS  # shapes: the kinds drawn from, uniformly
 
 
 @dataclass(frozen=True)
@@ -399,6 +403,14 @@ def _check_choices(spec: TaskSpec, path: Path) -> None:
     if len(radius) != 2 or not 1.0 <= radius[0] <= radius[1] <= 16.0:
         raise HarnessError(f"{path}: data.shape_radius must be [min, max] with 1 <= min <= max <= 16 (pixels), "
                            f"not {list(radius)!r}.")
+    kinds = spec.data.shape_kinds
+    if not kinds or len(set(kinds)) != len(kinds) or not set(kinds) <= set(SHAPE_KINDS):
+        raise HarnessError(f"{path}: data.shape_kinds must be distinct names among {', '.join(SHAPE_KINDS)}, "
+                           f"not {list(kinds)!r}.")
+    sizes = (8, 16, 32) if spec.data.dataset == "shapes" else (32,)
+    if spec.data.image_size not in sizes:
+        raise HarnessError(f"{path}: data.image_size must be {' or '.join(map(str, sizes))} for the "
+                           f"{spec.data.dataset} dataset, not {spec.data.image_size!r}.")
     if not 0.0 <= spec.training.ema_decay < 1.0:
         raise HarnessError(f"{path}: training.ema_decay must be in [0, 1), not {spec.training.ema_decay!r}.")
     reference = spec.evaluation.reference

@@ -105,3 +105,36 @@ def test_epoch_visits_every_image_once():
     gen = torch.Generator().manual_seed(0)
     seen = torch.cat([batches.next(gen)[:, 0, 0, 0] for _ in range(2)])
     assert sorted(((seen + 1) * 127.5).round().int().tolist()) == list(range(8))
+
+
+def test_shape_variants_smaller_images_and_fewer_kinds():
+    generate_shapes = data.generate_shapes
+    full = generate_shapes(64, seed=0, max_shapes=1, radius=(7.0, 12.0)).astype(float)
+    small = generate_shapes(64, seed=0, max_shapes=1, radius=(7.0, 12.0), size=16)
+    assert small.shape == (64, 3, 16, 16) and small.dtype == np.uint8
+    # each pixel is the mean of its 2x2 block of the 32x32 drawing (rounded once, so within 1 of
+    # the mean of the rounded 32x32 pixels)
+    blocks = full.reshape(64, 3, 16, 2, 16, 2).mean(axis=(3, 5))
+    assert np.abs(small - blocks).max() <= 1.0
+    three = generate_shapes(64, seed=0, max_shapes=1, radius=(7.0, 12.0), kinds=("square", "ring", "cross"))
+    assert np.array_equal(three, generate_shapes(64, seed=0, max_shapes=1, radius=(7.0, 12.0),
+                                                 kinds=("square", "ring", "cross")))
+    assert not np.array_equal(three, full.astype(np.uint8))
+
+
+def test_shape_variant_settings_are_checked_and_name_their_reference():
+    from harness.reference import reference_key
+    from harness.tasks import resolve_task
+
+    default = resolve_task("shapes", "smoke")
+    variant = resolve_task("shapes", "smoke", {"data.image_size": 16, "data.shape_kinds": ["ring", "cross"]})
+    key = reference_key(variant.data, variant.evaluation, "w")["data"]
+    assert key["image_size"] == 16 and key["shape_kinds"] == ["ring", "cross"]
+    assert "shape_kinds" not in reference_key(default.data, default.evaluation, "w")["data"]  # earlier caches keep their names
+    for overrides, words in [({"data.shape_kinds": ["ring", "star"]}, "data.shape_kinds must be distinct names"),
+                             ({"data.shape_kinds": []}, "data.shape_kinds must be distinct names"),
+                             ({"data.image_size": 24}, "data.image_size must be 8 or 16 or 32")]:
+        with pytest.raises(HarnessError, match=words):
+            resolve_task("shapes", "smoke", overrides)
+    with pytest.raises(HarnessError, match="data.image_size must be 32 for the cifar10 dataset"):
+        resolve_task("cifar10", "smoke", {"data.image_size": 16})
