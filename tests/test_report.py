@@ -104,7 +104,7 @@ def test_the_report_groups_ranks_and_lists_every_run(results, tmp_path):
     assert "published best FID (quoted)" in md and "| standard | 300.00 |" in md
     assert "| quoted | standard | published (task reference_results) |  | 300.00 |" in md  # a row, unranked
     assert "Runs not in the leaderboards" in md and "boom" in md
-    assert "tier mini vs tier smoke" in md and "first evaluation after step 0 vs best FID" in md
+    assert "tier mini vs tier smoke" in md and "tier smoke: first evaluation after step 0 vs best FID" in md
     assert '"git_commits"' in md and '"inception_weights"' in md
 
 
@@ -174,3 +174,13 @@ def test_the_page_opens_in_headless_chromium_without_errors(results, tmp_path):
     assert images and all(complete and width > 0 for _, complete, width in images), images
     assert not [m for m in messages if m.startswith(("error", "pageerror", "failed"))], messages
     assert (out / "screenshot.png").stat().st_size > 10_000
+
+
+def test_the_early_fid_is_an_evaluation_before_the_last():
+    from harness.report.tables import _early_fid
+
+    evaluations = [{"step": 0, "fid": 400.0}, {"step": 2, "fid": 350.0}, {"step": 6, "fid": 320.0}]
+    assert _early_fid({"evaluations": evaluations}) == 350.0
+    # only the final evaluation after step 0: no early proxy (rank agreement would compare it with itself)
+    assert _early_fid({"evaluations": [evaluations[0], evaluations[2]]}) is None
+    assert _early_fid({"evaluations": []}) is None

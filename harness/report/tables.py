@@ -98,9 +98,10 @@ def load_runs(results_dir: str | Path) -> tuple[pd.DataFrame, dict[str, dict]]:
 
 
 def _early_fid(record: dict) -> float | None:
-    """FID at the first evaluation point after step 0 (the cheap proxy rank agreement checks)."""
+    """FID at the first evaluation point after step 0 (the cheap proxy rank agreement checks);
+    None when that is the run's only one after step 0 (it would be compared with itself)."""
     later = [e for e in record.get("evaluations") or [] if e["step"] > 0]
-    return later[0]["fid"] if later else None
+    return later[0]["fid"] if len(later) > 1 else None
 
 
 GROUP_KEY = ["task", "task_version", "tier", "arch", "arch_sha256", "variant", "settings_key"]
