@@ -449,7 +449,7 @@ def _comma_list(text: str, what: str, cast=str) -> list:
 
 
 def cmd_sweep(args) -> int:
-    from harness.sweep import FINAL, Sweep, SweepSpec
+    from harness.sweep import FINAL, Sweep, SweepSpec, processes_note
 
     seeds = _comma_list(args.seed, "seed", int) if args.seed else [None]
     spec = SweepSpec(args.task, _comma_list(args.arch, "arch"), _comma_list(args.tier, "tier"), seeds,
@@ -465,8 +465,9 @@ def cmd_sweep(args) -> int:
         alloc, res = plan["allocation"], plan["resources"]
         print(f"Sweep {plan['sweep']} ({len(plan['cells'])} cells); manifest {plan['manifest']}")
         print(f"Resources: {res['nodes']} node(s), {res['cpus']:g} CPUs, {res['gpus']:g} GPUs. Each run asks for "
-              f"{alloc['gpus_per_run']:g} GPU(s) and {alloc['cpus_per_run']:g} CPU(s) ({alloc['torch_threads_per_run']} "
-              f"torch threads), on {alloc['device_type']}; up to {alloc['max_parallel']} at once.")
+              f"{alloc['gpus_per_run']:g} GPU(s) and {alloc['cpus_per_run']:g} CPU(s){processes_note(alloc)} "
+              f"({alloc['torch_threads_per_run']} torch threads), on {alloc['device_type']}; up to "
+              f"{alloc['max_parallel']} at once.")
         for cell in plan["cells"]:
             what = {"run": "run from step 0", "skip": f"skip: completed ({cell.get('step')} steps, same settings)",
                     "resume": f"resume from its checkpoint (step {cell.get('resume_step', '?')})",

@@ -130,7 +130,8 @@ def allocate(resources: Resources, device: str, gpus_per_run: float | None, cpus
             "device_type": "cuda" if gpus or device.startswith("cuda") else "cpu"}
 
 
-def _processes_note(allocation: dict) -> str:
+def processes_note(allocation: dict) -> str:
+    """How a run's processes are placed, for the plan's one-line summary (empty for one process)."""
     processes = allocation.get("devices_per_run", 1)
     if processes < 2:
         return ""
@@ -400,7 +401,7 @@ class Sweep:
         alloc = self.manifest["allocation"]
         self.say(f"Sweep {self.id}: {len(self.cells)} cells; {len(todo)} to run ({len(resumed)} resuming from "
                  f"checkpoints), {len(skipped)} already completed, {len(locked)} locked by other processes. Each run: "
-                 f"{alloc['gpus_per_run']:g} GPU, {alloc['cpus_per_run']:g} CPU{_processes_note(alloc)}; up to "
+                 f"{alloc['gpus_per_run']:g} GPU, {alloc['cpus_per_run']:g} CPU{processes_note(alloc)}; up to "
                  f"{alloc['max_parallel']} at once. "
                  f"Manifest: {self.manifest_path}")
         for cell in locked:
