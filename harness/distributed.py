@@ -412,6 +412,8 @@ class RayPool:
         import ray
 
         from harness.parallel import ProcessLost
+        from harness.records import RECORD_FILE
+        from harness.runner import LOG_FILE
 
         try:
             return ray.get(ref)
@@ -420,8 +422,8 @@ class RayPool:
         except ray.exceptions.RayTaskError as exc:  # _execute raised: processes lost too often, or a bug
             if isinstance(exc.cause, ProcessLost):
                 return Outcome(job.key, "failed", f"{exc.cause} (lost {self.max_retries + 1} time(s): the sweep "
-                               f"stopped retrying it)", record=str(Path(job.folder) / "record.json"),
-                               log=str(Path(job.folder) / "run.log"))
+                               f"stopped retrying it)", record=str(Path(job.folder) / RECORD_FILE),
+                               log=str(Path(job.folder) / LOG_FILE))
             return Outcome(job.key, "failed", f"the run's task raised {str(exc).strip().splitlines()[-1]}")
         except ray.exceptions.RayError as exc:  # the worker or its node died more often than max_retries
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -68,14 +68,15 @@ def launch(options: dict, devices: int, placement: dict, *, should_stop: Callabl
                 raise RunInterrupted("Stopped before its processes started.")
             actors = _start_actors(group, devices, bundle)
             places = ray.get([actor.where.remote() for actor in actors])
-            store = dist.TCPStore(ray.util.get_node_ip_address(), 0, is_master=True, wait_for_workers=False)
+            host = ray.util.get_node_ip_address()  # the actors reach the launcher's store here
+            store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False)
             nodes = len({p["node"] for p in places})
             run_log.write(f"Starting {devices} processes on {nodes} node(s), global batch {spec.training.batch_size} = "
                           f"{devices} x {spec.training.batch_size // devices}: " + "; ".join(
                               f"rank {r} on {p['host']} ({p['ip']}, Ray node {p['node'][:12]}, pid {p['pid']})"
                               for r, p in enumerate(places)))
-            refs = {actor.train.remote(worker_options, rank, devices, threads, ray.util.get_node_ip_address(),
-                                       store.port): rank for rank, actor in enumerate(actors)}
+            refs = {actor.train.remote(worker_options, rank, devices, threads, host, store.port): rank
+                    for rank, actor in enumerate(actors)}
             with Watcher(store, should_stop, on_evaluation):
                 failures = _wait_all(refs, places)
         finally:
