@@ -130,13 +130,15 @@ def _shape_masks(kind: np.ndarray, cx, cy, r, yy, xx) -> np.ndarray:
 
 
 def generate_shapes(num_images: int, seed: int, max_shapes: int = 3, radius: tuple[float, float] = (4.0, 10.0),
-                    kinds: tuple[str, ...] = SHAPE_KINDS, size: int = 32, chunk: int = 2000) -> np.ndarray:
+                    kinds: tuple[str, ...] = SHAPE_KINDS, size: int = 32, background: str = "gradient",
+                    chunk: int = 2000) -> np.ndarray:
     """``num_images`` RGB images, uint8 ``[N,3,size,size]``: 1 to ``max_shapes`` (at most 3)
     coloured shapes of the given ``kinds``, of size ``radius`` [min, max) pixels, on a two-colour
-    gradient background. Drawn at 32x32; a smaller ``size`` averages each block of pixels (the
-    same images, at lower resolution). The same arguments always give the same bytes: everything
-    is drawn from one numpy PCG64 stream in a fixed order, the same draws whatever ``max_shapes``
-    and ``radius`` (so a variant keeps the backgrounds, colours and places of the default set)."""
+    gradient background (or, with ``background="plain"``, the gradient's first colour). Drawn at
+    32x32; a smaller ``size`` averages each block of pixels (the same images, at lower
+    resolution). The same arguments always give the same bytes: everything is drawn from one
+    numpy PCG64 stream in a fixed order, the same draws whatever the other arguments (so a
+    variant keeps the colours and places of the default set)."""
     rng = np.random.Generator(np.random.PCG64(seed))
     yy, xx = np.mgrid[0:32, 0:32].astype(np.float64) + 0.5
     images = np.empty((num_images, size, size, 3), dtype=np.uint8)
@@ -144,6 +146,8 @@ def generate_shapes(num_images: int, seed: int, max_shapes: int = 3, radius: tup
         n = min(chunk, num_images - start)
         # background: linear gradient between two colours along a random direction
         c0, c1 = rng.uniform(0, 1, (2, n, 1, 1, 3))
+        if background == "plain":
+            c1 = c0
         angle = rng.uniform(0, 2 * np.pi, (n, 1, 1))
         ramp = ((xx - 16) * np.cos(angle) + (yy - 16) * np.sin(angle)) / 45 + 0.5  # [n,32,32]
         canvas = c0 + (c1 - c0) * np.clip(ramp, 0, 1)[..., None]
@@ -174,7 +178,7 @@ def load_images(spec: DataSpec, data_dir: str | Path | None = None) -> np.ndarra
         return images[: spec.num_images] if spec.num_images else images
     if spec.dataset == "shapes":
         return generate_shapes(spec.num_images or 20000, spec.seed, spec.max_shapes, spec.shape_radius,
-                               tuple(spec.shape_kinds), spec.image_size)
+                               tuple(spec.shape_kinds), spec.image_size, spec.background)
     raise HarnessError(f"Unknown dataset '{spec.dataset}': use 'cifar10' or 'shapes'.")
 
 

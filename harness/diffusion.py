@@ -54,6 +54,8 @@ class NoiseSchedule:
         self.num_timesteps = spec.num_train_timesteps
         self.sqrt_alpha = alphas_cumprod.sqrt()  # [T]
         self.sqrt_one_minus_alpha = (1 - alphas_cumprod).sqrt()  # [T]
+        snr = alphas_cumprod / (1 - alphas_cumprod)  # [T], falls from ~1e4 at t=0 to ~4e-5 at T-1
+        self.loss_weight = None if spec.snr_gamma is None else snr.clamp(max=spec.snr_gamma) / snr  # [T]
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise; x0, noise [B,C,H,W], t [B] int64."""
@@ -62,14 +64,18 @@ class NoiseSchedule:
         return torch.addcmul(a * x0, s, noise)
 
     def loss(self, model: torch.nn.Module, x0: torch.Tensor, gen: torch.Generator, part: slice = slice(None)) -> torch.Tensor:
-        """Epsilon-prediction MSE with t uniform in [0, T). Returns a 0-dim tensor (no host sync).
-        Timesteps and noise are drawn for the whole batch x0 [B,3,32,32], so the generator advances
-        the same way whatever ``part`` of the batch (one DDP rank's rows) the loss is taken over."""
+        """Epsilon-prediction MSE with t uniform in [0, T), each sample's weighted by ``loss_weight[t]``
+        when the spec sets snr_gamma. Returns a 0-dim tensor (no host sync). Timesteps and noise are
+        drawn for the whole batch x0 [B,3,H,W], so the generator advances the same way whatever
+        ``part`` of the batch (one DDP rank's rows) the loss is taken over."""
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=gen, device=x0.device)
         noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
         x0, noise, t = x0[part], noise[part], t[part]
         pred = model(self.add_noise(x0, noise, t), t).sample
-        return F.mse_loss(pred.float(), noise.float())
+        if self.loss_weight is None:
+            return F.mse_loss(pred.float(), noise.float())
+        per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))  # [b]
+        return (per_sample * self.loss_weight[t]).mean()
 
 
 def initial_noise(seeds: torch.Tensor | list[int], device: torch.device, image_size: int = 32) -> torch.Tensor:

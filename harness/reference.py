@@ -48,6 +48,8 @@ def reference_key(data: DataSpec, evaluation: EvaluationSpec, weights_id: str) -
             dataset.update(shape_radius=list(data.shape_radius))
         if tuple(data.shape_kinds) != SHAPE_KINDS:
             dataset.update(shape_kinds=list(data.shape_kinds))
+        if data.background != "gradient":
+            dataset.update(background=data.background)
     elif data.num_images:
         dataset.update(num_images=data.num_images)
     return {"data": dataset, "reference": evaluation.reference, "images": evaluation.reference_images,

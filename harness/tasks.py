@@ -39,6 +39,7 @@ def tasks_dir() -> Path:
 
 
 SHAPE_KINDS = ("circle", "square", "triangle", "ring", "diamond", "cross")  # the shapes dataset's kinds
+SHAPE_BACKGROUNDS = ("gradient", "plain")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class DataSpec:
     max_shapes: int = 3  # shapes: each image has 1 to this many shapes (at most 3)
     shape_radius: tuple[float, ...] = (4.0, 10.0)  # shapes: [min, max] size in pixels, drawn uniformly
     shape_kinds: tuple[str, ...] = SHAPE_KINDS  # shapes: the kinds drawn from, uniformly
+    background: str = "gradient"  # shapes: "gradient" (between two colours) or "plain" (the first colour)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class DiffusionSpec:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     prediction_type: str = "epsilon"  # the model predicts the added noise; loss = MSE(pred, noise)
+    # None: every timestep's MSE counts alike (the protocol). A number: Min-SNR-gamma weighting
+    # (Hang et al. 2023), each sample's MSE times min(SNR_t, gamma) / SNR_t, which lowers the
+    # weight of the nearly clean timesteps (with 5 and the linear schedule: t below about 125)
+    snr_gamma: float | None = None
 
 
 @dataclass(frozen=True)
@@ -395,6 +401,10 @@ def _check_choices(spec: TaskSpec, path: Path) -> None:
     if spec.sampling.steps > spec.diffusion.num_train_timesteps:
         raise HarnessError(f"{path}: sampling.steps ({spec.sampling.steps}) cannot exceed "
                            f"diffusion.num_train_timesteps ({spec.diffusion.num_train_timesteps}).")
+    gamma = spec.diffusion.snr_gamma
+    if gamma is not None and gamma <= 0:
+        raise HarnessError(f"{path}: diffusion.snr_gamma must be a positive number (5 is the usual choice) or "
+                           f"null for the plain loss, not {gamma!r}.")
     if not 0.0 <= spec.sampling.eta <= 1.0:
         raise HarnessError(f"{path}: sampling.eta must be between 0 (DDIM) and 1, not {spec.sampling.eta!r}.")
     if not 1 <= spec.data.max_shapes <= 3:
@@ -407,6 +417,9 @@ def _check_choices(spec: TaskSpec, path: Path) -> None:
     if not kinds or len(set(kinds)) != len(kinds) or not set(kinds) <= set(SHAPE_KINDS):
         raise HarnessError(f"{path}: data.shape_kinds must be distinct names among {', '.join(SHAPE_KINDS)}, "
                            f"not {list(kinds)!r}.")
+    if spec.data.background not in SHAPE_BACKGROUNDS:
+        raise HarnessError(f"{path}: data.background must be {' or '.join(SHAPE_BACKGROUNDS)}, "
+                           f"not {spec.data.background!r}.")
     sizes = (8, 16, 32) if spec.data.dataset == "shapes" else (32,)
     if spec.data.image_size not in sizes:
         raise HarnessError(f"{path}: data.image_size must be {' or '.join(map(str, sizes))} for the "

@@ -122,18 +122,34 @@ def test_shape_variants_smaller_images_and_fewer_kinds():
     assert not np.array_equal(three, full.astype(np.uint8))
 
 
+def test_plain_backgrounds_keep_the_shapes_and_colours():
+    kwargs = dict(num_images=32, seed=0, max_shapes=1, radius=(6.0, 6.0))
+    plain = data.generate_shapes(**kwargs, background="plain").transpose(0, 2, 3, 1).reshape(32, -1, 3)
+    gradient = data.generate_shapes(**kwargs).transpose(0, 2, 3, 1).reshape(32, -1, 3)
+    for p, g in zip(plain, gradient):
+        colours, counts = np.unique(p, axis=0, return_counts=True)
+        assert counts.max() >= 0.8 * 32 * 32  # one background colour (a shape covers at most ~150 pixels)
+        assert len(np.unique(g, axis=0)) > 50  # a gradient has many
+        # the same shape in the same colour: inside it (away from its anti-aliased edge) both agree
+        shape = (p != colours[counts.argmax()]).any(axis=1)
+        assert shape.sum() >= 20 and (p[shape] == g[shape]).all(axis=1).mean() >= 0.4
+
+
 def test_shape_variant_settings_are_checked_and_name_their_reference():
     from harness.reference import reference_key
     from harness.tasks import resolve_task
 
     default = resolve_task("shapes", "smoke")
-    variant = resolve_task("shapes", "smoke", {"data.image_size": 16, "data.shape_kinds": ["ring", "cross"]})
+    variant = resolve_task("shapes", "smoke", {"data.image_size": 16, "data.shape_kinds": ["ring", "cross"],
+                                               "data.background": "plain"})
     key = reference_key(variant.data, variant.evaluation, "w")["data"]
-    assert key["image_size"] == 16 and key["shape_kinds"] == ["ring", "cross"]
-    assert "shape_kinds" not in reference_key(default.data, default.evaluation, "w")["data"]  # earlier caches keep their names
+    assert key["image_size"] == 16 and key["shape_kinds"] == ["ring", "cross"] and key["background"] == "plain"
+    default_key = reference_key(default.data, default.evaluation, "w")["data"]
+    assert "shape_kinds" not in default_key and "background" not in default_key  # earlier caches keep their names
     for overrides, words in [({"data.shape_kinds": ["ring", "star"]}, "data.shape_kinds must be distinct names"),
                              ({"data.shape_kinds": []}, "data.shape_kinds must be distinct names"),
-                             ({"data.image_size": 24}, "data.image_size must be 8 or 16 or 32")]:
+                             ({"data.image_size": 24}, "data.image_size must be 8 or 16 or 32"),
+                             ({"data.background": "noise"}, "data.background must be gradient or plain")]:
         with pytest.raises(HarnessError, match=words):
             resolve_task("shapes", "smoke", overrides)
     with pytest.raises(HarnessError, match="data.image_size must be 32 for the cifar10 dataset"):

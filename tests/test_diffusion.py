@@ -60,6 +60,26 @@ def test_loss_is_epsilon_mse_with_uniform_t():
     assert len(counts) == 1000 and counts.min() > 15 and counts.max() < 95
 
 
+def test_min_snr_weighting_equals_diffusers_training_scripts():
+    from diffusers.training_utils import compute_snr
+
+    model = tiny_unet()
+    spec = resolve_task("cifar10", "smoke", {"diffusion.snr_gamma": 5.0})
+    x0 = torch.rand(8, 3, 32, 32) * 2 - 1
+    loss = NoiseSchedule(spec.diffusion, CPU).loss(model, x0, torch.Generator().manual_seed(3))
+    # replay the draws; weight each sample's MSE as diffusers' train_text_to_image.py does for epsilon
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 1000, (8,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    reference = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    snr = compute_snr(reference, t)
+    weights = torch.stack([snr, 5.0 * torch.ones_like(t)], dim=1).min(dim=1)[0] / snr
+    mse = F.mse_loss(model(reference.add_noise(x0, noise, t), t).sample, noise, reduction="none").mean(dim=(1, 2, 3))
+    assert torch.allclose(loss, (mse * weights).mean(), atol=1e-6)
+    assert not torch.allclose(loss, mse.mean(), atol=1e-4)  # the weights did something (t below ~125 drawn)
+    assert (t < 120).any()
+
+
 def test_ddim_equals_diffusers_ddim_pipeline_for_same_weights_and_noise():
     unet = tiny_unet()
     seeds = [11, 12, 13]

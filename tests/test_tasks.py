@@ -109,6 +109,8 @@ def test_overrides_are_typed_and_checked():
     ("sampling.steps", 2000, "cannot exceed"),
     ("sampling.eta", 2.0, "sampling.eta must be between"),
     ("training.ema_decay", 1.0, "training.ema_decay must be in"),
+    ("diffusion.snr_gamma", 0, "diffusion.snr_gamma must be a positive number"),
+    ("diffusion.snr_gamma", "five", "'diffusion.snr_gamma' must be float"),
     ("evaluation.reference", "cleanfid:cifar10/train", "cleanfid:NAME/SPLIT/RES"),
 ])
 def test_values_the_protocol_does_not_implement_are_refused_when_read(field, value, message):
