@@ -192,6 +192,7 @@ def test_the_demo_tier_resolves_and_runs_a_few_steps(tmp_path):
                  log=lambda msg: None)
     assert record.status == "completed" and record.step == 3 and record.tier == "demo"
     assert record.config["optimizer"]["lr"] == demo.optimizer.lr and record.config["data"]["max_shapes"] == 1
+    assert record.config["data"]["background"] == "plain" and record.config["diffusion"]["snr_gamma"] is None
     # 16x16 images all the way: training, sampling, Inception features, the grid (8 x 16 pixels wide)
     assert record.config["data"]["image_size"] == 16 and record.profile["gmacs"] > 0
     with Image.open(tmp_path / "shapes" / "standard" / "demo" / "seed42" / "samples.png") as grid:
