@@ -436,6 +436,18 @@ class RayPool:
 
         ray.get(self.channel.stop.remote(key))
 
+    def interrupt(self, again: bool, say, runs: str, driver: str) -> None:
+        """Handle a Ctrl-C that reached a driver's loop (call it from ``except KeyboardInterrupt``).
+        The first (``again`` False) asks every run to checkpoint at its next step and return, so that
+        the same command continues them; a second kills them (each resumes from its last checkpoint)."""
+        if again:
+            say("Second Ctrl-C: killing the runs now; each resumes from its last checkpoint.")
+            self.kill()
+            raise KeyboardInterrupt
+        say(f"Stopping: {runs} checkpoints at its next step, then the {driver} exits (Ctrl-C again to kill them "
+            f"at once). Run the same command to continue.")
+        self.stop()
+
     def kill(self) -> None:
         import ray
 

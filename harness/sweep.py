@@ -282,15 +282,9 @@ class Sweep:
                         self._on_outcome(cells[outcome.key], outcome)
                     self._show_progress(bar, todo, steps, start_steps)
                 except KeyboardInterrupt:
-                    if stopping:
-                        self.say("Second Ctrl-C: killing the runs now; each resumes from its last checkpoint.")
-                        pool.kill()
-                        raise
-                    stopping = True
+                    again, stopping = stopping, True
                     queue.clear()
-                    self.say("Stopping: every run checkpoints at its next step, then the sweep exits "
-                             "(Ctrl-C again to kill them at once). Run the same command to continue.")
-                    pool.stop()
+                    pool.interrupt(again, self.say, runs="every run", driver="sweep")
         finally:
             bar.close()
             self._close_session(interrupted=stopping)

@@ -29,6 +29,11 @@ def build_model(device):
     return Tiny(channels).to(device)
 '''
 
+# The tiny denoiser, slowed to ~0.25 s per training step so that a test can act while it trains.
+SLOW_ARCH = TINY_ARCH.replace("    def forward(self, x, timestep):\n",
+                              "    def forward(self, x, timestep):\n        if self.training:\n"
+                              "            __import__('time').sleep(0.25)\n")
+
 # Settings that make a whole run take seconds: few steps, few samples, a tiny FID reference.
 FAST = {
     "training.steps": 6,

@@ -14,7 +14,8 @@ import torch
 
 from harness.records import RunRecord
 
-from test_sweep import SLOW_ARCH, _run_command, folder, manifest, sweep_command, wait_for_step, weights
+from conftest import SLOW_ARCH
+from test_sweep import _run_command, folder, manifest, sweep_command, wait_for_step, weights
 
 pytestmark = pytest.mark.slow
 

@@ -20,34 +20,14 @@ from harness.search import export, space
 from harness.search.space_file import load_space
 from harness.tasks import resolve_task, tier_names
 
-from conftest import FAST
+from conftest import FAST, SLOW_ARCH
 
-# A space of tiny denoisers (the width is the one choice) whose training steps take ~0.25 s, so
-# that a test can act while a trial trains; no baselines.
-TINY_SPACE = '''
-"""Tiny test space."""
-import time
-
-import torch
-from diffusers.models.unets.unet_2d import UNet2DOutput
-
+# A space of tiny denoisers (the width is the one choice): conftest's slowed tiny denoiser, whose
+# training steps take ~0.25 s so that a test can act while a trial trains; no baselines.
+TINY_SPACE = SLOW_ARCH + '''
 
 def suggest(trial):
     return {"channels": trial.suggest_categorical("channels", [4, 8])}
-
-
-class Tiny(torch.nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.inp = torch.nn.Conv2d(3, channels, 3, padding=1)
-        self.time = torch.nn.Embedding(1000, channels)
-        self.out = torch.nn.Conv2d(channels, 3, 3, padding=1)
-
-    def forward(self, x, timestep):
-        if self.training:
-            time.sleep(0.25)
-        h = torch.nn.functional.silu(self.inp(x) + self.time(timestep)[:, :, None, None])
-        return UNet2DOutput(sample=self.out(h))
 
 
 def build(choices, block_out_channels, device="cpu"):
@@ -221,6 +201,13 @@ def test_a_five_trial_study_completes_reads_back_with_optuna_and_exports_its_win
     assert ran.returncode == 0, ran.stderr
     assert RunRecord.load(tmp_path / "exported-run/shapes/winner/smoke/seed42/record.json").param_count == \
         best["user_attrs"]["param_count"]
+
+    # the report shows the study, and names each trial's leaderboard row by its trial and study
+    report = harness("report", "--results-dir", str(results), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    board = (tmp_path / "report" / "leaderboard.md").read_text()
+    assert "## Study shapes-smoke-fid" in board
+    assert all(f"| trial {t['number']} of study shapes-smoke-fid: " in board for t in counted), board
 
 
 @pytest.mark.slow

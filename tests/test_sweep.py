@@ -17,14 +17,10 @@ import torch
 from harness.records import RunRecord
 from harness.runner import RunInterrupted, run
 
-from conftest import FAST, TINY_ARCH
+from conftest import FAST, SLOW_ARCH, TINY_ARCH
 
 pytestmark = pytest.mark.slow
 
-# The tiny denoiser, slowed to ~0.25 s per training step so that a test can act while it trains.
-SLOW_ARCH = TINY_ARCH.replace("    def forward(self, x, timestep):\n",
-                              "    def forward(self, x, timestep):\n        if self.training:\n"
-                              "            __import__('time').sleep(0.25)\n")
 # Fields of a record that depend on the training, not on where or when it ran.
 RESULT_FIELDS = ("status", "step", "config", "arch_sha256", "param_count", "loss_curve", "evaluations", "best_fid",
                  "best_step", "final_fid", "final_kid", "precision")

@@ -134,6 +134,7 @@ def collect(results_dir: Path, filters: Filters) -> Report:
     if not runs.empty:
         runs = runs.assign(in_leaderboard=tables.usable(runs, filters.include_incomplete))
     grouped = tables.groups(runs, filters.include_incomplete) if not runs.empty else pd.DataFrame()
+    grouped = name_trials(grouped, study_trials(studies))
     boards = tables.leaderboards(grouped)
     refs = {task: tables.references(task) for task in sorted(set(runs["task"]))} if not runs.empty else {}
     return Report(runs, records, grouped, boards, refs, tables.rank_agreement(grouped), studies,
@@ -280,13 +281,33 @@ def published_vs_reproduced(report: Report, key: tuple[str, str, str]) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+def study_trials(studies: list[dict]) -> dict[str, tuple[str, int, str]]:
+    """The resolved path of each trial's architecture file and run folder -> (study, trial number, state)."""
+    found = {}
+    for study in studies:
+        for trial in study["study"].get_trials(deepcopy=False):
+            for attr in ("arch_file", "run_folder"):
+                if attr in trial.user_attrs:
+                    found[str(Path(trial.user_attrs[attr]).resolve())] = (study["name"], trial.number, trial.state.name)
+    return found
+
+
+def name_trials(grouped: pd.DataFrame, trials: dict) -> pd.DataFrame:
+    """A search trial's architecture file has a generated name (<study>_t0003.py): its source says
+    which trial of which study it is, so a reader can find it with `optuna` or `harness export`."""
+    def source(row) -> str:
+        found = trials.get(str(Path(row["arch_file"]).resolve())) if isinstance(row["arch_file"], str) else None
+        return f"trial {found[1]} of study {found[0]}: {row['source']}" if found else row["source"]
+
+    return grouped.assign(source=grouped.apply(source, axis=1)) if not grouped.empty else grouped
+
+
 def unfinished(runs: pd.DataFrame, studies: list[dict]) -> pd.DataFrame:
     """The runs no leaderboard uses, with why: a failure's message, or the study that pruned it."""
     rest = runs[~runs["in_leaderboard"]] if not runs.empty else runs
     if rest.empty:
         return pd.DataFrame()
-    trials = {str(Path(t.user_attrs["run_folder"]).resolve()): (study["name"], t.number, t.state.name)
-              for study in studies for t in study["study"].get_trials(deepcopy=False) if "run_folder" in t.user_attrs}
+    trials = study_trials(studies)
 
     def why(row) -> str:
         if isinstance(row["failure"], str):

@@ -211,15 +211,9 @@ class Search:
                         bar.update(self._counts(study)[0] - bar.n)
                         bar.set_postfix_str(self._best_text(study), refresh=True)
                 except KeyboardInterrupt:
-                    if stopping:
-                        self.say("Second Ctrl-C: killing the runs now; each resumes from its last checkpoint.")
-                        pool.kill()
-                        raise
-                    stopping = True
+                    again, stopping = stopping, True
                     waiting.clear()
-                    self.say("Stopping: every trial's run checkpoints at its next step, then the search exits (Ctrl-C "
-                             "again to kill them at once). Run the same command to continue the study.")
-                    pool.stop()
+                    pool.interrupt(again, self.say, runs="every trial's run", driver="search")
         finally:
             bar.close()
         if stopping:
