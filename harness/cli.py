@@ -313,8 +313,11 @@ def cmd_list(args) -> int:
     failed = [r["name"] for r in rows if "error" in r]
     tier_info = {t: {"block_out_channels": list(s.model.block_out_channels), "layers_per_block": s.model.layers_per_block,
                      "batch_size": s.training.batch_size, "steps": s.training.steps} for t, s in specs.items()}
+    # tiers that only another task has (the shapes demo tier): named, so that `list` is where one finds them
+    other_tiers = {t: [x for x in tier_names(t) if x not in tiers] for t in task_names() if t != args.task}
     if args.json:
-        print(json.dumps({"task": args.task, "architectures": rows, "tasks": task_names(), "tiers": tier_info}, indent=2))
+        print(json.dumps({"task": args.task, "architectures": rows, "tasks": task_names(), "tiers": tier_info,
+                          "tiers_of_other_tasks": other_tiers}, indent=2))
         return 1 if failed else 0
     width = max(len(r["name"]) for r in rows) if rows else 4
     print(f"Architectures (exact parameter counts at each tier of task '{args.task}'):")
@@ -330,6 +333,9 @@ def cmd_list(args) -> int:
     for t, info in tier_info.items():
         print(f"  {t:<8} block_out_channels={info['block_out_channels']} layers_per_block={info['layers_per_block']} "
               f"batch={info['batch_size']} steps={info['steps']}")
+    for task, extra in other_tiers.items():
+        if extra:
+            print(f"  task '{task}' also has tier(s) {', '.join(extra)}: python -m harness list --task {task}")
     if failed:
         print(f"\n{len(failed)} architecture file(s) failed to build: {', '.join(failed)} (see the error above).",
               file=sys.stderr)

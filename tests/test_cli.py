@@ -70,6 +70,7 @@ def test_list_json_has_exact_parameter_counts_for_every_tier():
         assert set(arch["param_count"]) == {"smoke", "small", "medium", "large"}
         assert all(isinstance(n, int) and n > 0 for n in arch["param_count"].values())
     assert {"cifar10", "shapes"} <= set(listing["tasks"]) and listing["tiers"]["medium"]["block_out_channels"] == [128, 256, 256, 256]
+    assert listing["tiers_of_other_tasks"]["shapes"] == ["demo"]  # the tier a newcomer runs first is findable
 
 
 def test_help_tells_the_story():
@@ -85,3 +86,4 @@ def test_list_reports_a_broken_file_on_its_row_and_lists_the_rest(arch_dir_with_
     assert main(["list"]) == 1
     captured = capsys.readouterr()
     assert "broken" in captured.out and "error:" in captured.out and "Traceback" not in captured.out + captured.err
+    assert "task 'shapes' also has tier(s) demo: python -m harness list --task shapes" in captured.out
