@@ -64,7 +64,7 @@ class DiffusionSpec:
     prediction_type: str = "epsilon"  # the model predicts the added noise; loss = MSE(pred, noise)
     # None: every timestep's MSE counts alike (the protocol). A number: Min-SNR-gamma weighting
     # (Hang et al. 2023), each sample's MSE times min(SNR_t, gamma) / SNR_t, which lowers the
-    # weight of the nearly clean timesteps (with 5 and the linear schedule: t below about 125)
+    # weight of the nearly clean timesteps (with 5 and the linear schedule: t below 130)
     snr_gamma: float | None = None
 
 

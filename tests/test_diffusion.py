@@ -76,7 +76,7 @@ def test_min_snr_weighting_equals_diffusers_training_scripts():
     weights = torch.stack([snr, 5.0 * torch.ones_like(t)], dim=1).min(dim=1)[0] / snr
     mse = F.mse_loss(model(reference.add_noise(x0, noise, t), t).sample, noise, reduction="none").mean(dim=(1, 2, 3))
     assert torch.allclose(loss, (mse * weights).mean(), atol=1e-6)
-    assert not torch.allclose(loss, mse.mean(), atol=1e-4)  # the weights did something (t below ~125 drawn)
+    assert not torch.allclose(loss, mse.mean(), atol=1e-4)  # the weights did something (t below 130 drawn)
     assert (t < 120).any()
 
 
