@@ -1,8 +1,9 @@
 """The DDPM U-Net without self-attention in its levels: only the mid-block (4x4) keeps attention.
 
-This is diffusers' ``UNet2DModel`` with the configuration of the ``google/ddpm-cifar10-32``
-checkpoint. Widths come from the environment, as in the MLS-Bench cv-diffusion-architecture
-task, so the same file runs at every tier:
+This is diffusers' ``UNet2DModel`` with standard.py's configuration (the ``google/ddpm-cifar10-32``
+checkpoint's, with attention heads of 8 channels: see standard.py) but for where attention is.
+Widths come from the environment, as in the MLS-Bench cv-diffusion-architecture task, so the same
+file runs at every tier:
 
     BLOCK_OUT_CHANNELS  comma-separated channels per resolution level (32, 16, 8, 4),
                         e.g. "128,256,256,256"
@@ -33,5 +34,5 @@ def build_model(device):
         flip_sin_to_cos=False,
         freq_shift=1,
         downsample_padding=0,
-        attention_head_dim=8,
+        attention_head_dim=8,  # as standard.py (the checkpoint: one head)
     ).to(device)

@@ -1,8 +1,14 @@
 """The original DDPM U-Net (Ho et al., 2020) for CIFAR-10: self-attention at 16x16 (and in the 4x4 mid-block).
 
 This is diffusers' ``UNet2DModel`` with the configuration of the ``google/ddpm-cifar10-32``
-checkpoint. Widths come from the environment, as in the MLS-Bench cv-diffusion-architecture
-task, so the same file runs at every tier:
+checkpoint (its config.json), every constructor argument the same but one:
+``attention_head_dim=8`` (32 heads of 8 channels at 256 channels) where the checkpoint has
+``null`` (one head as wide as the block). The heads change neither the parameter count nor the
+FLOPs, only how attention splits its channels; 8 is kept so that standard, full_attn, no_attn and
+the search space's points (harness/search/space.py, heads of 8, 32 or 64 channels) differ only
+in where attention is. tests/test_families.py compares every argument with the checkpoint's.
+Widths come from the environment, as in the MLS-Bench cv-diffusion-architecture task, so the same
+file runs at every tier:
 
     BLOCK_OUT_CHANNELS  comma-separated channels per resolution level (32, 16, 8, 4),
                         e.g. "128,256,256,256"
@@ -33,5 +39,7 @@ def build_model(device):
         flip_sin_to_cos=False,
         freq_shift=1,
         downsample_padding=0,
-        attention_head_dim=8,
+        center_input_sample=False,
+        mid_block_scale_factor=1,
+        attention_head_dim=8,  # the checkpoint: None (one head); see the docstring
     ).to(device)

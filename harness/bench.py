@@ -34,10 +34,10 @@ from harness import registry
 from harness.data import ImageBatches, generate_shapes
 from harness.diffusion import ddim_sample, ddpm_scheduler, ddim_scheduler, sample_seeds, to_uint8
 from harness.fid import InceptionFeatures, frechet_distance, mean_cov
-from harness.flops import count_macs, mfu
+from harness.flops import count_macs, matmul_precision, mfu
 from harness.records import device_info, library_versions, now
 from harness.tasks import resolve_task
-from harness.trainer import Trainer, precision_name
+from harness.trainer import Trainer, precision_name, sampling_dtype
 
 
 @dataclass
@@ -155,12 +155,14 @@ def bench_sampling(trainer: Trainer, spec, device, sizes: BenchSizes) -> dict:
     pipe = DDIMPipeline(unet=model, scheduler=ddim_scheduler(spec.diffusion, spec.sampling))
     pipe.set_progress_bar_config(disable=True)
     seeds = sample_seeds(spec.seed, sizes.sample_batch)
+    amp = sampling_dtype(spec, device)  # the protocol's evaluation.precision, for both samplers
+
     def harness_sampler():
-        return ddim_sample(model, spec.diffusion, spec.sampling, seeds, device, trainer.autocast)
+        return ddim_sample(model, spec.diffusion, spec.sampling, seeds, device, amp)
 
     def pipeline_sampler():
         generators = [torch.Generator().manual_seed(s) for s in seeds]
-        with torch.autocast(device.type, dtype=trainer.autocast, enabled=trainer.autocast is not None):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             return pipe(batch_size=len(seeds), generator=generators, eta=spec.sampling.eta,
                         num_inference_steps=spec.sampling.steps, output_type="pt").images
 
@@ -191,7 +193,8 @@ def bench_fid(trainer: Trainer, spec, device, sizes: BenchSizes, real: np.ndarra
     from cleanfid.inception_torchscript import InceptionV3W
 
     seeds = sample_seeds(spec.seed + 1, sizes.fid_images)
-    generated = torch.cat([to_uint8(ddim_sample(trainer.ema_model(), spec.diffusion, spec.sampling, seeds[i:i + 256], device, trainer.autocast)).cpu()
+    generated = torch.cat([to_uint8(ddim_sample(trainer.ema_model(), spec.diffusion, spec.sampling, seeds[i:i + 256], device,
+                                                 sampling_dtype(spec, device))).cpu()
                            for i in range(0, len(seeds), 256)]).numpy()
     real = real[: sizes.fid_images]
     features = InceptionFeatures(device)
@@ -251,6 +254,11 @@ def run_bench(device: torch.device, sizes: BenchSizes | None = None, compile: bo
     out["raw"] = raw
     gflops = count_macs(trainer.model).gflops
     out["gflops_per_image"] = round(gflops, 4)
-    out["harness_train_mfu"] = mfu(gflops, out["harness_train_images_per_sec"], out["device"]["name"], out["precision"])
-    out["bare_train_mfu"] = mfu(gflops, out["bare_train_images_per_sec"], out["device"]["name"], out["precision"])
+    # each loop against the peak of the precision it computes in: the bare loop, as the script, in fp32
+    dev = out["device"]
+    harness_peak = matmul_precision(out["precision"], device.type, dev.get("capability"))
+    bare_peak = matmul_precision("fp32", device.type, dev.get("capability"))
+    out["harness_train_mfu"] = mfu(gflops, out["harness_train_images_per_sec"], dev["name"], harness_peak)
+    out["bare_train_mfu"] = mfu(gflops, out["bare_train_images_per_sec"], dev["name"], bare_peak)
+    out["mfu_peaks"] = {"harness": harness_peak, "bare": bare_peak}
     return out

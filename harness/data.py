@@ -6,7 +6,6 @@ only: no DataLoader workers and no per-step host work.
 """
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import tarfile

@@ -18,25 +18,37 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from harness.tasks import DiffusionSpec, SamplingSpec
 
 
+# Every constructor argument of both schedulers is passed, from the task or as a constant here, so a
+# diffusers release that changes a default cannot change the protocol (tests/test_diffusion.py checks
+# that no argument is left to its default). The constants are what the protocol has always used.
+_FIXED = dict(trained_betas=None, thresholding=False, dynamic_thresholding_ratio=0.995, clip_sample_range=1.0,
+              sample_max_value=1.0, rescale_betas_zero_snr=False)
+
+
+def _schedule_args(spec: DiffusionSpec) -> dict:
+    return dict(num_train_timesteps=spec.num_train_timesteps, beta_schedule=spec.beta_schedule,
+                beta_start=spec.beta_start, beta_end=spec.beta_end, prediction_type=spec.prediction_type, **_FIXED)
+
+
+def ddpm_arguments(spec: DiffusionSpec) -> dict:
+    """Every argument of DDPMScheduler. Only its betas (hence alphas_cumprod) are used in training; the
+    sampling-side arguments are pinned to the values they have always had, so the config is fully stated."""
+    return dict(_schedule_args(spec), variance_type="fixed_small", clip_sample=True, timestep_spacing="leading",
+                steps_offset=0)
+
+
 def ddpm_scheduler(spec: DiffusionSpec) -> DDPMScheduler:
-    return DDPMScheduler(
-        num_train_timesteps=spec.num_train_timesteps,
-        beta_schedule=spec.beta_schedule,
-        beta_start=spec.beta_start,
-        beta_end=spec.beta_end,
-        prediction_type=spec.prediction_type,
-    )
+    return DDPMScheduler(**ddpm_arguments(spec))
+
+
+def ddim_arguments(diffusion: DiffusionSpec, sampling: SamplingSpec) -> dict:
+    """Every argument of DDIMScheduler, from the task (or _FIXED)."""
+    return dict(_schedule_args(diffusion), clip_sample=sampling.clip_sample, set_alpha_to_one=sampling.set_alpha_to_one,
+                steps_offset=sampling.steps_offset, timestep_spacing=sampling.timestep_spacing)
 
 
 def ddim_scheduler(diffusion: DiffusionSpec, sampling: SamplingSpec) -> DDIMScheduler:
-    return DDIMScheduler(
-        num_train_timesteps=diffusion.num_train_timesteps,
-        beta_schedule=diffusion.beta_schedule,
-        beta_start=diffusion.beta_start,
-        beta_end=diffusion.beta_end,
-        prediction_type=diffusion.prediction_type,
-        clip_sample=sampling.clip_sample,
-    )
+    return DDIMScheduler(**ddim_arguments(diffusion, sampling))
 
 
 class NoiseSchedule:

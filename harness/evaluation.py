@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from harness.diffusion import ddim_sample, sample_seeds, seed_batches, to_uint8
-from harness.fid import InceptionFeatures, frechet_distance, kernel_inception_distance, mean_cov
+from harness.fid import InceptionFeatures, fid_from_features, kernel_inception_distance, resampled_fids
 from harness.parallel import SINGLE, World
 from harness.reference import Reference, get_reference
 from harness.tasks import TaskSpec
@@ -31,9 +31,12 @@ class EvaluationResult:
     sample_seconds: float  # DDIM sampling only
     feature_seconds: float  # resize + Inception
     grid: torch.Tensor  # uint8 [<=64,3,32,32] on the CPU: the first samples, for the PNG grid
+    fid_std: float | None = None  # the FID's sampling noise: std of the FIDs of bootstrap resamples of the features
+    fid_bootstrap: int = 0  # how many resamples fid_std comes from
 
     def to_dict(self) -> dict:
         return {"step": self.step, "fid": self.fid, "kid": self.kid, "num_samples": self.num_samples,
+                "fid_std": self.fid_std, "fid_bootstrap": self.fid_bootstrap,
                 "sample_seconds": round(self.sample_seconds, 3), "feature_seconds": round(self.feature_seconds, 3),
                 "sampling_images_per_sec": round(self.num_samples / max(self.sample_seconds, 1e-9), 2)}
 
@@ -101,11 +104,16 @@ class Evaluator:
         features = np.concatenate([parts[j][0] for j in range(len(chunks))])  # [N,2048] float32, seed order
         grid = torch.cat([parts[j][1] for j in range(len(chunks))])
         reference = self.reference
-        mu, sigma = mean_cov(features)
-        fid = frechet_distance(mu, sigma, reference.mu, reference.sigma)
+        fid = fid_from_features(features, reference.mu, reference.sigma_root)
         kid = None
         if evaluation.kid and reference.kid_features is not None:
             kid = kernel_inception_distance(features, reference.kid_features)
+        fid_std = None
+        if evaluation.fid_bootstrap:
+            fids = resampled_fids(features, reference.mu, reference.sigma_root, evaluation.fid_bootstrap,
+                                  seed=self.spec.seed, device=self.device)
+            fid_std = float(np.std(fids, ddof=1))
         # the evaluation took as long as its slowest process
         sample_seconds, feature_seconds = (max(s[i] for _, s in gathered) for i in range(2))
-        return EvaluationResult(step, fid, kid, len(seeds), sample_seconds, feature_seconds, grid)
+        return EvaluationResult(step, fid, kid, len(seeds), sample_seconds, feature_seconds, grid, fid_std,
+                                evaluation.fid_bootstrap)

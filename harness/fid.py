@@ -14,6 +14,7 @@ clean-fid's download.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -126,6 +127,19 @@ def pil_bicubic_matrix(size_in: int, size_out: int) -> torch.Tensor:
     return torch.from_numpy(matrix)
 
 
+@contextlib.contextmanager
+def full_fp32(device_type: str):
+    """No autocast and no TF32 (PyTorch lets cuDNN convolutions use TF32 by default, a 10-bit mantissa):
+    the Inception network and its resize compute in fp32 as clean-fid's reference features were."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 class InceptionFeatures:
     """uint8 images ``[B,3,H,W]`` (any device) -> clean-mode Inception features ``[B,2048]`` float32."""
 
@@ -151,10 +165,11 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = (self.resize(images) - 128) / 128
-        if self.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)  # ~20% faster convolutions on CPU
-        return self.layers(x).view(len(images), FEATURE_DIM)
+        with full_fp32(self.device.type):
+            x = (self.resize(images) - 128) / 128
+            if self.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)  # ~20% faster convolutions on CPU
+            return self.layers(x).view(len(images), FEATURE_DIM)
 
     def of_array(self, images: np.ndarray | torch.Tensor, batch_size: int = 200, progress=None) -> np.ndarray:
         """Features of a whole uint8 array ``[N,3,H,W]`` as float32 numpy ``[N,2048]``."""
@@ -170,9 +185,27 @@ class InceptionFeatures:
 # ----------------------------------------------------------------------------- statistics
 
 
+@contextlib.contextmanager
+def one_thread():
+    """numpy's BLAS/LAPACK and torch's CPU ops on one thread: the FID's sums then run in one order, so an
+    FID is the same to the bit however many threads the process has. Measured on this project's 2-core
+    machine: 1 and 2 OpenBLAS threads gave FIDs 3e-9 apart (relative) from the same features, which is
+    how a sweep's Ray worker (other thread defaults) and a plain run came to differ in the last digits."""
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def mean_cov(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The Gaussian clean-fid fits: mean [2048] and covariance [2048,2048] (float64)."""
-    return np.mean(features, axis=0), np.cov(features, rowvar=False)
+    with one_thread():
+        return np.mean(features, axis=0), np.cov(features, rowvar=False)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -188,12 +221,63 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    eigvals1, eigvecs1 = np.linalg.eigh(sigma1)
-    root1 = (eigvecs1 * np.sqrt(np.clip(eigvals1, 0.0, None))) @ eigvecs1.T  # [2048, 2048], symmetric
-    product_eigvals = np.linalg.eigvalsh(root1 @ sigma2 @ root1)  # eigenvalues of S1 S2
+    with one_thread():
+        root1 = symmetric_sqrt(sigma1)  # [2048, 2048]
+        product_eigvals = np.linalg.eigvalsh(root1 @ sigma2 @ root1)  # eigenvalues of S1 S2
     trace_root = np.sqrt(np.clip(product_eigvals, 0.0, None)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_root)
+
+
+def symmetric_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """The symmetric PSD square root of a covariance [d,d] (negative round-off eigenvalues clamped to 0)."""
+    with one_thread():
+        eigvals, eigvecs = np.linalg.eigh(np.asarray(sigma, np.float64))
+        return (eigvecs * np.sqrt(np.clip(eigvals, 0.0, None))) @ eigvecs.T
+
+
+def fid_from_features(features: np.ndarray, mu_ref: np.ndarray, root_ref: np.ndarray) -> float:
+    """The FID of generated features [N,d] against a reference (mean mu_ref [d], covariance root_ref @
+    root_ref), computed in float64 on one CPU thread (bitwise the same for any thread settings). Equal to
+    ``frechet_distance(*mean_cov(features), mu_ref, sigma_ref)`` up to round-off (1e-8 relative; tested),
+    and faster below 2048 samples: the d x d decomposition is replaced by one of N x N (see below)."""
+    with one_thread():
+        f = torch.as_tensor(np.asarray(features)).double()
+        root = torch.as_tensor(np.asarray(root_ref)).double()
+        return _fid_of_rows(f, f @ root, torch.as_tensor(np.asarray(mu_ref)).double(), (root * root).sum())
+
+
+def resampled_fids(features: np.ndarray, mu_ref: np.ndarray, root_ref: np.ndarray, draws: int, seed: int = 0,
+                   device: torch.device | str = "cpu") -> np.ndarray:
+    """FIDs of ``draws`` bootstrap resamples of the generated features [N,d] (N rows drawn with replacement;
+    the reference, mean mu_ref [d] and covariance root_ref @ root_ref, fixed). Their standard deviation
+    estimates the FID's sampling noise: how much it would move with another N generated images.
+
+    Each resample costs no d x d decomposition: with G = F R (R = root_ref, once for all resamples) and Gc
+    its resampled rows centred, the eigenvalues of S_b S_ref are those of Gc^T Gc / (N-1), whose non-zero
+    ones are those of the smaller of Gc^T Gc and Gc Gc^T. Computed in float64 on ``device`` (on a CPU on
+    one thread, so bitwise reproducible); the resamples come from a CPU generator seeded with ``seed``, so
+    they are the same rows on every device."""
+    device = torch.device(device)
+    with one_thread() if device.type == "cpu" else contextlib.nullcontext():
+        f = torch.as_tensor(np.asarray(features), device=device).double()  # [N,d]
+        root = torch.as_tensor(np.asarray(root_ref), device=device).double()  # [d,d]
+        mu = torch.as_tensor(np.asarray(mu_ref), device=device).double()  # [d]
+        g = f @ root  # [N,d]
+        trace_ref = (root * root).sum()  # Tr(R R) = Tr(S_ref)
+        gen = torch.Generator().manual_seed(seed)
+        rows = [torch.randint(0, len(f), (len(f),), generator=gen) for _ in range(draws)]
+        return np.array([_fid_of_rows(f[r.to(device)], g[r.to(device)], mu, trace_ref) for r in rows])
+
+
+def _fid_of_rows(f: torch.Tensor, g: torch.Tensor, mu_ref: torch.Tensor, trace_ref: torch.Tensor) -> float:
+    """FID of features f [N,d] (g = f R [N,d]) against the reference whose covariance root R gave g."""
+    n = len(f)
+    x, gc = f - f.mean(0), g - g.mean(0)  # centred [N,d]
+    gram = gc @ gc.T if n <= gc.shape[1] else gc.T @ gc  # [min(N,d)]^2, same non-zero eigenvalues
+    trace_root = torch.linalg.eigvalsh(gram / (n - 1)).clamp(min=0).sqrt().sum()  # Tr((S S_ref)^(1/2))
+    diff = f.mean(0) - mu_ref
+    return float(diff @ diff + (x * x).sum() / (n - 1) + trace_ref - 2 * trace_root)
 
 
 def kernel_inception_distance(gen_features: np.ndarray, ref_features: np.ndarray, seed: int = 0) -> float:
@@ -202,6 +286,7 @@ def kernel_inception_distance(gen_features: np.ndarray, ref_features: np.ndarray
     state = np.random.get_state()
     np.random.seed(seed)
     try:
-        return float(cleanfid_fid.kernel_distance(ref_features, gen_features))
+        with one_thread():
+            return float(cleanfid_fid.kernel_distance(ref_features, gen_features))
     finally:
         np.random.set_state(state)

@@ -16,6 +16,7 @@ folder from the same process is refused from a table of the folders this process
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -23,6 +24,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import Iterator
 
 from harness.errors import HarnessError
 
@@ -128,3 +130,18 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def waiting(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive POSIX lock on ``path`` for the block, waiting for it as long as another process
+    has it: one writer of a shared file (an FID reference) at a time, on one machine or over NFS. The
+    lock file is opened once and never by anyone else in this process, so the lock is not dropped early."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -22,10 +22,10 @@ from harness import registry
 from harness.data import ImageBatches
 from harness.diffusion import ddim_sample, sample_seeds
 from harness.errors import HarnessError
-from harness.flops import count_macs, mfu
+from harness.flops import count_macs, matmul_precision, mfu
 from harness.records import atomic_write_json, device_info, library_versions, now
 from harness.tasks import TaskSpec, resolve_task
-from harness.trainer import Trainer, autocast_dtype, precision_name, uses_channels_last
+from harness.trainer import Trainer, autocast_dtype, precision_name, sampling_dtype, uses_channels_last
 
 SAMPLE_BATCH = {"cuda": 256, "cpu": 8}  # fixed DDIM batch per device type, the same for every architecture
 
@@ -148,7 +148,8 @@ def timed_profile(arch: registry.Architecture, spec: TaskSpec, device: torch.dev
     # DDIM-50 sampling at a fixed batch per device type
     sample_batch = SAMPLE_BATCH.get(device.type, 8)
     seeds = sample_seeds(spec.seed, sample_batch)
-    sample_times = time_it(lambda: ddim_sample(ema, spec.diffusion, spec.sampling, seeds, device, amp, size), device,
+    sample_amp = sampling_dtype(spec, device)  # the protocol's evaluation.precision
+    sample_times = time_it(lambda: ddim_sample(ema, spec.diffusion, spec.sampling, seeds, device, sample_amp, size), device,
                            warmup=1 if device.type == "cuda" else 0, repeats=3 if device.type == "cuda" else 1)
     out["sample_batch"], out["sample_steps"] = sample_batch, spec.sampling.steps
     out["sample_images_per_sec"] = round(sample_batch / statistics.median(sample_times), 3)
@@ -192,7 +193,9 @@ def profile(arch_name: str, tier: str, task: str = "cifar10", device: torch.devi
         out.update(static_profile(arch, spec))
         if timing:
             out.update(timed_profile(arch, spec, device, batch))
-            out["train_mfu"] = mfu(out["gflops"], out["train_samples_per_sec"], out["device"], out["dtype"])
+            peak = matmul_precision(out["dtype"], device.type, device_info(device).get("capability"))
+            out["train_mfu"] = mfu(out["gflops"], out["train_samples_per_sec"], out["device"], peak)
+            out["mfu_peak"] = peak
     except HarnessError as exc:
         out["error"] = str(exc)
     except Exception as exc:  # one architecture's crash must not stop a sweep over all of them

@@ -20,7 +20,7 @@ import torch
 from harness.errors import HarnessError
 from harness.tasks import REPO_ROOT
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RECORD_FILE = "record.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -174,6 +174,13 @@ class RunRecord:
     # the processes that trained it: {"count": N, "backend": None | "gloo" | "nccl", "devices": [name per rank],
     # "hosts": [host name per rank]}
     processes: dict | None = None
+    # what sampling ran in ("fp32" or "bf16"); None in records from before it was its own setting, when
+    # sampling ran in the training precision
+    eval_precision: str | None = None
+    tier_config: dict | None = None  # the tier's resolved config before any --set/--steps/--fid-samples
+    task_file: dict | None = None  # {"path", "sha256"} of the task file the run was resolved from
+    substitutions: list = field(default_factory=list)  # every fallback: [{"what", "asked", "used", "why"}]
+    stream_sha256: str | None = None  # the first training step's draws (harness/trainer.py): pairs seeds
     schema_version: int = SCHEMA_VERSION
 
     def add_evaluation(self, evaluation: dict) -> None:

@@ -2,9 +2,9 @@
 
 A reference is the mean and covariance of the Inception features of the training images, plus
 up to ``KID_FEATURES`` of the features themselves for KID. For CIFAR-10 with the whole train
-split, clean-fid's precomputed statistics are used when they can be downloaded; otherwise (and
-always for shapes, or for a subset) they are computed with the same pipeline and cached under
-the harness cache directory. A cached reference is never recomputed: its file name is a hash of
+split, clean-fid's precomputed statistics are used when they can be downloaded; otherwise (said in
+the run's log and record) and always for shapes, or for a subset, they are computed with the same
+pipeline and cached under the harness cache directory. A cached reference is never recomputed: its file name is a hash of
 everything that defines it (dataset, image count, clean-fid mode, Inception weights).
 """
 from __future__ import annotations
@@ -19,8 +19,9 @@ from typing import Callable
 
 import numpy as np
 
+from harness import locks
 from harness.data import cache_dir
-from harness.fid import InceptionFeatures, mean_cov
+from harness.fid import InceptionFeatures, mean_cov, symmetric_sqrt
 from harness.records import atomic_write_bytes
 from harness.tasks import SHAPE_KINDS, DataSpec, EvaluationSpec
 
@@ -35,10 +36,29 @@ class Reference:
     source: str  # "computed from N training images" or "clean-fid precomputed ..."
     num_images: int
     path: Path  # the cache file
+    substitution: str | None = None  # why the reference the task asks for was not used, if it was not
+    computed: bool = False  # made by this call (not read from the cache)
+
+    @property
+    def kind(self) -> str:
+        """What the report groups on: "clean-fid precomputed NAME/SPLIT/RES" or "computed from N images"."""
+        return self.source
+
+    @property
+    def sigma_root(self) -> np.ndarray:
+        """sigma^(1/2) [2048,2048], once per process and cache file (the bootstrap of every evaluation uses it)."""
+        key = (str(self.path), self.path.stat().st_mtime_ns)
+        if key not in _ROOTS:
+            _ROOTS[key] = symmetric_sqrt(self.sigma)
+        return _ROOTS[key]
 
 
-def reference_key(data: DataSpec, evaluation: EvaluationSpec, weights_id: str) -> dict:
-    """Everything that defines a reference; its hash names the cache file."""
+_ROOTS: dict[tuple[str, int], np.ndarray] = {}
+
+
+def reference_key(data: DataSpec, evaluation: EvaluationSpec, weights_id: str, reference: str | None = None) -> dict:
+    """Everything that defines a reference; its hash names the cache file. ``reference`` replaces the
+    task's evaluation.reference (the fallback from clean-fid's statistics to the local data)."""
     dataset = {"dataset": data.dataset, "image_size": data.image_size}
     if data.dataset == "shapes":
         dataset.update(num_images=data.num_images, seed=data.seed)
@@ -52,7 +72,7 @@ def reference_key(data: DataSpec, evaluation: EvaluationSpec, weights_id: str) -
             dataset.update(background=data.background)
     elif data.num_images:
         dataset.update(num_images=data.num_images)
-    return {"data": dataset, "reference": evaluation.reference, "images": evaluation.reference_images,
+    return {"data": dataset, "reference": reference or evaluation.reference, "images": evaluation.reference_images,
             "mode": evaluation.mode, "inception": weights_id}
 
 
@@ -67,16 +87,20 @@ def _save_atomic(path: Path, **arrays) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _load(path: Path) -> Reference:
+def _load(path: Path, substitution: str | None = None, computed: bool = False) -> Reference:
     with np.load(path, allow_pickle=False) as z:
         kid = z["kid_features"] if z["kid_features"].size else None
-        return Reference(z["mu"], z["sigma"], kid, str(z["source"]), int(z["num_images"]), path)
+        return Reference(z["mu"], z["sigma"], kid, str(z["source"]), int(z["num_images"]), path, substitution, computed)
 
 
-def _download_cleanfid(spec: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
-    """clean-fid's precomputed statistics for ``cleanfid:NAME/SPLIT/RES``, or None when unreachable."""
+_DOWNLOAD_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def _download_cleanfid(spec: str) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray | None] | None, str]:
+    """(clean-fid's precomputed statistics for ``cleanfid:NAME/SPLIT/RES``, "") or (None, why not)."""
     import socket
 
+    import cleanfid
     from cleanfid.features import get_reference_statistics
 
     name, split, res = spec.split(":", 1)[1].split("/")
@@ -86,14 +110,18 @@ def _download_cleanfid(spec: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | 
         mu, sigma = get_reference_statistics(name, int(res), mode="clean", split=split)
         try:
             kid = get_reference_statistics(name, int(res), mode="clean", split=split, metric="KID")
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        except _DOWNLOAD_ERRORS:
             kid = None
-        return mu, sigma, kid
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-        # URLError, timeouts, DNS failures; or a file a broken earlier download left truncated
-        # (clean-fid writes it in place). Either way the reference is computed from the local data
-        # instead, and the record's reference.source says so.
-        return None
+        return (mu, sigma, kid), ""
+    except _DOWNLOAD_ERRORS as exc:
+        # URLError, timeouts, DNS failures; or a file a broken earlier download left truncated: clean-fid
+        # writes it in place and never fetches an existing file again, so a damaged one is removed here
+        stats = Path(cleanfid.__file__).parent / "stats" / f"{name}_clean_{split}_{res}.npz".lower()
+        removed = ""
+        if not isinstance(exc, OSError) and stats.is_file():
+            stats.unlink(missing_ok=True)
+            removed = f"; the damaged file {stats} was removed, so the next run downloads it again"
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{removed}"
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -105,18 +133,34 @@ def get_reference(
     load_images: Callable[[], np.ndarray],
     progress_factory=None,
 ) -> Reference:
-    """The cached reference, else clean-fid's (when configured and reachable), else computed."""
+    """The cached reference, else clean-fid's (when configured and reachable), else computed.
+
+    One process makes a reference at a time (a lock file beside the cache file, held while it is downloaded
+    or computed); the others wait and then read it, so a sweep whose runs reach their first evaluation
+    together computes it once. When clean-fid's statistics are asked for but cannot be fetched, the
+    reference is computed from the local data and cached under the key of a computed one (never under
+    clean-fid's), and ``substitution`` on the result says why."""
+    wanted = evaluation.reference.startswith("cleanfid:") and evaluation.reference_images is None
     key = reference_key(data, evaluation, features.weights_id)
+    substitution = None
+    if wanted:
+        path = _cache_path(key)
+        with locks.waiting(path.with_name(path.name + ".lock")):
+            if path.is_file():
+                return _load(path)
+            downloaded, why = _download_cleanfid(evaluation.reference)
+            if downloaded is not None:
+                mu, sigma, kid = downloaded
+                _save(path, key, mu, sigma, kid, f"clean-fid precomputed {evaluation.reference}", 0)
+                return _load(path, computed=True)
+        substitution = (f"clean-fid's precomputed statistics {evaluation.reference} could not be fetched ({why}): "
+                        f"the FID reference is computed from the local training images with the same pipeline "
+                        f"instead (cached as a computed reference)")
+        key = reference_key(data, evaluation, features.weights_id, reference="dataset")
     path = _cache_path(key)
-    if path.is_file():
-        return _load(path)
-    downloaded = None
-    if evaluation.reference.startswith("cleanfid:") and evaluation.reference_images is None:
-        downloaded = _download_cleanfid(evaluation.reference)
-    if downloaded is not None:
-        mu, sigma, kid = downloaded
-        source, count = f"clean-fid precomputed {evaluation.reference}", 0
-    else:
+    with locks.waiting(path.with_name(path.name + ".lock")):
+        if path.is_file():
+            return _load(path, substitution)
         images = load_images()
         if evaluation.reference_images:
             images = images[: evaluation.reference_images]
@@ -125,9 +169,12 @@ def get_reference(
         if bar is not None:
             bar.close()
         mu, sigma = mean_cov(feats)
-        kid, source, count = feats, f"computed from {len(images)} training images", len(images)
+        _save(path, key, mu, sigma, feats, f"computed from {len(images)} training images", len(images))
+        return _load(path, substitution, computed=True)
+
+
+def _save(path: Path, key: dict, mu, sigma, kid, source: str, count: int) -> None:
     if kid is not None and len(kid) > KID_FEATURES:
         kid = kid[np.linspace(0, len(kid) - 1, KID_FEATURES).astype(int)]
     _save_atomic(path, mu=mu, sigma=sigma, kid_features=kid if kid is not None else np.zeros((0, 2048), np.float32),
                  source=np.array(source), num_images=np.array(count), key=np.array(json.dumps(key)))
-    return _load(path)

@@ -13,6 +13,7 @@ noise ``[B,3,32,32]``. ``validate`` checks that with a tiny forward pass and exp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import hashlib
 import importlib.util
@@ -48,10 +49,13 @@ def architecture_names() -> list[str]:
 class Architecture:
     name: str
     path: Path
+    built_sha256: str | None = None  # the hash of the source that built the model (set by ``load``)
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        """The built source's hash once a model is built from it (a file edited later does not change
+        what this run vouches for), else the file's as it is now."""
+        return self.built_sha256 or hashlib.sha256(self.path.read_bytes()).hexdigest()
 
     @property
     def summary(self) -> str:
@@ -107,7 +111,8 @@ def _where_in_file(exc: BaseException, path: Path) -> str:
     return f"line {frames[-1].lineno}" if frames else "a library it calls"
 
 
-def _import(arch: Architecture):
+def _import(arch: Architecture, source: bytes):
+    """Execute ``source`` (the file's bytes, read once by the caller) as the architecture's module."""
     module_name = f"harness_architecture_{arch.name}"
     spec = importlib.util.spec_from_file_location(module_name, arch.path)
     module = importlib.util.module_from_spec(spec)
@@ -115,7 +120,7 @@ def _import(arch: Architecture):
     # the defining module up in sys.modules. Each build replaces it with a fresh execution.
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(compile(source, str(arch.path), "exec"), module.__dict__)
     except Exception as exc:  # any failure inside user code becomes a precise message
         sys.modules.pop(module_name, None)
         raise HarnessError(
@@ -132,8 +137,14 @@ def _import(arch: Architecture):
 
 def build(arch: Architecture, env: dict[str, str], device: torch.device | str) -> torch.nn.Module:
     """Execute the file and call build_model(device) with the widths in ``env``."""
+    return build_with_hash(arch, env, device)[0]
+
+
+def build_with_hash(arch: Architecture, env: dict[str, str], device: torch.device | str) -> tuple[torch.nn.Module, str]:
+    """The model and the sha256 of the exact source that built it (the file is read once)."""
+    source = arch.path.read_bytes()
     with environment(env):
-        module = _import(arch)
+        module = _import(arch, source)
         try:
             model = module.build_model(device)
         except Exception as exc:
@@ -149,7 +160,7 @@ def build(arch: Architecture, env: dict[str, str], device: torch.device | str) -
         )
     if not any(p.requires_grad for p in model.parameters()):
         raise HarnessError(f"build_model in {arch.path} returned a model with no trainable parameters.")
-    return model
+    return model, hashlib.sha256(source).hexdigest()
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -210,9 +221,10 @@ def validate(model: torch.nn.Module, arch: Architecture, device: torch.device, b
 
 
 def load(arch_name: str, env: dict[str, str], device: torch.device, seed: int) -> tuple[Architecture, torch.nn.Module]:
-    """Find, build (seeded) and validate an architecture on ``device``."""
+    """Find, build (seeded) and validate an architecture on ``device``. The returned Architecture's
+    ``sha256`` is that of the source the model was built from, fixed for the rest of the process."""
     arch = find_architecture(arch_name)
     torch.manual_seed(seed)  # weight initialisation is part of the run's seed
-    model = build(arch, env, device)
+    model, sha256 = build_with_hash(arch, env, device)
     validate(model, arch, device)
-    return arch, model
+    return dataclasses.replace(arch, built_sha256=sha256), model

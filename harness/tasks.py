@@ -88,12 +88,19 @@ class OptimizerSpec:
 class TrainingSpec:
     steps: int
     batch_size: int
-    ema_decay: float = 0.9995  # constant decay, no warm-up; evaluation uses the EMA weights
+    ema_decay: float = 0.9995  # evaluation uses the EMA weights
+    # how the EMA starts (harness/trainer.py): "constant" (decay ema_decay from the initial weights on),
+    # "warmup" (diffusers' EMAModel: decay min(ema_decay, (1+t)/(10+t))), or "debiased" (decay ema_decay,
+    # bias-corrected as Adam's moments are: an exponential average of the trained weights only)
+    ema_schedule: str = "constant"
     log_every: int = 100  # loss read back from the device (one host sync) every this many steps
     checkpoint_every: int = 1000
     precision: str = "fp32"  # "fp32", or "bf16": autocast on CUDA (a CPU run stays fp32; the record says which)
     channels_last: str = "cuda"  # memory format: "cuda" (on GPUs only; slower for CPU training), "always", "never"
     compile: bool = False  # torch.compile the model for training
+    # with --device auto, a machine without a usable GPU is refused (a real tier would train for days
+    # on a CPU); --device cpu still runs it. Set false on the tiers meant for CPUs (smoke, demo).
+    gpu_required: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,11 @@ class SamplingSpec:
     steps: int = 50
     eta: float = 0.0
     clip_sample: bool = True  # clip the predicted x0 to [-1, 1] (diffusers' DDIMScheduler default)
+    # which of the num_train_timesteps the sampling steps visit, as diffusers' DDIMScheduler names it:
+    # "leading" (t = 0, 20, ..., 980 for 50 steps, plus steps_offset), "trailing" or "linspace"
+    timestep_spacing: str = "leading"
+    steps_offset: int = 0  # added to every sampling timestep
+    set_alpha_to_one: bool = True  # the last step's "previous" alpha_cumprod is 1 (a clean image), not alpha_0
     batch_size: int = 500
 
 
@@ -115,6 +127,12 @@ class EvaluationSpec:
     kid: bool = True
     inception_weights: str | None = None  # a path; else env HARNESS_INCEPTION_WEIGHTS, clean-fid's cache, ...
     feature_batch_size: int = 200  # Inception batch
+    # the precision of DDIM sampling: "fp32", or "bf16" (autocast on CUDA, as training with bf16). The
+    # Inception network always runs in fp32 with TF32 off, so FID's feature extractor is clean-fid's.
+    precision: str = "fp32"
+    # resamples of the generated images' features (with replacement, the reference fixed) whose FIDs'
+    # standard deviation is each evaluation's sampling noise (record: evaluations[].fid_std); 0: none
+    fid_bootstrap: int = 50
 
 
 @dataclass(frozen=True)
@@ -373,6 +391,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 _CHOICES = {
     "data.dataset": ("cifar10", "shapes"),
     "training.precision": ("fp32", "bf16"),
+    "training.ema_schedule": ("constant", "warmup", "debiased"),
+    "evaluation.precision": ("fp32", "bf16"),
+    "sampling.timestep_spacing": ("leading", "trailing", "linspace"),
     "training.channels_last": ("cuda", "always", "never"),
     "optimizer.name": ("adamw",),
     "diffusion.prediction_type": ("epsilon",),
@@ -405,6 +426,9 @@ def _check_choices(spec: TaskSpec, path: Path) -> None:
     if gamma is not None and gamma <= 0:
         raise HarnessError(f"{path}: diffusion.snr_gamma must be a positive number (5 is the usual choice) or "
                            f"null for the plain loss, not {gamma!r}.")
+    if spec.sampling.steps_offset < 0 or spec.evaluation.fid_bootstrap < 0 or spec.evaluation.fid_bootstrap == 1:
+        raise HarnessError(f"{path}: sampling.steps_offset must be >= 0 and evaluation.fid_bootstrap 0 (none) or at "
+                           f"least 2 (a standard deviation needs two resamples).")
     if not 0.0 <= spec.sampling.eta <= 1.0:
         raise HarnessError(f"{path}: sampling.eta must be between 0 (DDIM) and 1, not {spec.sampling.eta!r}.")
     if not 1 <= spec.data.max_shapes <= 3:

@@ -8,6 +8,7 @@ intervals, which is also where a non-finite loss is noticed and pinned to its ex
 from __future__ import annotations
 
 import copy
+import hashlib
 
 import torch
 
@@ -34,9 +35,42 @@ def precision_name(spec: TaskSpec, device: torch.device) -> str:
     return "bf16" if autocast_dtype(spec, device) else "fp32"
 
 
+def sampling_dtype(spec: TaskSpec, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast for DDIM sampling only where evaluation.precision asks for it and the device is a GPU."""
+    return torch.bfloat16 if spec.evaluation.precision == "bf16" and device.type == "cuda" else None
+
+
 def uses_channels_last(spec: TaskSpec, device: torch.device) -> bool:
     mode = spec.training.channels_last
     return mode == "always" or (mode == "cuda" and device.type == "cuda")
+
+
+def ema_weight(schedule: str, decay: float, update: int) -> float:
+    """The weight of the live parameters in the EMA's ``update``-th step (1, 2, ...).
+
+    constant:  1 - decay. The EMA starts as the initial weights: after k updates decay^k of it is still
+               the initialisation (0.9995^5000 = 8%).
+    warmup:    1 - min(decay, u / (9 + u)) and 1 at the first update, with u the update number: exactly the
+               decay of diffusers' EMAModel (its (1+s)/(10+s), s counted from 0 after the first update).
+    debiased:  (1 - decay) / (1 - decay^k), the bias correction of Adam's moments: the EMA is the
+               exponentially weighted mean of the trained weights alone, with the constant decay's time
+               constant (the two agree to 0.9995^k: 1e-4 at 18,000 steps).
+    Written here rather than with diffusers' EMAModel because that class has only the warm-up (and it
+    updates one parameter at a time; this is one foreach op)."""
+    if schedule == "constant":
+        return 1.0 - decay
+    if schedule == "warmup":
+        return 1.0 if update <= 1 else 1.0 - min(decay, update / (9 + update))
+    if schedule == "debiased":
+        return (1.0 - decay) / (1.0 - decay**update)
+    raise ValueError(f"unknown EMA schedule {schedule!r}")
+
+
+def _stream_digest(x0: torch.Tensor, gen: torch.Generator) -> str:
+    """sha256 (16 hex digits) of a first batch [B,3,H,W] and of the generator state after its draws."""
+    digest = hashlib.sha256(x0.detach().float().cpu().numpy().tobytes())  # note: a CPU-GPU sync, once
+    digest.update(gen.get_state().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class Trainer:
@@ -80,6 +114,9 @@ class Trainer:
         self._pending: list[torch.Tensor] = []  # 0-dim device losses not yet read back
         self._pending_from = 1  # step number of _pending[0]
         self._interval: list[float] = []  # checked losses of the current log interval
+        # what the first step drew (its images and the generator after its timesteps and noise): equal for
+        # two runs of one seed whatever their architectures, which is what makes their FIDs a paired sample
+        self.stream_sha256: str | None = None
 
     def train_step(self) -> None:
         x0 = self.batches.next(self.gen).contiguous(memory_format=self.memory_format)  # [B,3,32,32]
@@ -90,6 +127,8 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.params, self.spec.optimizer.grad_clip_norm, foreach=True)
         self.optimizer.step()
         self._update_ema()
+        if self.step == 0:
+            self.stream_sha256 = _stream_digest(x0, self.gen)
         if not self._pending:
             self._pending_from = self.step + 1
         self._pending.append(loss.detach())
@@ -97,10 +136,9 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        # ema <- decay * ema + (1 - decay) * param, as one foreach op. Written here rather than with
-        # diffusers' EMAModel because that class always warms its decay up as (1+t)/(10+t), and
-        # the protocol's EMA is a constant decay.
-        torch._foreach_lerp_(self.ema_params, self.params, 1.0 - self.spec.training.ema_decay)
+        # ema <- ema + w * (param - ema), as one foreach op; w depends on training.ema_schedule (ema_weight)
+        weight = ema_weight(self.spec.training.ema_schedule, self.spec.training.ema_decay, self.step + 1)
+        torch._foreach_lerp_(self.ema_params, self.params, weight)
 
     @torch.no_grad()
     def ema_model(self) -> torch.nn.Module:
@@ -142,6 +180,7 @@ class Trainer:
             "batches": self.batches.state_dict(),
             "loss_curve": list(self.loss_curve),
             "interval_losses": list(self._interval),
+            "stream_sha256": self.stream_sha256,
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -159,3 +198,4 @@ class Trainer:
         self.step = state["step"]
         self.loss_curve = [tuple(x) for x in state["loss_curve"]]
         self._interval = list(state["interval_losses"])
+        self.stream_sha256 = state.get("stream_sha256")

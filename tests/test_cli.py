@@ -87,3 +87,16 @@ def test_list_reports_a_broken_file_on_its_row_and_lists_the_rest(arch_dir_with_
     captured = capsys.readouterr()
     assert "broken" in captured.out and "error:" in captured.out and "Traceback" not in captured.out + captured.err
     assert "task 'shapes' also has tier(s) demo: python -m harness list --task shapes" in captured.out
+
+
+@pytest.mark.parametrize("command", [["run", "--arch", "standard", "--tier", "small"],
+                                     ["sweep", "--arch", "standard,no_attn", "--tier", "smoke,medium", "--dry-run"]])
+def test_a_gpu_tier_on_a_machine_without_one_needs_device_cpu(command, capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main([*command, "--results-dir", str(tmp_path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--device auto found no GPU" in err and "Pass --device cpu" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing was started or written

@@ -1,10 +1,20 @@
 import dataclasses
+import inspect
 
+import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from harness.diffusion import NoiseSchedule, ddim_sample, ddim_scheduler, generate, initial_noise, to_uint8
+from harness import diffusion
+from harness.diffusion import (
+    NoiseSchedule,
+    ddim_sample,
+    ddim_scheduler,
+    generate,
+    initial_noise,
+    to_uint8,
+)
 from harness.tasks import resolve_task
 
 SPEC = resolve_task("cifar10", "smoke")
@@ -126,3 +136,28 @@ def test_samples_do_not_depend_on_batch_size():
 def test_initial_noise_is_per_seed():
     a = initial_noise([5, 6], CPU)
     assert torch.equal(a[1], initial_noise([6], CPU)[0]) and not torch.equal(a[0], a[1])
+
+
+@pytest.mark.parametrize("scheduler, arguments", [
+    (DDIMScheduler, lambda spec: diffusion.ddim_arguments(spec.diffusion, spec.sampling)),
+    (DDPMScheduler, lambda spec: diffusion.ddpm_arguments(spec.diffusion)),
+])
+def test_every_scheduler_argument_is_stated_so_no_diffusers_default_is_protocol(scheduler, arguments):
+    spec = resolve_task("cifar10", "small")
+    expected = set(inspect.signature(scheduler.__init__).parameters) - {"self"}
+    assert set(arguments(spec)) == expected  # a new diffusers argument fails here until it is pinned
+
+
+def test_sampling_timesteps_are_task_fields():
+    spec = resolve_task("cifar10", "small")
+    leading = diffusion.ddim_scheduler(spec.diffusion, spec.sampling)
+    leading.set_timesteps(50)
+    assert leading.timesteps.tolist() == list(range(980, -1, -20))
+    trailing = resolve_task("cifar10", "small", {"sampling.timestep_spacing": "trailing", "sampling.steps_offset": 0})
+    s = diffusion.ddim_scheduler(trailing.diffusion, trailing.sampling)
+    s.set_timesteps(50)
+    assert s.timesteps.tolist() == list(range(999, -1, -20))
+    offset = resolve_task("cifar10", "small", {"sampling.steps_offset": 1})
+    s = diffusion.ddim_scheduler(offset.diffusion, offset.sampling)
+    s.set_timesteps(50)
+    assert s.timesteps.tolist() == list(range(981, 0, -20))

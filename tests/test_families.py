@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,3 +109,25 @@ def test_convnext_blocks_are_depthwise_7x7_with_a_channel_gate():
     assert len(gates) == len(blocks)
     for gate, block in zip(gates, blocks):
         assert gate.shape == (2, block.dwconv.in_channels, 1, 1) and (gate > 0).all() and (gate < 1).all()
+
+
+def test_standard_is_the_ddpm_cifar10_checkpoint_config_but_for_its_documented_head_width():
+    checkpoint = json.loads((Path(__file__).parent / "fixtures" / "google-ddpm-cifar10-32-config.json").read_text())
+    checkpoint.pop("_comment")
+    medium = resolve_task("cifar10", "medium").width_env  # the checkpoint's widths
+    ours = {k: v for k, v in dict(build("standard", medium).config).items() if not k.startswith("_")}
+    differs = {k: (ours.get(k), v) for k, v in checkpoint.items() if _plain(ours.get(k)) != _plain(v)}
+    assert differs == {"attention_head_dim": (8, None)}  # said in standard.py's docstring, and why
+    source = registry.find_architecture("standard").path.read_text()
+    assert "attention_head_dim=8" in source and "``null`` (one head" in source
+
+
+@pytest.mark.parametrize("name, attention", [("full_attn", ["AttnDownBlock2D"] * 4), ("no_attn", ["DownBlock2D"] * 4)])
+def test_the_other_baselines_are_standard_but_for_where_attention_is(name, attention):
+    standard, other = (dict(build(n, SMALL).config) for n in ("standard", name))
+    differs = sorted(k for k in standard if not k.startswith("_") and _plain(standard[k]) != _plain(other[k]))
+    assert set(differs) <= {"down_block_types", "up_block_types"} and list(other["down_block_types"]) == attention
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value

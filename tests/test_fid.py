@@ -125,3 +125,62 @@ def test_truncated_weights_file_is_a_clear_error(tmp_path):
     broken.write_bytes(good.read_bytes()[:100_000])  # a download cut off part-way
     with pytest.raises(HarnessError, match="could not be loaded.*delete it"):
         fid.load_inception_layers(broken, CPU)
+
+
+def _gaussian_sets(rng, n, dim=64):
+    mixing = rng.normal(size=(dim, dim)) / 8
+    return rng.normal(size=(n, dim)) @ mixing, rng.normal(0.3, 1.2, size=(4000, dim)) @ mixing
+
+
+@pytest.mark.parametrize("n_samples", [40, 600])  # below and above the feature dimension (two routes)
+def test_fid_from_features_equals_the_frechet_distance_of_their_statistics(n_samples):
+    rng = np.random.default_rng(n_samples)
+    gen, ref = _gaussian_sets(rng, n_samples, dim=256)
+    mu_ref, sigma_ref = fid.mean_cov(ref)
+    expected = fid.frechet_distance(*fid.mean_cov(gen), mu_ref, sigma_ref)
+    # round-off only (rank-deficient covariances clamp tiny eigenvalues differently in the two routes)
+    assert fid.fid_from_features(gen, mu_ref, fid.symmetric_sqrt(sigma_ref)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fid_is_the_same_to_the_bit_whatever_the_thread_settings():
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    gen, ref = _gaussian_sets(rng, 300, dim=512)
+    mu_ref, sigma_ref = fid.mean_cov(ref)
+    threads = torch.get_num_threads()
+    values = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with threadpool_limits(limits=n, user_api="blas"):
+                root = fid.symmetric_sqrt(sigma_ref)
+                values.append((fid.fid_from_features(gen, mu_ref, root),
+                               fid.frechet_distance(*fid.mean_cov(gen), mu_ref, sigma_ref)))
+    finally:
+        torch.set_num_threads(threads)
+    assert values[0] == values[1]  # exact equality, both routes
+
+
+def test_bootstrap_noise_matches_the_spread_over_independent_sample_sets():
+    # the FID's sampling noise estimated from ONE set of generated features by resampling it, against the
+    # real spread of the FIDs of 40 independent sets of the same size from the same distribution
+    rng = np.random.default_rng(1)
+    mixing = rng.normal(size=(32, 32)) / 6
+    ref = rng.normal(0.2, 1.1, size=(20000, 32)) @ mixing
+    mu_ref, sigma_ref = fid.mean_cov(ref)
+    root = fid.symmetric_sqrt(sigma_ref)
+    sets = [rng.normal(size=(400, 32)) @ mixing for _ in range(40)]
+    true_std = np.std([fid.fid_from_features(s, mu_ref, root) for s in sets], ddof=1)
+    estimates = [np.std(fid.resampled_fids(s, mu_ref, root, draws=50, seed=i), ddof=1) for i, s in enumerate(sets[:5])]
+    assert 0.6 < np.median(estimates) / true_std < 1.6, (estimates, true_std)
+
+
+def test_one_resample_is_the_fid_of_those_rows():
+    rng = np.random.default_rng(2)
+    gen, ref = _gaussian_sets(rng, 50)
+    mu_ref, sigma_ref = fid.mean_cov(ref)
+    root = fid.symmetric_sqrt(sigma_ref)
+    (value,) = fid.resampled_fids(gen, mu_ref, root, draws=1, seed=7)
+    rows = torch.randint(0, len(gen), (len(gen),), generator=torch.Generator().manual_seed(7)).numpy()
+    assert value == pytest.approx(fid.frechet_distance(*fid.mean_cov(gen[rows]), mu_ref, sigma_ref), rel=1e-6)

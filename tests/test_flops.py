@@ -1,8 +1,9 @@
 """MAC counts against hand counts: a single attention block, and the three baselines term by term."""
+import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
-from harness import registry
+from harness import flops, registry
 from harness.flops import count_macs
 from harness.profiling import build_for_counting, static_profile
 from harness.tasks import resolve_task
@@ -103,3 +104,25 @@ def test_static_profile_keys():
     assert result["param_count"] == registry.parameter_count(registry.find_architecture("standard"), spec.width_env)
     assert abs(result["gflops"] - 2 * result["gmacs"]) < 1e-3
     assert "aten::silu" in result["unsupported_ops"]  # element-wise ops are listed, not silently dropped
+
+
+@pytest.mark.parametrize("name, precision, peak", [
+    ("NVIDIA H100 80GB HBM3", "bf16", 989.4), ("NVIDIA H100 NVL", "bf16", 835.5), ("NVIDIA H100 PCIe", "tf32", 378.0),
+    ("NVIDIA H200", "bf16", 989.4), ("NVIDIA H200 NVL", "tf32", 417.5), ("NVIDIA A100-SXM4-80GB", "tf32", 156.0),
+    ("NVIDIA L40S", "bf16", 362.05), ("NVIDIA GeForce RTX 4090", "fp32", 82.6), ("AMD EPYC 7B13", "fp32", None),
+])
+def test_peaks_are_the_data_sheets_dense_figures_for_the_device_named(name, precision, peak, monkeypatch):
+    monkeypatch.delenv("HARNESS_PEAK_TFLOPS", raising=False)
+    assert flops.peak_tflops(name, precision) == peak
+
+
+def test_mfu_is_per_device_against_the_precision_used(monkeypatch):
+    monkeypatch.delenv("HARNESS_PEAK_TFLOPS", raising=False)
+    # 10 GFLOPs forward per image, 3x with backward, 4,947 img/s on one H100: 148.4 TFLOP/s of 494.7 (TF32)
+    assert flops.mfu(10.0, 4947.0, "NVIDIA H100 80GB HBM3", "tf32") == pytest.approx(0.3, rel=1e-3)
+    # the same img/s from 4 GPUs is a quarter of that per device
+    assert flops.mfu(10.0, 4947.0, "NVIDIA H100 80GB HBM3", "tf32", devices=4) == pytest.approx(0.075, rel=1e-3)
+    assert flops.matmul_precision("bf16", "cuda", "9.0") == "bf16"
+    assert flops.matmul_precision("fp32", "cuda", "9.0") == "tf32"  # cuDNN's TF32 convolutions, PyTorch's default
+    assert flops.matmul_precision("fp32", "cuda", "7.0") == "fp32"  # V100: no TF32
+    assert flops.matmul_precision("fp32", "cpu") == "fp32"

@@ -189,3 +189,13 @@ def test_file_that_cannot_build_on_meta_is_counted_on_the_cpu(write_arch):
     ''')
     arch = registry.find_architecture(str(path))
     assert registry.parameter_count(arch, {"BLOCK_OUT_CHANNELS": "32,64,64,64", "LAYERS_PER_BLOCK": "1"}) == 3 * 3 * 9 + 3
+
+
+def test_the_hash_is_of_the_source_that_built_the_model_not_of_the_file_later(tiny_arch):
+    import hashlib
+
+    original = tiny_arch.read_bytes()
+    arch, _ = registry.load(str(tiny_arch), {"BLOCK_OUT_CHANNELS": "8", "LAYERS_PER_BLOCK": "1"}, torch.device("cpu"), 0)
+    tiny_arch.write_text(tiny_arch.read_text() + "\n# edited while the run trains\n")
+    assert arch.sha256 == hashlib.sha256(original).hexdigest()
+    assert registry.find_architecture(str(tiny_arch)).sha256 != arch.sha256  # the file as it is now

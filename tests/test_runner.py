@@ -43,7 +43,7 @@ def test_record_holds_what_the_issue_lists(tiny_arch, tmp_path):
     record = _run(tiny_arch, tmp_path, overrides={"evaluation.eval_points": [0, 2]})
     path = tmp_path / "shapes" / "tiny" / "smoke" / "seed42"
     saved = json.loads((path / "record.json").read_text())
-    assert saved["status"] == "completed" and saved["task_version"] == 1 and saved["config"]["training"]["steps"] == 6
+    assert saved["status"] == "completed" and saved["task_version"] == 2 and saved["config"]["training"]["steps"] == 6
     assert saved["param_count"] == sum(p.numel() for p in torch.nn.Conv2d(3, 32, 3).parameters()) + 1000 * 32 + (32 * 9 * 3 + 3)
     assert [e["step"] for e in saved["evaluations"]] == [0, 2, 6]
     assert all(math.isfinite(e["fid"]) and e["kid"] is not None for e in saved["evaluations"])
@@ -54,6 +54,11 @@ def test_record_holds_what_the_issue_lists(tiny_arch, tmp_path):
     assert "git_commit" in saved and saved["reference"]["num_images"] == 12
     assert saved["profile"]["gmacs"] > 0 and saved["profile"]["param_count"] == saved["param_count"]
     assert (path / "samples.png").is_file() and record.samples_png == "samples.png"
+    # what the report needs to compare it honestly: its tier as the task file defined it, that file, the
+    # precisions used, each FID's sampling noise, and the first step's draws (to pair seeds across archs)
+    assert saved["tier_config"]["training"]["steps"] == 120 and saved["task_file"]["path"].endswith("shapes.yaml")
+    assert saved["precision"] == saved["eval_precision"] == "fp32" and len(saved["stream_sha256"]) == 16
+    assert all(e["fid_std"] > 0 and e["fid_bootstrap"] == 50 for e in saved["evaluations"])
 
 
 def test_rerunning_a_finished_run_does_nothing(tiny_arch, tmp_path):
@@ -197,3 +202,26 @@ def test_the_demo_tier_resolves_and_runs_a_few_steps(tmp_path):
     assert record.config["data"]["image_size"] == 16 and record.profile["gmacs"] > 0
     with Image.open(tmp_path / "shapes" / "standard" / "demo" / "seed42" / "samples.png") as grid:
         assert grid.size == (8 * 16, 16)  # the 8 samples in one row
+
+
+def test_equal_seeds_draw_the_same_batches_and_noise_whatever_the_architecture(tiny_arch, write_arch, tmp_path):
+    from conftest import TINY_ARCH
+
+    other = write_arch("other", TINY_ARCH.replace("self.inp(x)", "self.inp(x) * 0.5"))
+    a, b = _run(tiny_arch, tmp_path), _run(other, tmp_path)
+    c = _run(tiny_arch, tmp_path, overrides={"seed": 7})
+    assert a.stream_sha256 == b.stream_sha256 != c.stream_sha256  # what lets the report pair seeds
+    assert a.best_fid != b.best_fid
+
+
+def test_a_gpu_tier_with_device_auto_on_a_cpu_stops_before_anything_starts(tiny_arch, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(HarnessError, match="--device auto found no GPU .* Pass --device cpu"):
+        run("shapes", str(tiny_arch), "small", device="auto", results_dir=tmp_path, progress=False, log=None)
+    assert not (tmp_path / "shapes").exists()
+    record = run("shapes", str(tiny_arch), "small", device="cpu", results_dir=tmp_path, progress=False, log=None,
+                 overrides=dict(FAST, **{"training.steps": 2}))
+    # asked for the CPU: no device substitution (the bf16 the tier asks for still is one)
+    whats = [n["what"] for n in record.substitutions]
+    assert record.status == "completed" and "device" not in whats and "training.precision" in whats

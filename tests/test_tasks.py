@@ -6,14 +6,17 @@ from harness.tasks import parse_override, resolve_task, task_names, tier_names
 
 def test_cifar10_protocol_is_the_published_one():
     spec = resolve_task("cifar10", "medium")
-    assert spec.version == 1 and spec.seed == 42
+    assert spec.version == 2 and spec.seed == 42
     assert (spec.diffusion.beta_start, spec.diffusion.beta_end, spec.diffusion.num_train_timesteps) == (1e-4, 0.02, 1000)
     assert spec.diffusion.beta_schedule == "linear" and spec.diffusion.prediction_type == "epsilon"
     opt = spec.optimizer
     assert (opt.lr, opt.weight_decay, opt.betas, opt.eps, opt.grad_clip_norm) == (2e-4, 1e-4, (0.9, 0.999), 1e-8, 1.0)
     assert spec.training.ema_decay == 0.9995 and spec.training.steps == 35000
+    assert spec.training.ema_schedule == "debiased" and spec.training.precision == "bf16"
     assert (spec.sampling.sampler, spec.sampling.steps, spec.sampling.eta) == ("ddim", 50, 0.0)
+    assert (spec.sampling.timestep_spacing, spec.sampling.steps_offset, spec.sampling.set_alpha_to_one) == ("leading", 0, True)
     assert spec.evaluation.num_samples == 50000 and spec.evaluation.mode == "clean"
+    assert spec.evaluation.precision == "fp32" and spec.evaluation.reference == "cleanfid:cifar10/train/32"
     assert spec.model.block_out_channels == (128, 256, 256, 256) and spec.training.batch_size == 128
 
 

@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -19,11 +20,13 @@ from harness.report import plots, tables
 
 # (column, header, format, better): better is "lower", "higher" or None (no best marked)
 COLUMNS = [
-    ("rank", "rank", "{:d}", None),
+    ("rank", "rank (≈ tied)", "{:d}", None),
     ("arch", "architecture", "{}", None),
     ("source", "source (file, sha256)", "{}", None),
     ("seeds", "seeds (n)", "{:d}", None),
     ("best_fid_mean", "best FID ↓ (mean ± std)", "{:.2f}", "lower"),
+    ("ci_low", "95% interval of the mean", "{:.2f}", None),
+    ("gap_to_above", "gap to the row above (95% interval)", "{:+.2f}", None),
     ("best_fid_min", "best FID ↓ (min)", "{:.2f}", "lower"),
     ("final_fid_mean", "final FID ↓ (mean ± std)", "{:.2f}", "lower"),
     ("kid_mean", "KID ↓", "{:.4f}", "lower"),
@@ -75,6 +78,13 @@ def display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], set[tuple[
             text = cell(r[column], fmt)
             if column in WITH_STD and text != "–" and not pd.isna(r[WITH_STD[column]]):
                 text += f" ± {r[WITH_STD[column]]:.2f}"
+            if column == "rank" and r["tied"]:
+                text = f"≈{text}"
+            if column == "ci_low":
+                text = "–" if pd.isna(r["ci_low"]) else f"{r['ci_low']:.2f} to {r['ci_high']:.2f} ({r['ci_kind']})"
+            if column == "gap_to_above" and text != "–":
+                text += ("" if pd.isna(r["gap_low"]) else f" ({r['gap_low']:+.2f} to {r['gap_high']:+.2f})")
+                text += " ≈ within noise" if r["tied"] else ("" if pd.isna(r["gap_low"]) else " separated")
             row.append(text)
         rows.append(row)
     for j, (column, _, _, better) in enumerate(COLUMNS):  # measured rows only: quoted ones are never best
@@ -85,10 +95,13 @@ def display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], set[tuple[
     return headers, rows, best
 
 
-def quoted_rows(published: pd.DataFrame, tier: str) -> list[list[str]]:
-    """The task's published best FIDs at this tier as unranked rows under a leaderboard."""
+def quoted_rows(board: pd.DataFrame, tier: str) -> list[list[str]]:
+    """The task's published best FIDs at this tier as unranked rows under a leaderboard made with the
+    exact protocol (none under any other)."""
+    if not board["exact_protocol"].all():
+        return []
     rows = []
-    for _, ref in published[published["tier"] == tier].sort_values("published_fid").iterrows():
+    for _, ref in tables.published(board, tier).iterrows():
         row = [""] * len(COLUMNS)
         row[0], row[1], row[2] = "quoted", ref["arch"], "published (task reference_results)"
         row[[c for c, *_ in COLUMNS].index("best_fid_mean")] = f"{ref['published_fid']:.2f}"
@@ -96,8 +109,15 @@ def quoted_rows(published: pd.DataFrame, tier: str) -> list[list[str]]:
     return rows
 
 
+def not_quoted_note(board: pd.DataFrame, tier: str) -> str:
+    """One line saying why published FIDs the task has for this tier are absent from this table ("" if none)."""
+    if tables.published(board, tier).empty:
+        return ""
+    return tables.why_not_quoted(board)
+
+
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    escape = lambda s: s.replace("|", "\\|")  # noqa: E731
+    escape = lambda s: s.replace("|", "\\|")
     lines = ["| " + " | ".join(map(escape, headers)) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(map(escape, row)) + " |" for row in rows]
     return "\n".join(lines)
@@ -110,8 +130,7 @@ class Report:
     runs: pd.DataFrame
     records: dict
     grouped: pd.DataFrame
-    boards: dict
-    references: dict  # task -> DataFrame of published FIDs
+    boards: dict  # BoardKey -> leaderboard
     agreement: pd.DataFrame
     studies: list  # study summaries
     sweeps: list  # sweep manifests
@@ -130,14 +149,13 @@ def collect(results_dir: Path, filters: Filters) -> Report:
     if runs.empty and not studies:
         raise HarnessError(f"No run records (record.json) under {results_dir}" + (" match the filters" if
                            any([filters.task, filters.tier, filters.arch]) else "") + ". Run something first, e.g. "
-                           f"`python -m harness run --task shapes --arch standard --tier smoke`.")
+                           "`python -m harness run --task shapes --arch standard --tier smoke`.")
     if not runs.empty:
         runs = runs.assign(in_leaderboard=tables.usable(runs, filters.include_incomplete))
     grouped = tables.groups(runs, filters.include_incomplete) if not runs.empty else pd.DataFrame()
     grouped = name_trials(grouped, study_trials(studies))
-    boards = tables.leaderboards(grouped)
-    refs = {task: tables.references(task) for task in sorted(set(runs["task"]))} if not runs.empty else {}
-    return Report(runs, records, grouped, boards, refs, tables.rank_agreement(grouped), studies,
+    boards = {BoardKey(*key): board for key, board in tables.leaderboards(grouped).items()}
+    return Report(runs, records, grouped, boards, tables.rank_agreement(grouped), studies,
                   read_sweeps(results_dir), provenance(runs, records))
 
 
@@ -152,6 +170,12 @@ def provenance(runs: pd.DataFrame, records: dict) -> dict:
     if any(c.endswith("+dirty") for c in commits):
         warnings.append("Some runs were made from a tree with uncommitted changes (+dirty): their code is not "
                         "exactly any commit.")
+    from collections import Counter
+
+    substituted = Counter(f"{n['what']}: {n['used']} ({n['why']})" for p in runs["record"]
+                          for n in records[p].get("substitutions") or [])
+    for line, count in sorted(substituted.items()):
+        warnings.append(f"{count} run(s) used a substitute: {line}.")
     protocols = {}
     for path in runs["record"]:
         record = records[path]
@@ -185,14 +209,23 @@ def sweeps_table(manifests: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def board_title(key: tuple[str, str, str]) -> str:
-    task, tier, var = key
-    return f"{task} / {tier}" + (f" — variant: {var}" if var else "")
+class BoardKey(NamedTuple):
+    """What the runs of one leaderboard share (tables.BOARD_KEY)."""
+
+    task: str
+    task_version: int
+    tier: str
+    variant: str
+    conditions: str
+    settings_key: str
 
 
-def board_slug(key: tuple[str, str, str], index: int) -> str:
-    task, tier, var = key
-    return f"{task}-{tier}" + (f"-v{index}" if var else "")
+def board_title(key: BoardKey) -> str:
+    return f"{key.task} v{key.task_version} / {key.tier}" + (f" — variant: {key.variant}" if key.variant else "")
+
+
+def board_slug(key: BoardKey, index: int) -> str:
+    return f"{key.task}-{key.tier}" + (f"-v{index}" if index else "")
 
 
 def write_report(report: Report, out: Path) -> dict[str, Path]:
@@ -218,9 +251,9 @@ def write_report(report: Report, out: Path) -> dict[str, Path]:
 def make_figures(report: Report, out: Path) -> dict:
     """key -> list of PNG paths (leaderboards by their key, studies by ('study', name))."""
     figures = {}
-    variants: dict[tuple[str, str], int] = {}
+    seen: dict[tuple[str, str], int] = {}
     for key, board in report.boards.items():
-        index = variants[key[:2]] = variants.get(key[:2], 0) + (1 if key[2] else 0)
+        index = seen[key.task, key.tier] = seen.get((key.task, key.tier), -1) + 1  # 0 for the first board of a tier
         slug, title = board_slug(key, index), board_title(key)
         paths = [plots.fid_vs_gflops(board, title, out / f"{slug}-fid-vs-gflops.png"),
                  plots.fid_vs_step(board, report.runs, report.records, title, out / f"{slug}-fid-vs-step.png"),
@@ -237,15 +270,13 @@ def markdown(report: Report, figures: dict) -> str:
     parts = ["# Leaderboard", "", READING_NOTE, ""]
     for key, board in report.boards.items():
         headers, rows, _ = display(board)
-        rows += quoted_rows(report.references.get(key[0], pd.DataFrame(columns=["arch", "tier", "published_fid"])),
-                            key[1])
-        parts += [f"## {board_title(key)}", "", markdown_table(headers, rows), ""]
-        refs = published_vs_reproduced(report, key)
+        rows += quoted_rows(board, key.tier)
+        parts += [f"## {board_title(key)}", "", f"Conditions: {key.conditions}.", "", markdown_table(headers, rows), ""]
+        parts += [line for line in (tables.top_gap(board), not_quoted_note(board, key.tier)) if line]
+        refs = published_vs_reproduced(board, key.tier)
         if not refs.empty:
-            parts += ["Published best FIDs (quoted from the task's reference_results: for cifar10, the MLS-Bench baselines "
-                      "at 50k samples; not ranked) vs reproduced here:",
-                      "", markdown_table(list(refs.columns), refs.astype(str).values.tolist()), ""]
-        parts += [f"![{name.name}]({name.name})" for name in figures.get(key, [])] + [""]
+            parts += ["", PUBLISHED_NOTE, "", markdown_table(list(refs.columns), refs.astype(str).values.tolist())]
+        parts += [""] + [f"![{name.name}]({name.name})" for name in figures.get(key, [])] + [""]
     others = unfinished(report.runs, report.studies)
     if not others.empty:
         parts += ["## Runs not in the leaderboards", "", markdown_table(list(others.columns),
@@ -265,18 +296,24 @@ def markdown(report: Report, figures: dict) -> str:
     return "\n".join(parts)
 
 
-def published_vs_reproduced(report: Report, key: tuple[str, str, str]) -> pd.DataFrame:
-    task, tier, _ = key
-    refs = report.references.get(task)
-    board = report.boards[key]
-    if refs is None or refs.empty:
+PUBLISHED_NOTE = ("Published best FIDs (quoted from the task's reference_results: for cifar10, the MLS-Bench "
+                  "baselines at 50k samples; not ranked) beside the reproduced ones, and whether each published value "
+                  "lies inside the reproduced mean's 95% interval:")
+
+
+def published_vs_reproduced(board: pd.DataFrame, tier: str) -> pd.DataFrame:
+    """Published vs reproduced best FIDs, for a leaderboard made with the exact protocol (else empty)."""
+    if not board["exact_protocol"].all():
         return pd.DataFrame()
     rows = []
-    for _, ref in refs[refs["tier"] == tier].iterrows():
+    for _, ref in tables.published(board, tier).iterrows():
         ours = board[board["arch"] == ref["arch"]]
-        reproduced = ours["best_fid_mean"].iloc[0] if len(ours) else math.nan
+        reproduced, low, high = (ours[c].iloc[0] if len(ours) else math.nan for c in ("best_fid_mean", "ci_low", "ci_high"))
+        inside = "–" if math.isnan(low) else ("yes" if low <= ref["published_fid"] <= high else "no")
         rows.append({"architecture": ref["arch"], "published best FID (quoted)": f"{ref['published_fid']:.2f}",
                      "reproduced best FID": cell(reproduced, "{:.2f}"),
+                     "reproduced 95% interval": "–" if math.isnan(low) else f"{low:.2f} to {high:.2f}",
+                     "published inside it": inside,
                      "reproduced − published": cell(reproduced - ref["published_fid"], "{:+.2f}")})
     return pd.DataFrame(rows)
 
@@ -324,5 +361,9 @@ READING_NOTE = (
     "How to read this: FIDs compare only within a table (the same task, tier, protocol settings, number of "
     "generated samples and reference statistics); smoke-tier FIDs use 64 samples and are far above 50k-sample "
     "values. Best FID is the minimum over a run's evaluation points, selected on the metric itself, so it is "
-    "optimistic; final FID is the last point. Mean ± std is over seeds (sample standard deviation, n-1): a gap "
-    "smaller than the std is not a ranking. ↓ lower is better, ↑ higher is better.")
+    "optimistic; final FID is the last point. Mean ± std is over seeds (sample standard deviation, n-1). The 95% "
+    "interval of the mean is Student's t over the seeds, or, for one seed, the FID's own sampling noise (the "
+    "spread of FIDs of bootstrap resamples of the generated images' features), which leaves out seed-to-seed "
+    "variation. A row whose gap to the row above has an interval that includes zero is tied with it (≈, shared "
+    "rank): that gap is not a finding. Rows sharing seeds with identical training draws are compared as paired "
+    "differences. ↓ lower is better, ↑ higher is better.")

@@ -9,8 +9,9 @@ from html import escape
 import pandas as pd
 
 from harness.records import now
-from harness.report.build import (READING_NOTE, Report, board_title, display, published_vs_reproduced, quoted_rows,
-                                  sweeps_table, unfinished)
+from harness.report import tables
+from harness.report.build import (PUBLISHED_NOTE, READING_NOTE, Report, board_title, display, not_quoted_note,
+                                  published_vs_reproduced, quoted_rows, sweeps_table, unfinished)
 
 STYLE = """
 body { font: 14px/1.45 "DejaVu Sans", Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1500px; color: #222; }
@@ -55,15 +56,15 @@ def page(report: Report, figures: dict) -> str:
         parts.append(f'<p class="warning">{escape(warning)}</p>')
     for key, board in report.boards.items():
         headers, rows, best = display(board)
-        quoted = quoted_rows(report.references.get(key[0], pd.DataFrame(columns=["arch", "tier", "published_fid"])),
-                             key[1])
-        parts += [f"<h2>{escape(board_title(key))}</h2>",
+        quoted = quoted_rows(board, key.tier)
+        parts += [f"<h2>{escape(board_title(key))}</h2>", f"<p>Conditions: {escape(key.conditions)}.</p>",
                   table(headers, rows + quoted, best, row_class=[""] * len(rows) + ["quoted"] * len(quoted))]
-        refs = published_vs_reproduced(report, key)
+        parts += [f'<p class="note">{escape(line)}</p>' for line in (tables.top_gap(board),
+                                                                      not_quoted_note(board, key.tier)) if line]
+        refs = published_vs_reproduced(board, key.tier)
         if not refs.empty:
-            parts += ["<p>Published best FIDs (quoted from the task's reference_results: for cifar10, the "
-                      "MLS-Bench baselines at 50k samples; not ranked) beside the reproduced ones:</p>", table(list(refs.columns), refs.values.tolist(),
-                                                       row_class=["quoted"] * len(refs))]
+            parts += [f"<p>{escape(PUBLISHED_NOTE)}</p>", table(list(refs.columns), refs.values.tolist(),
+                                                               row_class=["quoted"] * len(refs))]
         parts.append(figures_html(figures.get(key, [])))
     others = unfinished(report.runs, report.studies)
     if not others.empty:

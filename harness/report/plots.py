@@ -129,7 +129,7 @@ def study_plots(study, objectives: list[str], stem: Path) -> list[Path]:
 
 def _runs_of(board: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """The runs behind the rows of a leaderboard (``in_leaderboard``: the ones it averages)."""
-    key = ["task", "tier", "arch", "arch_sha256", "settings_key"]
+    key = ["task", "tier", "arch", "arch_sha256", "settings_key", "conditions"]
     wanted = set(map(tuple, board[key].to_numpy()))
     mask = np.array([tuple(row) in wanted for row in runs[key].to_numpy()], dtype=bool)
     return runs[mask & runs["in_leaderboard"].to_numpy(dtype=bool)]

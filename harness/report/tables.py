@@ -1,26 +1,32 @@
 """Run records -> tidy DataFrames: one row per run, one row per comparable group, leaderboards.
 
 A group is what may be averaged over seeds: the same task and task version, tier, architecture
-file (name and sha256) and every protocol setting that changes a result. Settings that do not
-(seed, logging and checkpoint intervals, evaluation points, batch sizes of sampling and feature
-extraction, torch.compile) are left out of the key; ``--steps``, ``--fid-samples`` and ``--set``
-overrides are in it, and shown as the group's ``variant`` (what differs from the tier's default).
+file (name and sha256), every protocol setting that changes a result, and the conditions the run
+really had: training and sampling precision, device type, FID reference source and Inception
+weights. Settings that do not change a result (seed, logging and checkpoint intervals, evaluation
+points, batch sizes of sampling and feature extraction, torch.compile) are left out of the key;
+``--steps``, ``--fid-samples`` and ``--set`` overrides are in it, and shown as the group's
+``variant`` (what differs from the tier's settings, which the record keeps). A leaderboard ranks the
+groups that share everything but the architecture; its title says the conditions.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from harness.records import RECORD_FILE
+from harness.report import noise
 from harness.tasks import complete_config
 
 # config fields that change neither what is trained nor what an FID means
 NOT_RESULT_FIELDS = ("seed", "tier", "description", "reference_results", "training.log_every",
-                     "training.checkpoint_every", "training.compile", "evaluation.eval_points",
-                     "evaluation.feature_batch_size", "sampling.batch_size")
+                     "training.checkpoint_every", "training.compile", "training.gpu_required", "evaluation.eval_points",
+                     "evaluation.feature_batch_size", "evaluation.fid_bootstrap", "sampling.batch_size")
 BASELINE = "standard"  # the architecture every FID difference is taken to
 
 
@@ -40,8 +46,9 @@ def result_settings(config: dict) -> dict:
 
 def variant(config: dict, tier_default: dict | None) -> str:
     """What differs from the tier's default settings, e.g. "training.steps=6, evaluation.num_samples=6"."""
-    if tier_default is None:
-        return "(task file not found: settings unchecked)"
+    if tier_default is None:  # a record from before records kept their tier, whose task file is gone
+        digest = hashlib.sha256(json.dumps(result_settings(config), sort_keys=True, default=str).encode()).hexdigest()
+        return f"settings {digest[:8]} (task file not found: what differs from the tier is unknown)"
     plain = lambda d: json.loads(json.dumps(d, default=list))  # noqa: E731  (tuples in a spec, lists in a record)
     ours, theirs = plain(result_settings(config)), plain(result_settings(tier_default))
     changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
@@ -71,6 +78,8 @@ def load_runs(results_dir: str | Path) -> tuple[pd.DataFrame, dict[str, dict]]:
         config, profile = record.get("config") or {}, record.get("profile") or {}
         timings, evaluation = record.get("timings") or {}, config.get("evaluation") or {}
         settings = json.dumps(result_settings(config), sort_keys=True, default=str)
+        tier_default = record.get("tier_config") or _tier_default(record["task"], record["tier"], defaults)
+        conditions = run_conditions(record)
         rows.append({
             "task": record["task"], "task_version": record.get("task_version"), "tier": record["tier"],
             "arch": record["arch"], "arch_sha256": (record.get("arch_sha256") or "")[:12],
@@ -82,11 +91,12 @@ def load_runs(results_dir: str | Path) -> tuple[pd.DataFrame, dict[str, dict]]:
             "gmacs": profile.get("gmacs"), "gflops": profile.get("gflops"),
             "train_img_s": timings.get("train_images_per_sec"), "train_mfu": timings.get("train_mfu"),
             "sample_img_s": timings.get("sampling_images_per_sec"), "device": (record.get("device") or {}).get("name"),
-            "precision": record.get("precision"), "fid_samples": evaluation.get("num_samples"),
-            "fid_reference": (record.get("reference") or {}).get("source"),
-            "inception": (record.get("inception") or {}).get("weights_id"),
+            **conditions, "conditions": conditions_label(conditions), "fid_samples": evaluation.get("num_samples"),
+            "best_fid_sampling_std": _sampling_std(record), "stream": record.get("stream_sha256"),
             "git_commit": record.get("git_commit"), "torch": (record.get("versions") or {}).get("torch"),
-            "variant": variant(config, _tier_default(record["task"], record["tier"], defaults)),
+            "variant": variant(config, tier_default), "exact_protocol": exact_protocol(config, tier_default),
+            "reference_results": json.dumps(config.get("reference_results"), sort_keys=True),
+            "substitutions": "; ".join(f"{n['what']}: {n['used']}" for n in record.get("substitutions") or []),
             "settings_key": settings, "failure": (record.get("failure") or {}).get("message"),
             "updated_at": record.get("updated_at"), "record": str(path),
         })
@@ -97,6 +107,48 @@ def load_runs(results_dir: str | Path) -> tuple[pd.DataFrame, dict[str, dict]]:
     return runs, records
 
 
+def run_conditions(record: dict) -> dict:
+    """What a run really used beyond its settings: each changes an FID, so runs that differ in any are
+    never averaged or ranked together. Records from before sampling had its own precision sampled in the
+    training precision."""
+    return {"precision": record.get("precision"), "eval_precision": record.get("eval_precision") or record.get("precision"),
+            "device_type": (record.get("device") or {}).get("type"),
+            "fid_reference": (record.get("reference") or {}).get("source"),
+            "inception": (record.get("inception") or {}).get("weights_id")}
+
+
+CONDITIONS = ["precision", "eval_precision", "device_type", "fid_reference", "inception"]
+
+
+def conditions_label(c: dict) -> str:
+    """e.g. "trained in fp32, sampled in fp32, on cpu; FID reference computed from 256 training images;
+    Inception inception-2015-12-05.pt:7ff4a85c3a6378f0"."""
+    return (f"trained in {c['precision']}, sampled in {c['eval_precision']}, on {c['device_type']}; FID reference "
+            f"{c['fid_reference'] or 'not yet computed'}; Inception {c['inception'] or '?'}")
+
+
+# What published FIDs were measured with, unless a task's reference_results says otherwise (measured_with):
+# the full 50,000-sample FID against the whole training set, with the tier's settings unchanged.
+PUBLISHED_PROTOCOL = {"evaluation.num_samples": 50000, "evaluation.reference_images": None}
+
+
+def exact_protocol(config: dict, tier_default: dict | None) -> bool:
+    """Whether a run is the tier exactly (no --steps, --fid-samples or --set) and its FID is measured as the
+    task's published ones were (``reference_results.measured_with``, default PUBLISHED_PROTOCOL)."""
+    if tier_default is None or variant(config, tier_default):
+        return False
+    wanted = (config.get("reference_results") or {}).get("measured_with") or PUBLISHED_PROTOCOL
+    settings = flatten(complete_config(config))
+    return all(settings.get(k) == v for k, v in wanted.items())
+
+
+def _sampling_std(record: dict) -> float | None:
+    """The FID sampling noise (bootstrap std) of the run's best evaluation, if the record has it."""
+    best = [e for e in record.get("evaluations") or [] if e["step"] == record.get("best_step")]
+    value = best[0].get("fid_std") if best else None
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
 def _early_fid(record: dict) -> float | None:
     """FID at the first evaluation point after step 0 (the cheap proxy rank agreement checks);
     None when that is the run's only one after step 0 (it would be compared with itself)."""
@@ -104,7 +156,8 @@ def _early_fid(record: dict) -> float | None:
     return later[0]["fid"] if len(later) > 1 else None
 
 
-GROUP_KEY = ["task", "task_version", "tier", "arch", "arch_sha256", "variant", "settings_key"]
+GROUP_KEY = ["task", "task_version", "tier", "arch", "arch_sha256", "variant", "settings_key", "conditions"]
+BOARD_KEY = ["task", "task_version", "tier", "variant", "conditions", "settings_key"]  # a group's, but the arch
 
 
 def source_name(path: str | None) -> str:
@@ -136,39 +189,84 @@ def usable(runs: pd.DataFrame, include_incomplete: bool = False) -> pd.Series:
 
 
 def groups(runs: pd.DataFrame, include_incomplete: bool = False) -> pd.DataFrame:
-    """One row per comparable group of usable runs: seeds, mean ± std over seeds, cost."""
+    """One row per comparable group of usable runs: seeds, mean ± std over seeds, its 95% interval, cost."""
     done = runs[usable(runs, include_incomplete)]
     rows = []
     for key, g in done.groupby(GROUP_KEY, dropna=False, sort=True):
         best_mean, best_std = _mean_std(g["best_fid"])
         final_mean, final_std = _mean_std(g["final_fid"])
+        sampling = g["best_fid_sampling_std"].dropna()
+        interval = noise.mean_interval(g["best_fid"].tolist(), float(sampling.iloc[0]) if len(sampling) else None)
         rows.append({**dict(zip(GROUP_KEY, key)), "seeds": len(g), "seed_list": ",".join(map(str, sorted(g["seed"]))),
                      "incomplete": int((g["status"] != "completed").sum()),
                      "best_fid_mean": best_mean, "best_fid_std": best_std, "best_fid_min": g["best_fid"].min(),
+                     "ci_low": interval.low, "ci_high": interval.high, "ci_kind": interval.kind,
+                     "sampling_std": sampling.mean() if len(sampling) else np.nan,
+                     "seed_fids": json.dumps({int(s): float(f) for s, f in zip(g["seed"], g["best_fid"]) if pd.notna(f)}),
+                     "seed_streams": json.dumps({int(s): st for s, st in zip(g["seed"], g["stream"])}),
                      "final_fid_mean": final_mean, "final_fid_std": final_std, "kid_mean": g["final_kid"].mean(),
                      "early_fid_mean": g["early_fid"].mean(), "params": g["params"].iloc[0], "gmacs": g["gmacs"].iloc[0],
                      "gflops": g["gflops"].iloc[0], "train_img_s": g["train_img_s"].mean(),
                      "train_mfu": g["train_mfu"].mean(), "sample_img_s": g["sample_img_s"].mean(),
                      "device": ", ".join(sorted(set(g["device"].dropna()))), "fid_samples": g["fid_samples"].iloc[0],
                      "steps": g["steps"].iloc[0], "arch_file": g["arch_file"].iloc[0],
+                     "exact_protocol": bool(g["exact_protocol"].all()), "reference_results": g["reference_results"].iloc[0],
                      "source": f"{source_name(g['arch_file'].iloc[0])} {key[GROUP_KEY.index('arch_sha256')][:8]}"})
     return pd.DataFrame(rows)
 
 
-def leaderboards(grouped: pd.DataFrame) -> dict[tuple[str, str, str], pd.DataFrame]:
-    """(task, tier, variant) -> its ranked leaderboard: rank by mean best FID, FID difference to
-    ``standard`` in the same table, and whether the row is on the Pareto front of FID vs GFLOPs."""
+def noise_inputs(row: pd.Series) -> dict:
+    """What noise.difference needs of a leaderboard row."""
+    return {"fids": {int(k): v for k, v in json.loads(row["seed_fids"]).items()},
+            "streams": {int(k): v for k, v in json.loads(row["seed_streams"]).items()},
+            "sampling_std": None if pd.isna(row["sampling_std"]) else float(row["sampling_std"])}
+
+
+def leaderboards(grouped: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+    """BOARD_KEY values -> its ranked leaderboard: ordered by mean best FID; each row's difference from the
+    row above with its 95% interval, a row within noise of the one above sharing its rank (``tied``); the
+    FID difference to ``standard`` in the same table; whether the row is on the Pareto front of FID vs GFLOPs."""
     boards = {}
     if grouped.empty:
         return boards
-    for (task, tier, var), g in grouped.groupby(["task", "tier", "variant"], sort=True):
+    for key, g in grouped.groupby(BOARD_KEY, sort=True, dropna=False):
         g = g.sort_values(["best_fid_mean", "arch"], kind="stable").reset_index(drop=True)
-        g.insert(0, "rank", range(1, len(g) + 1))
+        gaps = [None] + [noise.difference(noise_inputs(g.iloc[i - 1]), noise_inputs(g.iloc[i])) for i in range(1, len(g))]
+        g["gap_to_above"] = [np.nan if d is None else d.value for d in gaps]
+        g["gap_low"] = [np.nan if d is None else d.low for d in gaps]
+        g["gap_high"] = [np.nan if d is None else d.high for d in gaps]
+        g["gap_kind"] = ["" if d is None else d.kind for d in gaps]
+        g["tied"] = [False if d is None else (d.known and not d.excludes_zero) for d in gaps]
+        g.insert(0, "rank", noise.shared_ranks(g["tied"].tolist()))
         base = g.loc[g["arch"] == BASELINE, "best_fid_mean"]
         g["fid_vs_standard"] = g["best_fid_mean"] - base.iloc[0] if len(base) == 1 else np.nan
         g["pareto"] = pareto_front(g["gflops"].to_numpy(float), g["best_fid_mean"].to_numpy(float))
-        boards[task, tier, var] = g
+        boards[key] = g
     return boards
+
+
+def top_gap(board: pd.DataFrame) -> str | None:
+    """One sentence on the two best rows: their difference with its interval, and whether it is a finding."""
+    if len(board) < 2:
+        return None
+    first, second = board.iloc[0], board.iloc[1]
+    d = noise.difference(noise_inputs(first), noise_inputs(second))
+    names = f"{first['arch']} ({first['source'].split()[-1]})", f"{second['arch']} ({second['source'].split()[-1]})"
+    if first["arch"] != second["arch"]:
+        names = first["arch"], second["arch"]
+    head = f"Top two: {names[0]} leads {names[1]} by {d.value:.2f} FID"
+    if not d.known:
+        return head + " with no noise estimate (one seed each and no FID sampling noise in the records): not a finding."
+    head += f" (95% interval {d.low:+.2f} to {d.high:+.2f}; {d.kind})"
+    if d.excludes_zero:
+        return head + ": separated from noise."
+    needed = noise.seeds_to_separate(d.value, d)
+    if needed is None:
+        return (head + ": within noise. With one seed per row the seed-to-seed spread is unknown (it is usually "
+                "larger than the FID's sampling noise): run at least 2 seeds of each.")
+    more = f"more than {needed - 1}" if needed > 1000 else f"about {needed}"
+    return (head + f": within noise. At the observed spread ({d.spread:.2f} FID per seed"
+            + (" in the paired differences" if d.paired else "") + f"), {more} seeds of each would separate a gap this size.")
 
 
 def pareto_front(cost: np.ndarray, fid: np.ndarray) -> np.ndarray:
@@ -182,18 +280,29 @@ def pareto_front(cost: np.ndarray, fid: np.ndarray) -> np.ndarray:
     return front
 
 
-def references(task_name: str) -> pd.DataFrame:
-    """The task's published best FIDs (quoted, not produced here): arch, tier, best_fid."""
-    from harness.tasks import resolve_task, tier_names
+def published(board: pd.DataFrame, tier: str) -> pd.DataFrame:
+    """The published best FIDs (quoted from the task's reference_results, as the runs' records hold them,
+    not produced here) at this tier: arch, published_fid."""
+    quoted = json.loads(board["reference_results"].iloc[0]) if len(board) else None
+    rows = [{"arch": arch, "published_fid": by_tier[tier]}
+            for arch, by_tier in ((quoted or {}).get("best_fid") or {}).items() if tier in (by_tier or {})]
+    return pd.DataFrame(rows, columns=["arch", "published_fid"]).sort_values("published_fid", kind="stable")
 
-    try:
-        tiers = tier_names(task_name)
-        published = resolve_task(task_name, tiers[0]).reference_results or {}
-    except Exception:
-        return pd.DataFrame(columns=["arch", "tier", "published_fid"])
-    rows = [{"arch": arch, "tier": tier, "published_fid": fid}
-            for arch, by_tier in (published.get("best_fid") or {}).items() for tier, fid in by_tier.items()]
-    return pd.DataFrame(rows, columns=["arch", "tier", "published_fid"])
+
+def why_not_quoted(board: pd.DataFrame) -> str:
+    """Why a table with published FIDs for its tier does not show them ("" when it does)."""
+    if board["exact_protocol"].all():
+        return ""
+    quoted = json.loads(board["reference_results"].iloc[0]) or {}
+    wanted = quoted.get("measured_with") or PUBLISHED_PROTOCOL
+    variant_text = board["variant"].iloc[0]
+    settings = json.loads(board["settings_key"].iloc[0])
+    measured = ", ".join(f"{k}={json.dumps(v)}" for k, v in wanted.items())
+    ours = ", ".join(f"{k}={json.dumps(settings.get(k))}" for k, v in wanted.items()
+                     if settings.get(k) != v and f"{k}=" not in variant_text)  # (a changed field is said once)
+    differ = "; ".join(x for x in (f"changed from the tier: {variant_text}" if variant_text else "", ours) if x)
+    return (f"The task's published FIDs for this tier are not quoted beside this table: they were measured with "
+            f"the tier's own settings and {measured}, and these runs differ ({differ}).")
 
 
 def rank_agreement(grouped: pd.DataFrame, minimum: int = 3) -> pd.DataFrame:
@@ -206,7 +315,7 @@ def rank_agreement(grouped: pd.DataFrame, minimum: int = 3) -> pd.DataFrame:
     if grouped.empty:
         return pd.DataFrame(rows)
     # across tiers: runs with the same deviations from each tier's settings (usually none)
-    for (task, var), g in grouped.groupby(["task", "variant"]):
+    for (task, var, _), g in grouped.groupby(["task", "variant", "conditions"]):
         by_tier = {tier: t.groupby("arch")["best_fid_mean"].mean() for tier, t in g.groupby("tier")}
         tiers = sorted(by_tier)
         for i, a in enumerate(tiers):
@@ -217,7 +326,7 @@ def rank_agreement(grouped: pd.DataFrame, minimum: int = 3) -> pd.DataFrame:
                     rows.append({"task": task, "compared": f"tier {a} vs tier {b}", "variant": var,
                                  "archs": len(common), "kendall_tau": kendalltau(x, y).statistic,
                                  "spearman_rho": spearmanr(x, y).statistic})
-    for (task, tier, var), g in grouped.groupby(["task", "tier", "variant"]):
+    for (task, tier, var, _), g in grouped.groupby(["task", "tier", "variant", "conditions"]):
         g = g.dropna(subset=["early_fid_mean", "best_fid_mean"])
         if g["arch"].nunique() >= minimum and len(g) == g["arch"].nunique():
             rows.append({"task": task, "compared": f"tier {tier}: first evaluation after step 0 vs best FID",

@@ -29,6 +29,7 @@ from harness.search.export import render
 from harness.search.space_file import load_space
 from harness.search.study import (LABELS, SECOND_OBJECTIVES, StudySettings, check_study_name, describe, open_storage,
                                   open_study, parse_objectives, resolve_methods, storage_url)
+from harness.runner import refuse_cpu_fallback
 from harness.sweep import allocate
 from harness.tasks import resolve_task
 
@@ -143,6 +144,8 @@ class Search:
             connect(self.address)
             try:
                 allocation = allocate(cluster_resources(), self.spec.device, runs=self.spec.trials, **self.requested)
+                refuse_cpu_fallback([resolve_task(self.spec.task, self.spec.tier, self.spec.overrides)],
+                                    self.spec.device, allocation["device_type"])
                 pool = RayPool(allocation, self.max_retries)
                 problems = pool.check_nodes(self.results_dir, {})
                 if problems:

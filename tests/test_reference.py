@@ -1,0 +1,95 @@
+"""FID reference statistics: one writer when many processes need the same one, and a fallback from
+clean-fid's statistics that is said and cached under its own key, never under clean-fid's."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness.data import load_images
+from harness.fid import InceptionFeatures
+from harness.reference import get_reference
+from harness.tasks import resolve_task
+
+SMALL_DATA = {"data.num_images": 48, "evaluation.feature_batch_size": 16}
+
+# one process of a sweep reaching its first evaluation: waits at a barrier with the others, then asks for
+# the reference; prints whether it computed it
+WORKER = """
+import json, sys, time, torch
+from pathlib import Path
+torch.set_num_threads(1)
+from harness.data import load_images
+from harness.fid import InceptionFeatures
+from harness.reference import get_reference
+from harness.tasks import resolve_task
+spec = resolve_task("shapes", "smoke", json.loads(sys.argv[3]))
+features = InceptionFeatures(torch.device("cpu"))
+barrier, me, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[4])
+(barrier / me).touch()
+while len(list(barrier.iterdir())) < count:
+    time.sleep(0.01)
+ref = get_reference(spec.data, spec.evaluation, features, lambda: load_images(spec.data, None))
+print(json.dumps({"computed": ref.computed, "path": str(ref.path), "mu": ref.mu[:4].tolist()}))
+"""
+
+
+@pytest.mark.slow  # three processes load Inception at once (about 40 s on 2 cores)
+def test_many_processes_needing_one_reference_compute_it_once(tmp_path):
+    barrier, cache = tmp_path / "barrier", tmp_path / "cache"
+    barrier.mkdir()
+    env = dict(os.environ, HARNESS_CACHE_DIR=str(cache), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    settings = json.dumps(dict(SMALL_DATA, **{"evaluation.reference_images": 48}))
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(barrier), str(i), settings, "3"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in outputs]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert sum(r["computed"] for r in results) == 1  # one writer; the others waited and read its file
+    assert len({r["path"] for r in results}) == 1 and len({json.dumps(r["mu"]) for r in results}) == 1
+    leftovers = [p.name for p in (cache / "fid_refs").iterdir() if not p.name.endswith((".npz", ".lock"))]
+    assert leftovers == []  # no temporary file left behind
+
+
+def test_a_reference_clean_fid_cannot_serve_is_computed_said_and_cached_as_computed():
+    features = InceptionFeatures(torch.device("cpu"))
+    # a name clean-fid has no statistics for: offline the download fails, online it is a 404; either way
+    asked = resolve_task("shapes", "smoke", dict(SMALL_DATA, **{"evaluation.reference": "cleanfid:no_such_set/train/32",
+                                                                "evaluation.reference_images": None}))
+
+    def images():
+        return load_images(asked.data, None)
+
+    first = get_reference(asked.data, asked.evaluation, features, images)
+    assert first.substitution and "cleanfid:no_such_set/train/32 could not be fetched" in first.substitution
+    assert first.source == "computed from 48 training images"
+    # the same file a run asking for the local data gets: cached under the computed key, not clean-fid's
+    local = resolve_task("shapes", "smoke", dict(SMALL_DATA, **{"evaluation.reference_images": None}))
+    second = get_reference(local.data, local.evaluation, features, images)
+    assert second.path == first.path and second.substitution is None and not second.computed
+    again = get_reference(asked.data, asked.evaluation, features, images)  # asked again: tried again, said again
+    assert again.substitution and not again.computed and np.array_equal(again.mu, first.mu)
+
+
+def test_a_run_says_and_records_every_substitution(tiny_arch, tmp_path):
+    from harness.runner import run
+
+    from conftest import FAST
+
+    lines = []
+    overrides = dict(FAST, **{"evaluation.reference": "cleanfid:no_such_set/train/32", "evaluation.reference_images": None,
+                              "data.num_images": 48, "training.precision": "bf16", "evaluation.precision": "bf16"})
+    record = run("shapes", str(tiny_arch), "smoke", 1, device="auto", results_dir=tmp_path, overrides=overrides,
+                 progress=False, log=lines.append)
+    said = [line for line in lines if line.startswith("Substitution: ")]
+    whats = [n["what"] for n in record.substitutions]
+    assert whats[:1] == ["device"] and {"training.precision", "evaluation.precision", "FID reference"} <= set(whats)
+    assert len(said) == len(record.substitutions)  # each one line, said once
+    assert record.precision == record.eval_precision == "fp32"
+    assert record.reference["substitution"] and record.reference["asked"] == "cleanfid:no_such_set/train/32"
+    log = (Path(tmp_path) / "shapes" / "tiny" / "smoke" / "seed1" / "run.log").read_text()
+    assert all(line in log for line in said)
