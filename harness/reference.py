@@ -40,11 +40,6 @@ class Reference:
     computed: bool = False  # made by this call (not read from the cache)
 
     @property
-    def kind(self) -> str:
-        """What the report groups on: "clean-fid precomputed NAME/SPLIT/RES" or "computed from N images"."""
-        return self.source
-
-    @property
     def sigma_root(self) -> np.ndarray:
         """sigma^(1/2) [2048,2048], once per process and cache file (the bootstrap of every evaluation uses it)."""
         key = (str(self.path), self.path.stat().st_mtime_ns)

@@ -91,12 +91,12 @@ def test_list_reports_a_broken_file_on_its_row_and_lists_the_rest(arch_dir_with_
 
 @pytest.mark.parametrize("command", [["run", "--arch", "standard", "--tier", "small"],
                                      ["sweep", "--arch", "standard,no_attn", "--tier", "smoke,medium", "--dry-run"]])
-def test_a_gpu_tier_on_a_machine_without_one_needs_device_cpu(command, capsys, tmp_path):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    assert main([*command, "--results-dir", str(tmp_path)]) == 2
-    err = " ".join(capsys.readouterr().err.split())
+def test_a_gpu_tier_on_a_machine_without_one_needs_device_cpu(command, tmp_path):
+    # CUDA_VISIBLE_DEVICES="" hides every GPU, so this machine has no usable one whatever it holds
+    done = subprocess.run([sys.executable, "-m", "harness", *command, "--results-dir", str(tmp_path)],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert done.returncode == 2
+    err = " ".join(done.stderr.split())
     assert "--device auto found no GPU" in err and "Pass --device cpu" in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())  # nothing was started or written

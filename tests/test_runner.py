@@ -215,10 +215,16 @@ def test_equal_seeds_draw_the_same_batches_and_noise_whatever_the_architecture(t
 
 
 def test_a_gpu_tier_with_device_auto_on_a_cpu_stops_before_anything_starts(tiny_arch, tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    with pytest.raises(HarnessError, match="--device auto found no GPU .* Pass --device cpu"):
-        run("shapes", str(tiny_arch), "small", device="auto", results_dir=tmp_path, progress=False, log=None)
+    import subprocess
+    import sys
+
+    # in a process whose GPUs are hidden (CUDA_VISIBLE_DEVICES=""), so it holds on any machine
+    script = ("import sys; from harness.runner import run\n"
+              "run('shapes', sys.argv[1], 'small', device='auto', results_dir=sys.argv[2], progress=False, log=None)")
+    done = subprocess.run([sys.executable, "-c", script, str(tiny_arch), str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env=dict(__import__("os").environ, CUDA_VISIBLE_DEVICES=""))
+    assert done.returncode != 0 and "HarnessError: --device auto found no GPU" in done.stderr
+    assert "Pass --device cpu" in " ".join(done.stderr.split())
     assert not (tmp_path / "shapes").exists()
     record = run("shapes", str(tiny_arch), "small", device="cpu", results_dir=tmp_path, progress=False, log=None,
                  overrides=dict(FAST, **{"training.steps": 2}))
