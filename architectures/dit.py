@@ -16,7 +16,6 @@ within a few percent of ``standard`` at each tier.
 """
 import os
 
-import torch
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import PatchEmbed, TimestepEmbedding, Timesteps

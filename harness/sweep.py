@@ -22,13 +22,19 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from harness import checkpoints, registry
-from harness.distributed import Job, Outcome, RayPool, Resources, cluster_resources, connect, local_resources
+from harness.cluster.connect import connect
+from harness.cluster.pool import Job, Outcome, RayPool
+from harness.cluster.resources import Resources, allocate, cluster_resources, local_resources, processes_note
 from harness.errors import HarnessError
-from harness.locks import LOCK_FILE, RunLock, RunLocked
-from harness.records import RECORD_FILE, RunRecord, atomic_write_json, ensure_writable, git_commit, now, run_dir
-from harness.runner import LOG_FILE, refuse_cpu_fallback
-from harness.tasks import TaskSpec, complete_config, resolve_task
+from harness.files import atomic_write_json, now
+from harness.protocol import registry
+from harness.protocol.spec import TaskSpec
+from harness.protocol.tasks import complete_config, resolve_task
+from harness.run import checkpoints
+from harness.run.folder import LOG_FILE
+from harness.run.locks import LOCK_FILE, RunLock, RunLocked
+from harness.run.records import RECORD_FILE, RunRecord, ensure_writable, git_commit, run_dir
+from harness.world import refuse_cpu_fallback
 
 FINAL = ("completed", "skipped")  # a cell in one of these states needs nothing more
 
@@ -87,57 +93,6 @@ def expand(sweep: SweepSpec) -> list[Cell]:
     return cells
 
 
-def allocate(resources: Resources, device: str, gpus_per_run: float | None, cpus_per_run: float | None,
-             max_parallel: int | None, runs: int, devices: int | None = None) -> dict:
-    """GPUs and CPUs per run, DDP processes per run, and how many runs at once, from the flags and
-    the cluster (sweeps and searches alike). A run given N >= 2 whole GPUs trains on all of them."""
-    gpus = gpus_per_run
-    if gpus is None:
-        gpus = (devices or 1) if resources.gpus and device != "cpu" else 0
-    if gpus and device == "cpu":
-        raise HarnessError("--device cpu with GPUs per run above 0: drop one of them.")
-    if gpus >= 2 and (gpus != int(gpus) or (devices and devices != gpus)):
-        raise HarnessError(f"{gpus:g} GPUs per run with --devices {devices or 1}: a run trains with one process per "
-                           f"GPU, so give a whole number of GPUs and the same --devices (or leave --devices out).")
-    processes = int(gpus) if gpus >= 2 else devices or 1
-    if gpus and gpus < 2 and processes > 1:
-        raise HarnessError(f"--devices {processes} needs {processes} GPUs per run, not {gpus:g}: pass --gpus-per-run "
-                           f"{processes} (or leave it out).")
-    if gpus > resources.gpus or (device.startswith("cuda") and not resources.gpus):
-        raise HarnessError(
-            f"The runs ask for {gpus or 1:g} GPU(s) each, but the Ray cluster has {resources.gpus:g}. Ask for 0 GPUs "
-            f"per run (or --device cpu) to run on CPUs, or join a cluster with GPUs (--address)."
-        )
-    # more GPUs than one node has: the run's processes are placed over nodes (harness/multinode.py)
-    spans = processes > 1 and gpus > resources.max_node_gpus
-    cpus, wanted = cpus_per_run, max_parallel
-    if cpus is None and gpus:  # one run per GPU, with its node's share of the CPUs
-        cpus = max(1, int(resources.cpus_per_gpu * gpus))
-    elif cpus is None:  # CPUs alone: one run per node, or the node's CPUs split among --max-parallel runs
-        cpus = max(1, resources.max_node_cpus * resources.nodes // wanted) if wanted else resources.max_node_cpus
-        cpus = min(cpus, resources.max_node_cpus)
-    per_node = cpus / processes if spans else cpus  # a spanning run's processes may each be on another node
-    if per_node > resources.max_node_cpus:
-        each = f" ({per_node:g} per process)" if spans else ""
-        raise HarnessError(f"{cpus:g} CPUs per run{each} is more than any node has ({resources.max_node_cpus:g}), so "
-                           f"no run could ever start. Ask for at most {resources.max_node_cpus:g}.")
-    slots = int(resources.cpus // cpus) if cpus else runs
-    if gpus:
-        slots = min(slots, int(resources.gpus // gpus))
-    return {"gpus_per_run": gpus, "cpus_per_run": cpus, "max_parallel": wanted or max(1, slots),
-            "torch_threads_per_run": max(1, int(per_node)), "devices_per_run": processes,
-            "spans_nodes": spans,
-            "device_type": "cuda" if gpus or device.startswith("cuda") else "cpu"}
-
-
-def processes_note(allocation: dict) -> str:
-    """How a run's processes are placed, for the plan's one-line summary (empty for one process)."""
-    processes = allocation.get("devices_per_run", 1)
-    if processes < 2:
-        return ""
-    return f" as {processes} processes" + (" placed over nodes by Ray" if allocation.get("spans_nodes") else " on one node")
-
-
 def _same_config(record: RunRecord, spec: TaskSpec) -> bool:
     stored = complete_config(record.config)  # a record written before a field existed has its default
     return json.loads(json.dumps(stored, default=list)) == json.loads(json.dumps(spec.to_dict(), default=list))
@@ -178,8 +133,8 @@ class Sweep:
         if "runtime_resources" in results_dir.parts:
             raise HarnessError(
                 f"The results folder {results_dir} is inside Ray's temporary copy of the working directory (a relative "
-                f"--results-dir under `ray job submit --working-dir`), which Ray deletes. Pass an absolute --results-dir "
-                f"on storage every node mounts at the same path, e.g. --results-dir /shared/results."
+                f"--results-dir under `ray job submit --working-dir`), which Ray deletes. Pass an absolute "
+                f"--results-dir on storage every node mounts at the same path, e.g. --results-dir /shared/results."
             )
         data_dir = str(Path(spec.data_dir).expanduser().resolve()) if spec.data_dir else None
         task = spec.task  # a task file given by path must resolve the same way on every worker
@@ -232,7 +187,8 @@ class Sweep:
         import ray
 
         ensure_writable(self.spec.results_dir)
-        with RunLock(self.manifest_path.parent, name=f"{self.id}.lock", driver=f"sweep {self.id}"):  # one driver per sweep
+        with RunLock(self.manifest_path.parent, name=f"{self.id}.lock",
+                     driver=f"sweep {self.id}"):  # one driver per sweep
             connect(self.address)
             try:
                 resources = cluster_resources()
@@ -256,9 +212,9 @@ class Sweep:
         hashes = {c.arch_ref: registry.find_architecture(c.arch_ref).sha256 for c in todo}
         problems = pool.check_nodes(self.spec.results_dir, hashes)
         if problems:
-            raise HarnessError("The sweep cannot start: " + "; ".join(problems) + ". Put --results-dir on storage every "
-                               "node mounts at the same path, and the same architecture files on every node (or "
-                               "submit with `ray job submit --working-dir .`).")
+            raise HarnessError("The sweep cannot start: " + "; ".join(problems) + ". Put --results-dir on storage "
+                               "every node mounts at the same path, and the same architecture files on every node "
+                               "(or submit with `ray job submit --working-dir .`).")
 
     def _drive(self, pool: RayPool, todo: list[Cell], max_parallel: int) -> None:
         queue = list(todo)
@@ -304,8 +260,9 @@ class Sweep:
 
     def _job(self, cell: Cell) -> Job:
         s = self.spec
-        return Job(key=cell.key, folder=str(cell.folder), task=s.task, arch=cell.arch_ref, tier=cell.tier, seed=cell.seed,
-                   results_dir=str(s.results_dir), overrides=dict(s.overrides), data_dir=s.data_dir, device=s.device)
+        return Job(key=cell.key, folder=str(cell.folder), task=s.task, arch=cell.arch_ref, tier=cell.tier,
+                   seed=cell.seed, results_dir=str(s.results_dir), overrides=dict(s.overrides), data_dir=s.data_dir,
+                   device=s.device)
 
     # -- events -----------------------------------------------------------------------------------
 
@@ -329,10 +286,12 @@ class Sweep:
         self._set(cell, ended_at=now(), **fields)
         line = f"{outcome.status:<11}{cell.key}"
         if outcome.status == "completed":
-            line += f"  best FID {outcome.best_fid:.2f} at step {outcome.best_step}" if outcome.best_fid is not None else ""
+            line += (f"  best FID {outcome.best_fid:.2f} at step {outcome.best_step}" if outcome.best_fid is not None
+                     else "")
             line += f"  {outcome.wall_seconds:.0f} s  on {outcome.node}"
         elif outcome.status in ("failed", "locked"):
-            line += f"  {outcome.message}" + (f"  (log: {outcome.log})" if outcome.status == "failed" and outcome.log else "")
+            line += f"  {outcome.message}" + (f"  (log: {outcome.log})" if outcome.status == "failed" and outcome.log
+                                              else "")
         self.say(line)
 
     # -- manifest ---------------------------------------------------------------------------------
@@ -362,7 +321,8 @@ class Sweep:
         session = {"started_at": now(), "host": socket.gethostname(), "pid": os.getpid(), "command": " ".join(sys.argv)}
         self.manifest = {
             "sweep": self.id, "task": self.spec.task, "archs": sorted({c.arch for c in self.cells}),
-            "tiers": list(dict.fromkeys(c.tier for c in self.cells)), "seeds": list(dict.fromkeys(c.seed for c in self.cells)),
+            "tiers": list(dict.fromkeys(c.tier for c in self.cells)),
+            "seeds": list(dict.fromkeys(c.seed for c in self.cells)),
             "overrides": self.spec.overrides, "results_dir": str(self.spec.results_dir),
             "started_at": previous.get("started_at", now()), "ended_at": None, "git_commit": git_commit(),
             "resources": resources.to_dict(), "allocation": allocation, "max_retries": self.max_retries,

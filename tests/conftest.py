@@ -83,7 +83,7 @@ def arch_dir_with_a_broken_file(tmp_path, monkeypatch):
     """HARNESS_ARCH_DIR holding a copy of no_attn.py and broken.py, whose build_model raises 'boom'."""
     import shutil
 
-    from harness import registry
+    from harness.protocol import registry
 
     arch_dir = tmp_path / "archs"
     arch_dir.mkdir()

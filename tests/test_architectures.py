@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from harness import registry
-from harness.tasks import resolve_task
+from harness.protocol import registry
+from harness.protocol.tasks import resolve_task
 
 SPEC = resolve_task("shapes", "smoke")
 

@@ -3,8 +3,8 @@ import json
 
 import torch
 
-from harness import bench
-from harness.cli import main
+from harness.cli.main import main
+from harness.measure import bench
 
 TINY = bench.BenchSizes(tier="smoke", train_blocks=1, steps_per_block=1, sample_batch=2, fid_images=24,
                         sampling_rounds=1)
@@ -25,9 +25,9 @@ def test_bench_outputs_match_diffusers_and_cleanfid(monkeypatch, capsys):
 
 def test_bare_loop_is_the_diffusers_example_step():
     # the reference loop really trains: its loss goes down on a fixed batch of shapes
-    from harness.data import generate_shapes
-    from harness.tasks import resolve_task
-    from harness import registry
+    from harness.protocol import registry
+    from harness.protocol.data import generate_shapes
+    from harness.protocol.tasks import resolve_task
 
     spec = resolve_task("cifar10", "smoke", {"training.batch_size": 8})
     torch.manual_seed(0)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from harness.cli import main
-from harness.tasks import REPO_ROOT
+from harness.cli.main import main
+from harness.protocol.tasks import REPO_ROOT
 
 
 def harness(*args, cwd=None):
@@ -35,7 +35,8 @@ def test_run_end_to_end_on_shapes(tmp_path):
     (["run", "--arch", "standrd", "--tier", "smoke"], "Did you mean 'standard'?"),
     (["run", "--arch", "standard", "--tier", "huge"], "Unknown tier 'huge'"),
     (["run", "--arch", "standard", "--tier", "smoke", "--task", "cifar"], "Unknown task 'cifar'"),
-    (["run", "--arch", "standard", "--tier", "smoke", "--set", "training.batchsize=3"], "Cannot override 'training.batchsize'"),
+    (["run", "--arch", "standard", "--tier", "smoke", "--set", "training.batchsize=3"],
+     "Cannot override 'training.batchsize'"),
 ])
 def test_bad_input_is_one_clear_message_without_traceback(args, message, capsys):
     assert main(args) == 2
@@ -69,7 +70,8 @@ def test_list_json_has_exact_parameter_counts_for_every_tier():
     for arch in names.values():
         assert set(arch["param_count"]) == {"smoke", "small", "medium", "large"}
         assert all(isinstance(n, int) and n > 0 for n in arch["param_count"].values())
-    assert {"cifar10", "shapes"} <= set(listing["tasks"]) and listing["tiers"]["medium"]["block_out_channels"] == [128, 256, 256, 256]
+    assert ({"cifar10", "shapes"} <= set(listing["tasks"])
+            and listing["tiers"]["medium"]["block_out_channels"] == [128, 256, 256, 256])
     assert listing["tiers_of_other_tasks"]["shapes"] == ["demo"]  # the tier a newcomer runs first is findable
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness import data
 from harness.errors import HarnessError
+from harness.protocol import data
 
 
 def _write_cifar_folder(folder, per_batch=3):
@@ -136,8 +136,8 @@ def test_plain_backgrounds_keep_the_shapes_and_colours():
 
 
 def test_shape_variant_settings_are_checked_and_name_their_reference():
-    from harness.reference import reference_key
-    from harness.tasks import resolve_task
+    from harness.protocol.reference import reference_key
+    from harness.protocol.tasks import resolve_task
 
     default = resolve_task("shapes", "smoke")
     variant = resolve_task("shapes", "smoke", {"data.image_size": 16, "data.shape_kinds": ["ring", "cross"],

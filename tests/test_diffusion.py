@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from harness import diffusion
-from harness.diffusion import (
+from harness.protocol import diffusion
+from harness.protocol.diffusion import (
     NoiseSchedule,
     ddim_sample,
     ddim_scheduler,
@@ -15,7 +15,7 @@ from harness.diffusion import (
     initial_noise,
     to_uint8,
 )
-from harness.tasks import resolve_task
+from harness.protocol.tasks import resolve_task
 
 SPEC = resolve_task("cifar10", "smoke")
 CPU = torch.device("cpu")
@@ -24,7 +24,8 @@ CPU = torch.device("cpu")
 def tiny_unet():
     torch.manual_seed(0)
     return UNet2DModel(sample_size=32, block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=8,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
 
 
 def test_schedule_is_diffusers_linear_ddpm_schedule():
@@ -127,8 +128,10 @@ def test_ddim_with_eta_equals_pipeline_and_draws_noise_per_sample():
 def test_samples_do_not_depend_on_batch_size():
     unet = tiny_unet()
     seeds = list(range(100, 105))
-    one = torch.cat(list(generate(unet, SPEC.diffusion, dataclasses.replace(SPEC.sampling, batch_size=5, steps=10), seeds, CPU)))
-    many = torch.cat(list(generate(unet, SPEC.diffusion, dataclasses.replace(SPEC.sampling, batch_size=2, steps=10), seeds, CPU)))
+    one = torch.cat(list(generate(unet, SPEC.diffusion, dataclasses.replace(SPEC.sampling, batch_size=5, steps=10),
+                                  seeds, CPU)))
+    many = torch.cat(list(generate(unet, SPEC.diffusion, dataclasses.replace(SPEC.sampling, batch_size=2, steps=10),
+                                   seeds, CPU)))
     assert one.shape == (5, 3, 32, 32) and one.dtype == torch.uint8
     assert (one.int() - many.int()).abs().max() <= 1  # identical up to float summation order in conv kernels
 

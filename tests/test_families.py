@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import registry
-from harness.tasks import resolve_task
+from harness.protocol import registry
+from harness.protocol.tasks import resolve_task
 
 SMALL = resolve_task("cifar10", "small").width_env
 SMOKE = resolve_task("cifar10", "smoke").width_env
@@ -33,7 +33,8 @@ assert not any(m == "harness" or m.startswith("harness.") for m in sys.modules),
 print(json.dumps(shapes))
 """
     paths = [str(registry.find_architecture(n).path) for n in registry.architecture_names()]
-    result = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, cwd="/", timeout=600)
+    result = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, cwd="/",
+                            timeout=600)
     assert result.returncode == 0, result.stderr
     shapes = json.loads(result.stdout)
     assert len(shapes) == len(paths) >= 8
@@ -66,7 +67,8 @@ def test_adm_uses_scale_shift_norm_residual_resampling_and_64_channel_heads():
 
 def test_a_fresh_dit_block_is_the_identity_and_the_model_starts_at_zero():
     model = build("dit")
-    x, c = torch.randn(2, 256, model.blocks[0].norm1.normalized_shape[0]), torch.randn(2, model.blocks[0].norm1.normalized_shape[0])
+    x, c = (torch.randn(2, 256, model.blocks[0].norm1.normalized_shape[0]),
+            torch.randn(2, model.blocks[0].norm1.normalized_shape[0]))
     for block in model.blocks:
         assert torch.equal(block(x, c), x)  # adaLN-Zero: both gates are exactly 0
     assert torch.count_nonzero(model(torch.randn(2, 3, 32, 32), torch.tensor([1, 500])).sample) == 0

@@ -6,9 +6,9 @@ from cleanfid.inception_torchscript import InceptionV3W
 from cleanfid.resize import build_resizer
 from PIL import Image
 
-from harness import fid
-from harness.data import generate_shapes
 from harness.errors import HarnessError
+from harness.protocol import fid
+from harness.protocol.data import generate_shapes
 
 CPU = torch.device("cpu")
 

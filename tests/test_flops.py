@@ -3,10 +3,11 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
-from harness import flops, registry
-from harness.flops import count_macs
-from harness.profiling import build_for_counting, static_profile
-from harness.tasks import resolve_task
+from harness.measure import flops
+from harness.measure.flops import count_macs
+from harness.measure.profile import build_for_counting, static_profile
+from harness.protocol import registry
+from harness.protocol.tasks import resolve_task
 
 
 class _AttentionOnly(torch.nn.Module):

@@ -7,14 +7,14 @@ import subprocess
 import sys
 
 import pytest
-
-from harness.errors import HarnessError
-from harness.locks import RunLock, RunLocked
-from harness.runner import RunInterrupted, run
-
 from conftest import FAST
 
-HOLD = "import sys, time; from harness.locks import RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
+from harness.errors import HarnessError, RunInterrupted
+from harness.launch import run
+from harness.run.locks import RunLock, RunLocked
+
+HOLD = ("import sys, time; from harness.run.locks import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); time.sleep(600)")
 
 
 @pytest.fixture
@@ -46,7 +46,8 @@ def test_lock_left_by_a_killed_process_does_not_block(holder):
         seen = subprocess.run([sys.executable, "-c", f"print(open({str(folder / 'run.lock')!r}).read())"],
                               capture_output=True, text=True).stdout
         assert json.loads(seen)["pid"] == os.getpid()
-        second = subprocess.run([sys.executable, "-c", f"from harness.locks import RunLock; RunLock({str(folder)!r}).acquire()"],
+        second = subprocess.run([sys.executable, "-c",
+                                 f"from harness.run.locks import RunLock; RunLock({str(folder)!r}).acquire()"],
                                 capture_output=True, text=True)
         assert second.returncode != 0 and "RunLocked" in second.stderr  # and the lock still holds
     assert (folder / "run.lock").read_text() == ""  # released: names nobody
@@ -71,7 +72,8 @@ def test_run_command_refuses_a_locked_folder_without_traceback(holder, tiny_arch
 
 
 def _run(arch, results, **kwargs):
-    return run("shapes", str(arch), "smoke", device="cpu", results_dir=results, overrides=FAST, progress=False, **kwargs)
+    return run("shapes", str(arch), "smoke", device="cpu", results_dir=results, overrides=FAST, progress=False,
+               **kwargs)
 
 
 def _truncate(path):

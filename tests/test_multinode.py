@@ -2,20 +2,19 @@
 one fake GPU each, so that a run given 2 GPUs must place one process on each node)."""
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-import time
 
 import pytest
 import torch
-
-from harness.records import RunRecord
-
 from conftest import SLOW_ARCH
 from test_sweep import _run_command, folder, manifest, sweep_command, wait_for_step, weights
+
+from harness.run.records import RunRecord
 
 pytestmark = pytest.mark.slow
 
@@ -23,21 +22,25 @@ LONGER = {"training.steps": 24, "training.batch_size": 8}
 
 
 @pytest.fixture
-def two_node_cluster():
+def two_node_cluster(monkeypatch):
     """A head node and a second node, each with 1 CPU and 1 GPU as Ray resources, started with
-    `ray start` as on a real cluster (and stopped with `ray stop`)."""
+    `ray start` as on a real cluster (and stopped with `ray stop`), with token authentication as Ray
+    2.60 clusters have it. The token is this test's own (RAY_AUTH_TOKEN, inherited by the nodes and by
+    the sweep's driver): not ~/.ray/auth_token, which a fresh machine does not have until some Ray
+    instance has made one."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     env = dict(os.environ, RAY_TMPDIR=ray_tmp)
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "1", "--disable-usage-stats"]
     try:
         head = ["ray", "start", "--head", "--port", str(port), "--include-dashboard=false", *common]
-        # the second node joins by HOST:PORT, which sends the head's token (~/.ray/auth_token) only when told to
         second = ["ray", "start", "--address", f"127.0.0.1:{port}", *common]
-        for command, extra in ((head, {}), (second, {"RAY_AUTH_MODE": "token"})):
-            started = subprocess.run(command, capture_output=True, text=True, env=dict(env, **extra), timeout=180)
+        for command in (head, second):
+            started = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
             assert started.returncode == 0, started.stdout + started.stderr
         yield f"127.0.0.1:{port}"
     finally:
@@ -55,7 +58,8 @@ def test_a_run_spans_two_nodes_survives_a_lost_process_and_trains_what_one_node_
         run_folder = folder(tmp_path / "sweep", "slow")
         wait_for_step(run_folder, 4, driver)
         # rank 1 is the process on the second node: kill it as a dying node would
-        places = re.findall(r"rank (\d) on \S+ \(([\d.]+), Ray node (\w+), pid (\d+)\)", (run_folder / "run.log").read_text())
+        places = re.findall(r"rank (\d) on \S+ \(([\d.]+), Ray node (\w+), pid (\d+)\)",
+                            (run_folder / "run.log").read_text())
         assert len(places) == 2 and places[0][2] != places[1][2], places  # one process on each node
         os.kill(int(places[1][3]), signal.SIGKILL)
         assert driver.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()

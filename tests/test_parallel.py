@@ -11,13 +11,12 @@ import psutil
 import pytest
 import torch
 
-from harness import registry
-from harness.distributed import Resources
+from harness.cluster.resources import Resources, allocate
 from harness.errors import HarnessError
-from harness.records import RunRecord
-from harness.runner import run
-from harness.sweep import allocate
-from harness.tasks import resolve_task
+from harness.launch import run
+from harness.protocol import registry
+from harness.protocol.tasks import resolve_task
+from harness.run.records import RunRecord
 
 # The standard U-Net at smoke widths, a few steps, a small evaluation split into ragged sampling
 # batches (20 samples in batches of 6: ranks 0 and 1 take batches {0, 2} and {1, 3}).
@@ -52,7 +51,8 @@ def test_two_processes_train_and_evaluate_what_one_process_does(tmp_path):
     finally:
         torch.set_num_threads(threads)
     done = cli("run", "--task", "shapes", "--arch", "standard", "--tier", "smoke", "--device", "cpu", "--devices", "2",
-               "--results-dir", str(tmp_path / "two"), "--no-progress", *sets(SETTINGS), env=dict(os.environ, OMP_NUM_THREADS="2"))
+               "--results-dir", str(tmp_path / "two"), "--no-progress", *sets(SETTINGS),
+               env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert done.returncode == 0, done.stdout + done.stderr
     two = RunRecord.load(folder(tmp_path / "two") / "record.json")
     assert two.status == "completed" and two.step == 8
@@ -144,7 +144,8 @@ def test_ctrl_c_and_a_killed_process_end_the_run_cleanly_and_it_resumes(tmp_path
     # (no hang), says which process died, exits 1 and keeps the checkpoint.
     proc = _start(tmp_path, tiny_arch, settings)
     _wait_for_step(record_path, stopped.step + 20, proc)
-    rank0 = int(re.findall(r"pid (\d+)", (folder(tmp_path, "tiny") / "run.log").read_text())[-1])  # "Run ... on HOST, pid N"
+    rank0 = int(re.findall(r"pid (\d+)",
+                           (folder(tmp_path, "tiny") / "run.log").read_text())[-1])  # "Run ... on HOST, pid N"
     (rank1,) = [p for p in _workers(psutil.Process(proc.pid)) if p.pid != rank0]
     killed_at = time.monotonic()
     rank1.kill()
@@ -159,7 +160,8 @@ def test_ctrl_c_and_a_killed_process_end_the_run_cleanly_and_it_resumes(tmp_path
     # processes), resumes from the checkpoint and finishes.
     finish = cli("sweep", "--task", "shapes", "--arch", str(tiny_arch), "--tier", "smoke", "--device", "cpu",
                  "--devices", "2", "--results-dir", str(tmp_path), "--no-progress",
-                 *sets(dict(settings, **{"training.steps": failed.step + 20})), env=dict(os.environ, OMP_NUM_THREADS="2"))
+                 *sets(dict(settings, **{"training.steps": failed.step + 20})),
+                 env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert finish.returncode == 0, finish.stdout + finish.stderr
     assert "completed" in finish.stdout
     log = (folder(tmp_path, "tiny") / "run.log").read_text()

@@ -1,11 +1,10 @@
 import json
 
-import pytest
 import torch
 
-from harness import registry
-from harness.cli import main
-from harness.profiling import profile
+from harness.cli.main import main
+from harness.measure.profile import profile
+from harness.protocol import registry
 
 TIMING_KEYS = ["infer_latency_ms", "infer_latency_ms_p10", "infer_latency_ms_p90", "infer_samples_per_sec",
                "train_samples_per_sec", "train_step_ms", "sample_images_per_sec", "peak_mem_mb"]

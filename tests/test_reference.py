@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data import load_images
-from harness.fid import InceptionFeatures
-from harness.reference import get_reference
-from harness.tasks import resolve_task
+from harness.protocol.data import load_images
+from harness.protocol.fid import InceptionFeatures
+from harness.protocol.reference import get_reference
+from harness.protocol.tasks import resolve_task
 
 SMALL_DATA = {"data.num_images": 48, "evaluation.feature_batch_size": 16}
 
@@ -23,10 +23,10 @@ WORKER = """
 import json, sys, time, torch
 from pathlib import Path
 torch.set_num_threads(1)
-from harness.data import load_images
-from harness.fid import InceptionFeatures
-from harness.reference import get_reference
-from harness.tasks import resolve_task
+from harness.protocol.data import load_images
+from harness.protocol.fid import InceptionFeatures
+from harness.protocol.reference import get_reference
+from harness.protocol.tasks import resolve_task
 spec = resolve_task("shapes", "smoke", json.loads(sys.argv[3]))
 features = InceptionFeatures(torch.device("cpu"))
 barrier, me, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[4])
@@ -76,12 +76,13 @@ def test_a_reference_clean_fid_cannot_serve_is_computed_said_and_cached_as_compu
 
 
 def test_a_run_says_and_records_every_substitution(tiny_arch, tmp_path):
-    from harness.runner import run
-
     from conftest import FAST
 
+    from harness.launch import run
+
     lines = []
-    overrides = dict(FAST, **{"evaluation.reference": "cleanfid:no_such_set/train/32", "evaluation.reference_images": None,
+    overrides = dict(FAST, **{"evaluation.reference": "cleanfid:no_such_set/train/32",
+                              "evaluation.reference_images": None,
                               "data.num_images": 48, "training.precision": "bf16", "evaluation.precision": "bf16"})
     record = run("shapes", str(tiny_arch), "smoke", 1, device="auto", results_dir=tmp_path, overrides=overrides,
                  progress=False, log=lines.append)

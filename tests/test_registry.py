@@ -3,9 +3,9 @@ import os
 import pytest
 import torch
 
-from harness import registry
 from harness.errors import HarnessError
-from harness.tasks import resolve_task
+from harness.protocol import registry
+from harness.protocol.tasks import resolve_task
 
 SMOKE_ENV = resolve_task("cifar10", "smoke").width_env
 CPU = torch.device("cpu")
@@ -37,11 +37,13 @@ def test_width_env_is_set_during_build_and_restored(monkeypatch):
 def test_baselines_have_the_published_sizes():
     # "about 9M / 36M / 140M parameters at small / medium / large" for standard
     for tier, published in {"small": 9e6, "medium": 36e6, "large": 140e6}.items():
-        count = registry.parameter_count(registry.find_architecture("standard"), resolve_task("cifar10", tier).width_env)
+        count = registry.parameter_count(registry.find_architecture("standard"),
+                                         resolve_task("cifar10", tier).width_env)
         assert isinstance(count, int) and abs(count - published) / published < 0.05
     # attention adds parameters: full_attn > standard > no_attn at every tier
     env = resolve_task("cifar10", "small").width_env
-    sizes = {n: registry.parameter_count(registry.find_architecture(n), env) for n in ("full_attn", "standard", "no_attn")}
+    sizes = {n: registry.parameter_count(registry.find_architecture(n), env)
+             for n in ("full_attn", "standard", "no_attn")}
     assert sizes["full_attn"] > sizes["standard"] > sizes["no_attn"]
 
 
@@ -188,14 +190,16 @@ def test_file_that_cannot_build_on_meta_is_counted_on_the_cpu(write_arch):
             return Net().to(device)
     ''')
     arch = registry.find_architecture(str(path))
-    assert registry.parameter_count(arch, {"BLOCK_OUT_CHANNELS": "32,64,64,64", "LAYERS_PER_BLOCK": "1"}) == 3 * 3 * 9 + 3
+    assert registry.parameter_count(arch, {"BLOCK_OUT_CHANNELS": "32,64,64,64",
+                                           "LAYERS_PER_BLOCK": "1"}) == 3 * 3 * 9 + 3
 
 
 def test_the_hash_is_of_the_source_that_built_the_model_not_of_the_file_later(tiny_arch):
     import hashlib
 
     original = tiny_arch.read_bytes()
-    arch, _ = registry.load(str(tiny_arch), {"BLOCK_OUT_CHANNELS": "8", "LAYERS_PER_BLOCK": "1"}, torch.device("cpu"), 0)
+    arch, _ = registry.load(str(tiny_arch), {"BLOCK_OUT_CHANNELS": "8", "LAYERS_PER_BLOCK": "1"},
+                            torch.device("cpu"), 0)
     tiny_arch.write_text(tiny_arch.read_text() + "\n# edited while the run trains\n")
     assert arch.sha256 == hashlib.sha256(original).hexdigest()
     assert registry.find_architecture(str(tiny_arch)).sha256 != arch.sha256  # the file as it is now

@@ -11,93 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from harness.runner import run
-
-from conftest import TINY_ARCH
-
-pytestmark = pytest.mark.slow  # every test reads the records of 21 real runs and 2 copies (about 60 s to make)
+pytestmark = pytest.mark.slow  # each `harness report` is a process that imports torch and draws plots: ~15 s
 
 REPO = Path(__file__).resolve().parents[1]
-# A task that is shapes with quoted reference FIDs measured with its tiers' own 6-sample FID (measured_with), so
-# that runs of a tier unchanged are its exact protocol and "published vs reproduced" has something to show; a
-# second tier as cheap as smoke ("mini": narrower), so that rank agreement across tiers has two.
-TASK_YAML = f"""include: {REPO / 'tasks' / 'shapes.yaml'}
-name: shapesref
-data: {{num_images: 256}}
-tiers:
-  smoke:
-    training: {{steps: 6, log_every: 2, checkpoint_every: 2}}
-    sampling: {{steps: 5}}
-    evaluation: {{num_samples: 6, eval_points: [2], reference_images: 12, feature_batch_size: 12}}
-  mini:
-    model: {{block_out_channels: [16, 32, 32, 32], layers_per_block: 1}}
-    training: {{batch_size: 32, steps: 6, ema_decay: 0.9, log_every: 2, checkpoint_every: 2, gpu_required: false}}
-    sampling: {{steps: 5, batch_size: 64}}
-    evaluation: {{num_samples: 6, eval_points: [2], reference_images: 12, feature_batch_size: 12}}
-  noise:  # long enough for the tiny denoiser to learn something, 32 samples: gaps a seed cannot explain show
-    model: {{block_out_channels: [32, 64, 64, 64], layers_per_block: 1}}
-    optimizer: {{lr: 2.0e-3}}
-    training: {{batch_size: 32, steps: 300, ema_decay: 0.99, log_every: 100, checkpoint_every: 300, gpu_required: false}}
-    sampling: {{steps: 5}}
-    evaluation: {{num_samples: 32, eval_points: [], reference_images: 12, feature_batch_size: 32}}
-reference_results:
-  measured_with: {{evaluation.num_samples: 6, evaluation.reference_images: 12}}
-  best_fid:
-    standard: {{smoke: 300.0, mini: 250.0}}
-    wide: {{smoke: 310.0, mini: 260.0}}
-"""
-ARCHS = {"standard": TINY_ARCH, "wide": TINY_ARCH.replace('split(",")[0]', 'split(",")[1]'),
-         "narrow": TINY_ARCH.replace('int(os.environ["BLOCK_OUT_CHANNELS"].split(",")[0])', "8")}
-# for the noise tier: "twin" is standard initialised from another seed-dependent stream (the same architecture:
-# any gap between them is noise); "blank" is deliberately broken: it predicts a huge noise, so DDIM ends on a
-# black image whatever the seed (FID 449.6 here, against about 375 for the two)
-NOISE_ARCHS = {"standard": TINY_ARCH,
-               "twin": TINY_ARCH.replace("    return Tiny(channels)", "    torch.manual_seed(torch.initial_seed() + 1000)\n"
-                                                                   "    return Tiny(channels)"),
-               "blank": TINY_ARCH.replace("sample=self.out(h)", "sample=self.out(h) * 0 + 1e3")}
-NOISE_SEEDS = (1, 2, 3)
+FIXTURE = REPO / "tests" / "fixtures" / "report"  # made by tests/fixtures/make_report_records.py (real runs)
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    """3 architectures x 2 seeds at smoke, x 1 seed at mini; one run with other steps, one with other FID
-    samples; one failed run; 3 architectures x 3 seeds at the noise tier; and copies of a real record as a GPU
-    bf16 run and a clean-fid-reference run would have written them (this machine has no GPU, no internet)."""
+    """The committed records (what the report reads: record.json and samples.png of 21 real runs and 2 copies),
+    copied so that no test can change them: see tests/fixtures/make_report_records.py for what each run is."""
     root = tmp_path_factory.mktemp("report")
-    tasks, archs, results = root / "tasks", root / "archs", root / "results"
-    tasks.mkdir(), archs.mkdir()
-    (tasks / "shapesref.yaml").write_text(TASK_YAML)
-    for name, source in {**ARCHS, **NOISE_ARCHS}.items():
-        (archs / f"{name}.py").write_text(source)
-    (archs / "broken.py").write_text("def build_model(device):\n    raise RuntimeError('boom')\n")
-    old = os.environ.get("HARNESS_TASKS_DIR")
-    os.environ["HARNESS_TASKS_DIR"] = str(tasks)
-    try:
-        options = dict(device="cpu", results_dir=results, progress=False, log=lambda m: None)
-        for name in ARCHS:
-            for seed in (1, 2):
-                run("shapesref", str(archs / f"{name}.py"), "smoke", seed, **options)
-            run("shapesref", str(archs / f"{name}.py"), "mini", 1, **options)
-        for name in NOISE_ARCHS:
-            for seed in NOISE_SEEDS:
-                run("shapesref", str(archs / f"{name}.py"), "noise", seed, **options)
-        run("shapesref", str(archs / "standard.py"), "smoke", 4, overrides={"training.steps": 4}, **options)
-        run("shapesref", str(archs / "standard.py"), "smoke", 5, overrides={"evaluation.num_samples": 8}, **options)
-        with pytest.raises(Exception):
-            run("shapesref", str(archs / "broken.py"), "smoke", 1, **options)
-        real = json.loads((results / "shapesref" / "standard" / "smoke" / "seed1" / "record.json").read_text())
-        gpu = dict(real, precision="bf16", eval_precision="bf16", device={"type": "cuda", "name": "NVIDIA H200",
-                                                                           "capability": "9.0"})
-        cleanfid = dict(real, reference=dict(real["reference"], source="clean-fid precomputed cifar10/train/32"))
-        for folder, record in (("gpu-copy", gpu), ("cleanfid-copy", cleanfid)):
-            (results / folder).mkdir()
-            (results / folder / "record.json").write_text(json.dumps(record))
-        yield results
-    finally:
-        if old is None:
-            os.environ.pop("HARNESS_TASKS_DIR", None)
-        else:
-            os.environ["HARNESS_TASKS_DIR"] = old
+    shutil.copytree(FIXTURE, root, dirs_exist_ok=True)
+    return root / "results"
 
 
 def report(results, out, *args):
@@ -108,6 +34,23 @@ def report(results, out, *args):
     return done
 
 
+@pytest.fixture(scope="module")
+def default_report(results, tmp_path_factory):
+    """One `harness report` of every record, shared by the tests that read the default output (read-only)."""
+    out = tmp_path_factory.mktemp("default") / "r"
+    report(results, out)
+    return out
+
+
+def test_the_fixture_records_have_the_current_schema():
+    from harness.run.records import SCHEMA_VERSION
+
+    records = [json.loads(p.read_text()) for p in (FIXTURE / "results").rglob("record.json")]
+    assert len(records) == 23
+    stale = {r.get("schema_version") for r in records} - {SCHEMA_VERSION}
+    assert not stale, f"tests/fixtures/report is schema {stale}: run python tests/fixtures/make_report_records.py"
+
+
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -116,9 +59,8 @@ def read_csv(path):
 CPU = "trained in fp32, sampled in fp32, on cpu; FID reference computed from 12 training images"
 
 
-def test_the_report_groups_ranks_and_lists_every_run(results, tmp_path):
-    out = tmp_path / "r"
-    report(results, out)
+def test_the_report_groups_ranks_and_lists_every_run(default_report):
+    out = default_report
     runs = read_csv(out / "runs.csv")
     assert len(runs) == 23  # 6 smoke + 3 mini + 9 noise + 2 with other settings + 1 failed + 2 copies: none dropped
     assert [r["status"] for r in runs if r["arch"] == "broken"] == ["failed"]
@@ -151,9 +93,8 @@ def _sections(md: str) -> dict[str, str]:
     return {p.split("\n", 1)[0] + " | " + p.split("\n")[2]: p for p in parts}
 
 
-def test_runs_that_differ_in_precision_device_reference_or_samples_are_never_averaged(results, tmp_path):
-    report(results, tmp_path / "c")
-    board = read_csv(tmp_path / "c" / "leaderboard.csv")
+def test_runs_that_differ_in_precision_device_reference_or_samples_are_never_averaged(default_report):
+    board = read_csv(default_report / "leaderboard.csv")
     standard = [r for r in board if r["arch"] == "standard" and r["tier"] == "smoke"]
     # the CPU fp32 runs (2 seeds), the GPU bf16 record, the clean-fid-reference record, the 8-sample run and the
     # 4-step run: five rows, each in a table of its own, none averaged with another
@@ -163,30 +104,32 @@ def test_runs_that_differ_in_precision_device_reference_or_samples_are_never_ave
     assert gpu["conditions"].startswith("trained in bf16, sampled in bf16, on cuda") and gpu["rank"] == "1"
     assert any("FID reference clean-fid precomputed cifar10/train/32" in r["conditions"] for r in standard)
     # published FIDs only beside tables made with the exact protocol; elsewhere one line says why not
-    for title, text in _sections((tmp_path / "c" / "leaderboard.md").read_text()).items():
+    for title, text in _sections((default_report / "leaderboard.md").read_text()).items():
         if not title.startswith("shapesref v2 / smoke"):
             continue
         exact = "variant:" not in title
         assert ("| quoted | standard |" in text) == exact and ("published inside it" in text) == exact, title
         assert ("are not quoted beside this table" in text) == (not exact), title
-    assert "these runs differ (changed from the tier: evaluation.num_samples=8)" in (tmp_path / "c" / "leaderboard.md").read_text()
+    md = (default_report / "leaderboard.md").read_text()
+    assert "these runs differ (changed from the tier: evaluation.num_samples=8)" in md
 
 
-def test_gaps_within_noise_are_ties_and_gaps_beyond_it_are_ranked(results, tmp_path):
-    report(results, tmp_path / "n")
-    noise = [r for r in read_csv(tmp_path / "n" / "leaderboard.csv") if r["tier"] == "noise"]
+def test_gaps_within_noise_are_ties_and_gaps_beyond_it_are_ranked(results, default_report):
+    noise = [r for r in read_csv(default_report / "leaderboard.csv") if r["tier"] == "noise"]
     assert [r["seeds"] for r in noise] == ["3", "3", "3"]
     first, second, blank = noise
     # standard and twin are one architecture from two initialisations: tied, one rank, paired over the 3 seeds
     assert {first["arch"], second["arch"]} == {"standard", "twin"} and blank["arch"] == "blank"
     assert second["tied"] == "True" and first["rank"] == second["rank"] == "1"
-    assert second["gap_kind"] == "paired over 3 shared seeds" and float(second["gap_low"]) < 0 < float(second["gap_high"])
+    assert second["gap_kind"] == "paired over 3 shared seeds"
+    assert float(second["gap_low"]) < 0 < float(second["gap_high"])
     # the broken model is far beyond noise: its own rank, its gap's interval above zero
     assert blank["tied"] == "False" and blank["rank"] == "3" and float(blank["gap_low"]) > 0
     for r in noise:  # every row's mean inside its own interval, from its seeds (blank's is one point: always black)
-        assert float(r["ci_low"]) <= float(r["best_fid_mean"]) <= float(r["ci_high"]) and r["ci_kind"] == "t over 3 seeds"
+        assert float(r["ci_low"]) <= float(r["best_fid_mean"]) <= float(r["ci_high"])
+        assert r["ci_kind"] == "t over 3 seeds"
     assert float(first["ci_low"]) < float(first["best_fid_mean"]) < float(first["ci_high"])
-    md = (tmp_path / "n" / "leaderboard.md").read_text()
+    md = (default_report / "leaderboard.md").read_text()
     sentence = next(line for line in md.splitlines() if line.startswith("Top two: ") and "shared seeds" in line)
     assert ": within noise. At the observed spread" in sentence and "seeds of each would separate" in sentence
     assert "| ≈1 |" in md and "≈ within noise" in md and " separated" in md
@@ -197,11 +140,10 @@ def test_gaps_within_noise_are_ties_and_gaps_beyond_it_are_ranked(results, tmp_p
     assert all(len(s) == 1 for s in streams.values())  # equal seeds drew equal batches and noise: pairing is valid
 
 
-def test_the_same_records_give_byte_identical_markdown_and_csv(results, tmp_path):
-    report(results, tmp_path / "a")
-    report(results, tmp_path / "b")
+def test_the_same_records_give_byte_identical_markdown_and_csv(results, default_report, tmp_path):
+    report(results, tmp_path / "b")  # a second process, another folder, a later time
     for name in ("leaderboard.md", "leaderboard.csv", "runs.csv"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+        assert (default_report / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
 def test_filters_keep_only_what_was_asked(results, tmp_path):
@@ -227,9 +169,8 @@ class _Page(HTMLParser):
             self.scripts += 1
 
 
-def test_the_page_is_static_and_offline_and_marks_the_best_values(results, tmp_path):
-    out = tmp_path / "h"
-    report(results, out)
+def test_the_page_is_static_and_offline_and_marks_the_best_values(default_report):
+    out = default_report
     page = _Page()
     page.feed((out / "index.html").read_text())
     assert page.images and all((out / src).is_file() for src in page.images)  # every image beside the page
@@ -237,13 +178,13 @@ def test_the_page_is_static_and_offline_and_marks_the_best_values(results, tmp_p
     assert page.scripts == 0 and page.best > 0
 
 
-def test_the_page_opens_in_headless_chromium_without_errors(results, tmp_path):
+def test_the_page_opens_in_headless_chromium_without_errors(default_report, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("headless Chromium is not installed (apt-get install -y chromium fonts-dejavu-core)")
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     out = tmp_path / "browser"
-    report(results, out)
+    shutil.copytree(default_report, out)  # the screenshot is written beside the page
     messages = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu",

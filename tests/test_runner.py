@@ -2,14 +2,13 @@ import json
 import math
 
 import pytest
-from PIL import Image
 import torch
-
-from harness.errors import HarnessError, RunFailed
-from harness.records import RunRecord
-from harness.runner import RunInterrupted, run
-
 from conftest import FAST
+from PIL import Image
+
+from harness.errors import HarnessError, RunFailed, RunInterrupted
+from harness.launch import run
+from harness.run.records import RunRecord
 
 
 def _run(arch, results, **kwargs):
@@ -44,10 +43,12 @@ def test_record_holds_what_the_issue_lists(tiny_arch, tmp_path):
     path = tmp_path / "shapes" / "tiny" / "smoke" / "seed42"
     saved = json.loads((path / "record.json").read_text())
     assert saved["status"] == "completed" and saved["task_version"] == 2 and saved["config"]["training"]["steps"] == 6
-    assert saved["param_count"] == sum(p.numel() for p in torch.nn.Conv2d(3, 32, 3).parameters()) + 1000 * 32 + (32 * 9 * 3 + 3)
+    assert saved["param_count"] == sum(p.numel()
+                                       for p in torch.nn.Conv2d(3, 32, 3).parameters()) + 1000 * 32 + (32 * 9 * 3 + 3)
     assert [e["step"] for e in saved["evaluations"]] == [0, 2, 6]
     assert all(math.isfinite(e["fid"]) and e["kid"] is not None for e in saved["evaluations"])
-    assert saved["best_fid"] == min(e["fid"] for e in saved["evaluations"]) and saved["final_fid"] == saved["evaluations"][-1]["fid"]
+    assert (saved["best_fid"] == min(e["fid"] for e in saved["evaluations"])
+            and saved["final_fid"] == saved["evaluations"][-1]["fid"])
     assert saved["loss_curve"] and all(len(p) == 2 for p in saved["loss_curve"])
     assert {"train_images_per_sec", "sampling_images_per_sec", "wall_seconds"} <= set(saved["timings"])
     assert {"torch", "diffusers", "clean-fid"} <= set(saved["versions"]) and saved["device"]["type"] == "cpu"
@@ -64,7 +65,8 @@ def test_record_holds_what_the_issue_lists(tiny_arch, tmp_path):
 def test_rerunning_a_finished_run_does_nothing(tiny_arch, tmp_path):
     first = _run(tiny_arch, tmp_path)
     logs = []
-    again = run("shapes", str(tiny_arch), "smoke", device="cpu", results_dir=tmp_path, overrides=FAST, progress=False, log=logs.append)
+    again = run("shapes", str(tiny_arch), "smoke", device="cpu", results_dir=tmp_path, overrides=FAST, progress=False,
+                log=logs.append)
     assert again.final_fid == first.final_fid and any("Nothing to do" in m for m in logs)
     # the rewritten record keeps everything the first session wrote
     saved = json.loads((tmp_path / "shapes" / "tiny" / "smoke" / "seed42" / "record.json").read_text())
@@ -129,14 +131,15 @@ def test_evaluation_settings_are_fixed_but_batch_sizes_may_change(tiny_arch, tmp
     with pytest.raises(HarnessError, match=r"sampling.steps: 5 -> 10"):
         _run(tiny_arch, tmp_path, overrides={"sampling.steps": 10})
     # batch sizes change speed, not results
-    assert _run(tiny_arch, tmp_path, overrides={"sampling.batch_size": 4, "evaluation.feature_batch_size": 5}).status == "completed"
+    assert _run(tiny_arch, tmp_path,
+                overrides={"sampling.batch_size": 4, "evaluation.feature_batch_size": 5}).status == "completed"
 
 
 def test_checkpoints_and_records_from_before_a_new_task_field_still_count(tiny_arch, tmp_path):
     """data.max_shapes was added after runs existed: theirs lack it and must read as its default."""
-    from harness.records import atomic_torch_save
+    from harness.files import atomic_torch_save
+    from harness.protocol.tasks import resolve_task
     from harness.sweep import _same_config
-    from harness.tasks import resolve_task
 
     with pytest.raises(RunInterrupted):
         _run(tiny_arch, tmp_path, should_stop=lambda step: step == 2)
@@ -159,8 +162,8 @@ def test_checkpoints_and_records_from_before_a_new_task_field_still_count(tiny_a
 
 
 def test_checkpoint_from_another_device_type_is_refused_clearly(tiny_arch, tmp_path):
-    from harness.registry import find_architecture
-    from harness.runner import _check_resumable
+    from harness.protocol.registry import find_architecture
+    from harness.run.resume import check_resumable
 
     with pytest.raises(RunInterrupted):
         _run(tiny_arch, tmp_path, should_stop=lambda step: step == 2)
@@ -168,7 +171,7 @@ def test_checkpoint_from_another_device_type_is_refused_clearly(tiny_arch, tmp_p
     assert state["fingerprint"]["device type"] == "cpu" and state["fingerprint"]["precision"] == "fp32"
     on_gpu = dict(state["fingerprint"], **{"device type": "cuda", "precision": "bf16"})
     with pytest.raises(HarnessError, match=r"written on 'cpu'.*Resume with --device cpu"):
-        _check_resumable(state, on_gpu, find_architecture(str(tiny_arch)), tmp_path / "checkpoint.pt")
+        check_resumable(state, on_gpu, find_architecture(str(tiny_arch)), tmp_path / "checkpoint.pt")
 
 
 def test_evaluation_point_behind_the_checkpoint_is_skipped_not_repeated(tiny_arch, tmp_path):
@@ -185,7 +188,7 @@ def test_evaluation_point_behind_the_checkpoint_is_skipped_not_repeated(tiny_arc
 def test_the_demo_tier_resolves_and_runs_a_few_steps(tmp_path):
     """The demo tier is a shapes tier only (the cifar10 protocol has none); its 10-minute figure
     is a measurement in the README, not a test."""
-    from harness.tasks import resolve_task
+    from harness.protocol.tasks import resolve_task
 
     demo = resolve_task("shapes", "demo")
     assert demo.evaluation.num_samples >= 256 and demo.data.max_shapes == 1 and demo.sampling.eta == 1.0
@@ -219,7 +222,7 @@ def test_a_gpu_tier_with_device_auto_on_a_cpu_stops_before_anything_starts(tiny_
     import sys
 
     # in a process whose GPUs are hidden (CUDA_VISIBLE_DEVICES=""), so it holds on any machine
-    script = ("import sys; from harness.runner import run\n"
+    script = ("import sys; from harness.launch import run\n"
               "run('shapes', sys.argv[1], 'small', device='auto', results_dir=sys.argv[2], progress=False, log=None)")
     done = subprocess.run([sys.executable, "-c", script, str(tiny_arch), str(tmp_path)], capture_output=True, text=True,
                           timeout=300, env=dict(__import__("os").environ, CUDA_VISIBLE_DEVICES=""))

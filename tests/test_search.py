@@ -6,21 +6,18 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import optuna
 import pytest
-import torch
+from conftest import FAST, SLOW_ARCH
 
-from harness import registry
-from harness.records import RunRecord
+from harness.protocol import registry
+from harness.protocol.tasks import resolve_task, tier_names
+from harness.run.records import RunRecord
 from harness.search import export, space
 from harness.search.space_file import load_space
-from harness.tasks import resolve_task, tier_names
-
-from conftest import FAST, SLOW_ARCH
 
 # A space of tiny denoisers (the width is the one choice): conftest's slowed tiny denoiser, whose
 # training steps take ~0.25 s so that a test can act while a trial trains; no baselines.
@@ -46,7 +43,8 @@ def _settings_args(overrides):
 def search_command(results, *args, overrides=None):
     """`python -m harness search` on shapes/smoke with the fast test settings, CPU, one thread per trial."""
     return [sys.executable, "-m", "harness", "search", "--task", "shapes", "--tier", "smoke", "--results-dir",
-            str(results), "--cpus-per-trial", "1", "--device", "cpu", "--no-progress", *_settings_args(overrides), *args]
+            str(results), "--cpus-per-trial", "1", "--device", "cpu", "--no-progress", *_settings_args(overrides),
+            *args]
 
 
 def harness(*args, timeout=600):
@@ -95,7 +93,7 @@ def test_an_exported_baseline_equals_its_file_at_every_tier(searched_at, tmp_pat
     (["--trials", "0"], "at least one trial"),
 ])
 def test_bad_search_input_is_a_clear_error(args, message, tmp_path, capsys):
-    from harness.cli import main
+    from harness.cli.main import main
 
     files = {"broken": "def suggest(trial:\n", "no_build": "def suggest(trial):\n    return {}\n",
              "imports_harness": "from harness.search.space import *\n", "missing": None}

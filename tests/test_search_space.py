@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from harness import registry
+from harness.protocol import registry
+from harness.protocol.tasks import resolve_task, tier_names
 from harness.search import space
-from harness.tasks import resolve_task, tier_names
 
 
 def _params(model):

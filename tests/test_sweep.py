@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from harness.records import RunRecord
-from harness.runner import RunInterrupted, run
-
 from conftest import FAST, SLOW_ARCH, TINY_ARCH
+
+from harness.errors import RunInterrupted
+from harness.launch import run
+from harness.run.records import RunRecord
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +169,8 @@ def test_failing_architectures_fail_only_their_own_cells(write_arch, tmp_path):
     nan = write_arch("diverges", TINY_ARCH.replace("        return UNet2DOutput(sample=self.out(h))",
                                                    "        self.calls = getattr(self, 'calls', 0) + self.training\n"
                                                    "        out = self.out(h)\n"
-                                                   "        return UNet2DOutput(sample=out * float('nan') if self.calls > 3 else out)"))
+                                                   "        return UNet2DOutput(sample=out * float('nan') "
+                                                   "if self.calls > 3 else out)"))
     result = harness_sweep(tmp_path, "--arch", f"{good},{bad},{nan}", "--seed", "1,2")
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr and "4 of 6 runs did not complete" in result.stderr
@@ -255,7 +256,7 @@ def test_dry_run_shows_what_would_be_skipped_resumed_run_or_is_locked(tiny_arch,
     with pytest.raises(RunInterrupted):
         run("shapes", str(tiny_arch), "smoke", 2, device="cpu", results_dir=tmp_path, overrides=FAST,
             progress=False, log=lambda m: None, should_stop=lambda step: step == 4)
-    hold = ("import sys, time; from harness.locks import RunLock; RunLock(sys.argv[1]).acquire(); "
+    hold = ("import sys, time; from harness.run.locks import RunLock; RunLock(sys.argv[1]).acquire(); "
             "print('held', flush=True); time.sleep(600)")
     holder = subprocess.Popen([sys.executable, "-c", hold, str(folder(tmp_path, "tiny", 4))], stdout=subprocess.PIPE,
                               text=True)
@@ -286,7 +287,7 @@ def test_dry_run_shows_what_would_be_skipped_resumed_run_or_is_locked(tiny_arch,
     (["--arch", ","], "--arch is empty"),
 ])
 def test_bad_sweep_input_is_a_clear_error(args, message, tmp_path, capsys):
-    from harness.cli import main
+    from harness.cli.main import main
 
     assert main(["sweep", "--tier", "smoke", "--results-dir", str(tmp_path), "--dry-run", *args]) == 2
     err = " ".join(capsys.readouterr().err.split())
@@ -305,21 +306,21 @@ def test_a_private_instance_needs_no_network_but_loopback(tiny_arch, tmp_path):
 
 
 def test_node_check_finds_unshared_results_and_different_architecture_files(tiny_arch, tmp_path):
-    from harness.distributed import _check_node
-    from harness.registry import find_architecture
+    from harness.cluster.nodes import check_node
+    from harness.protocol.registry import find_architecture
 
     digest = find_architecture(str(tiny_arch)).sha256
     (tmp_path / ".marker").write_text("token")
-    assert _check_node(str(tmp_path), ".marker", "token", {str(tiny_arch): digest})["problems"] == []
+    assert check_node(str(tmp_path), ".marker", "token", {str(tiny_arch): digest})["problems"] == []
     # a node that sees another folder at the same path (no shared storage) and an edited file
-    problems = _check_node(str(tmp_path), ".marker", "other-token", {str(tiny_arch): "0" * 64})["problems"]
+    problems = check_node(str(tmp_path), ".marker", "other-token", {str(tiny_arch): "0" * 64})["problems"]
     assert any("is not the driver's" in p for p in problems) and any("differs there" in p for p in problems)
-    missing = _check_node(str(tmp_path), ".marker", "token", {str(tmp_path / "gone.py"): digest})["problems"]
+    missing = check_node(str(tmp_path), ".marker", "token", {str(tmp_path / "gone.py"): digest})["problems"]
     assert any("is missing there" in p for p in missing)
 
 
 def test_arch_all_means_every_registered_architecture(arch_dir_with_a_broken_file, tmp_path, capsys):
-    from harness.cli import main
+    from harness.cli.main import main
 
     assert main(["sweep", "--task", "shapes", "--arch", "all", "--tier", "smoke", "--seed", "1,2",
                  "--results-dir", str(tmp_path), "--dry-run", "--json"]) == 0

@@ -1,20 +1,22 @@
 import pytest
 
 from harness.errors import HarnessError
-from harness.tasks import parse_override, resolve_task, task_names, tier_names
+from harness.protocol.tasks import parse_override, resolve_task, task_names, tier_names
 
 
 def test_cifar10_protocol_is_the_published_one():
     spec = resolve_task("cifar10", "medium")
     assert spec.version == 2 and spec.seed == 42
-    assert (spec.diffusion.beta_start, spec.diffusion.beta_end, spec.diffusion.num_train_timesteps) == (1e-4, 0.02, 1000)
+    assert (spec.diffusion.beta_start, spec.diffusion.beta_end,
+            spec.diffusion.num_train_timesteps) == (1e-4, 0.02, 1000)
     assert spec.diffusion.beta_schedule == "linear" and spec.diffusion.prediction_type == "epsilon"
     opt = spec.optimizer
     assert (opt.lr, opt.weight_decay, opt.betas, opt.eps, opt.grad_clip_norm) == (2e-4, 1e-4, (0.9, 0.999), 1e-8, 1.0)
     assert spec.training.ema_decay == 0.9995 and spec.training.steps == 35000
     assert spec.training.ema_schedule == "debiased" and spec.training.precision == "bf16"
     assert (spec.sampling.sampler, spec.sampling.steps, spec.sampling.eta) == ("ddim", 50, 0.0)
-    assert (spec.sampling.timestep_spacing, spec.sampling.steps_offset, spec.sampling.set_alpha_to_one) == ("leading", 0, True)
+    assert (spec.sampling.timestep_spacing, spec.sampling.steps_offset,
+            spec.sampling.set_alpha_to_one) == ("leading", 0, True)
     assert spec.evaluation.num_samples == 50000 and spec.evaluation.mode == "clean"
     assert spec.evaluation.precision == "fp32" and spec.evaluation.reference == "cleanfid:cifar10/train/32"
     assert spec.model.block_out_channels == (128, 256, 256, 256) and spec.training.batch_size == 128
@@ -25,14 +27,17 @@ def test_tiers_set_widths_and_batch():
                 "medium": ((128, 256, 256, 256), 2, 128), "large": ((256, 512, 512, 512), 2, 64)}
     for tier, (widths, layers, batch) in expected.items():
         spec = resolve_task("cifar10", tier)
-        assert (spec.model.block_out_channels, spec.model.layers_per_block, spec.training.batch_size) == (widths, layers, batch)
-    assert resolve_task("cifar10", "large").width_env == {"BLOCK_OUT_CHANNELS": "256,512,512,512", "LAYERS_PER_BLOCK": "2"}
+        assert (spec.model.block_out_channels, spec.model.layers_per_block,
+                spec.training.batch_size) == (widths, layers, batch)
+    assert resolve_task("cifar10", "large").width_env == {"BLOCK_OUT_CHANNELS": "256,512,512,512",
+                                                          "LAYERS_PER_BLOCK": "2"}
 
 
 def test_shapes_reuses_cifar10_protocol_with_its_own_data():
     shapes, cifar = resolve_task("shapes", "small"), resolve_task("cifar10", "small")
     assert shapes.data.dataset == "shapes" and shapes.data.num_images >= 10000
-    assert shapes.optimizer == cifar.optimizer and shapes.diffusion == cifar.diffusion and shapes.sampling == cifar.sampling
+    assert (shapes.optimizer == cifar.optimizer and shapes.diffusion == cifar.diffusion
+            and shapes.sampling == cifar.sampling)
     assert shapes.evaluation.reference == "dataset" and shapes.reference_results is None
     assert cifar.reference_results["best_fid"]["standard"] == {"small": 18.60, "medium": 8.47, "large": 7.18}
     # cifar10's tiers, plus shapes' own demo tier (a CPU demonstration: the fixed protocol has none)
@@ -58,14 +63,17 @@ def test_unknown_tier_lists_tiers():
 
 
 def _task_dir(tmp_path, monkeypatch, text):
-    (tmp_path / "cifar10.yaml").write_text((__import__("harness.tasks").tasks.REPO_ROOT / "tasks" / "cifar10.yaml").read_text())
+    from harness.files import REPO_ROOT
+
+    (tmp_path / "cifar10.yaml").write_text((REPO_ROOT / "tasks" / "cifar10.yaml").read_text())
     (tmp_path / "bad.yaml").write_text(text)
     monkeypatch.setenv("HARNESS_TASKS_DIR", str(tmp_path))
 
 
 def test_invalid_task_file_names_the_unknown_field(tmp_path, monkeypatch):
     _task_dir(tmp_path, monkeypatch, "include: cifar10.yaml\nname: bad\ntraining:\n  batchsize: 3\n")
-    with pytest.raises(HarnessError, match=r"bad.yaml: unknown field 'training.batchsize'. Did you mean 'training.batch_size'"):
+    with pytest.raises(HarnessError,
+                       match=r"bad.yaml: unknown field 'training.batchsize'. Did you mean 'training.batch_size'"):
         resolve_task("bad", "small")
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers.training_utils import EMAModel
 
-from harness.trainer import ema_weight
+from harness.protocol.trainer import ema_weight
 
 
 def _follow(schedule, decay, values):

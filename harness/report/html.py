@@ -8,10 +8,20 @@ from html import escape
 
 import pandas as pd
 
-from harness.records import now
+from harness.files import now
 from harness.report import tables
-from harness.report.build import (PUBLISHED_NOTE, READING_NOTE, Report, board_title, display, not_quoted_note,
-                                  published_vs_reproduced, quoted_rows, sweeps_table, unfinished)
+from harness.report.model import (
+    PUBLISHED_NOTE,
+    READING_NOTE,
+    Report,
+    board_title,
+    display,
+    not_quoted_note,
+    published_vs_reproduced,
+    quoted_rows,
+    sweeps_table,
+    unfinished,
+)
 
 STYLE = """
 body { font: 14px/1.45 "DejaVu Sans", Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1500px; color: #222; }
@@ -29,7 +39,8 @@ pre { background: #f6f8fa; padding: 8px; overflow-x: auto; font-size: 12px; }
 """
 
 
-def table(headers: list[str], rows: list[list[str]], best: set = frozenset(), row_class: list[str] | None = None) -> str:
+def table(headers: list[str], rows: list[list[str]], best: set = frozenset(),
+          row_class: list[str] | None = None) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = []
     for i, row in enumerate(rows):

@@ -44,7 +44,8 @@ class Interval:
         return self.known and (self.low > 0 or self.high < 0)
 
 
-UNKNOWN = Interval(math.nan, math.nan, math.nan, "no noise estimate (one seed, and its record has no FID sampling noise)")
+UNKNOWN = Interval(math.nan, math.nan, math.nan,
+                   "no noise estimate (one seed, and its record has no FID sampling noise)")
 
 
 def mean_interval(values: list[float], sampling_std: float | None) -> Interval:

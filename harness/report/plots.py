@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from harness.run.folder import GRID_FILE  # noqa: E402
+
 SAVE = {"dpi": 110, "bbox_inches": "tight", "metadata": {"Software": None}}  # no version stamp: stable files
 
 
@@ -86,7 +88,7 @@ def sample_grids(board: pd.DataFrame, runs: pd.DataFrame, title: str, path: Path
     for arch in board["arch"]:
         g = _runs_of(board[board["arch"] == arch], runs).sort_values("seed")
         for _, r in g.iterrows():
-            png = Path(r["record"]).parent / "samples.png"
+            png = Path(r["record"]).parent / GRID_FILE
             if png.exists():
                 grids.append((f"{arch} (seed {r['seed']}, step {r['step']})", png))
                 break

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.records import RECORD_FILE
+from harness.protocol.tasks import complete_config
 from harness.report import noise
-from harness.tasks import complete_config
+from harness.run.records import RECORD_FILE
 
 # config fields that change neither what is trained nor what an FID means
 NOT_RESULT_FIELDS = ("seed", "tier", "description", "reference_results", "training.log_every",
@@ -56,7 +56,7 @@ def variant(config: dict, tier_default: dict | None) -> str:
 
 
 def _tier_default(task: str, tier: str, cache: dict) -> dict | None:
-    from harness.tasks import resolve_task
+    from harness.protocol.tasks import resolve_task
 
     if (task, tier) not in cache:
         try:
@@ -111,7 +111,8 @@ def run_conditions(record: dict) -> dict:
     """What a run really used beyond its settings: each changes an FID, so runs that differ in any are
     never averaged or ranked together. Records from before sampling had its own precision sampled in the
     training precision."""
-    return {"precision": record.get("precision"), "eval_precision": record.get("eval_precision") or record.get("precision"),
+    return {"precision": record.get("precision"),
+            "eval_precision": record.get("eval_precision") or record.get("precision"),
             "device_type": (record.get("device") or {}).get("type"),
             "fid_reference": (record.get("reference") or {}).get("source"),
             "inception": (record.get("inception") or {}).get("weights_id")}
@@ -162,7 +163,7 @@ BOARD_KEY = ["task", "task_version", "tier", "variant", "conditions", "settings_
 
 def source_name(path: str | None) -> str:
     """An architecture file as the repository names it (architectures/x.py), else its full path."""
-    from harness.tasks import REPO_ROOT
+    from harness.files import REPO_ROOT
 
     if not path:
         return "?"
@@ -202,15 +203,18 @@ def groups(runs: pd.DataFrame, include_incomplete: bool = False) -> pd.DataFrame
                      "best_fid_mean": best_mean, "best_fid_std": best_std, "best_fid_min": g["best_fid"].min(),
                      "ci_low": interval.low, "ci_high": interval.high, "ci_kind": interval.kind,
                      "sampling_std": sampling.mean() if len(sampling) else np.nan,
-                     "seed_fids": json.dumps({int(s): float(f) for s, f in zip(g["seed"], g["best_fid"]) if pd.notna(f)}),
+                     "seed_fids": json.dumps({int(s): float(f) for s, f in zip(g["seed"], g["best_fid"])
+                                              if pd.notna(f)}),
                      "seed_streams": json.dumps({int(s): st for s, st in zip(g["seed"], g["stream"])}),
                      "final_fid_mean": final_mean, "final_fid_std": final_std, "kid_mean": g["final_kid"].mean(),
-                     "early_fid_mean": g["early_fid"].mean(), "params": g["params"].iloc[0], "gmacs": g["gmacs"].iloc[0],
+                     "early_fid_mean": g["early_fid"].mean(), "params": g["params"].iloc[0],
+                     "gmacs": g["gmacs"].iloc[0],
                      "gflops": g["gflops"].iloc[0], "train_img_s": g["train_img_s"].mean(),
                      "train_mfu": g["train_mfu"].mean(), "sample_img_s": g["sample_img_s"].mean(),
                      "device": ", ".join(sorted(set(g["device"].dropna()))), "fid_samples": g["fid_samples"].iloc[0],
                      "steps": g["steps"].iloc[0], "arch_file": g["arch_file"].iloc[0],
-                     "exact_protocol": bool(g["exact_protocol"].all()), "reference_results": g["reference_results"].iloc[0],
+                     "exact_protocol": bool(g["exact_protocol"].all()),
+                     "reference_results": g["reference_results"].iloc[0],
                      "source": f"{source_name(g['arch_file'].iloc[0])} {key[GROUP_KEY.index('arch_sha256')][:8]}"})
     return pd.DataFrame(rows)
 
@@ -231,7 +235,8 @@ def leaderboards(grouped: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
         return boards
     for key, g in grouped.groupby(BOARD_KEY, sort=True, dropna=False):
         g = g.sort_values(["best_fid_mean", "arch"], kind="stable").reset_index(drop=True)
-        gaps = [None] + [noise.difference(noise_inputs(g.iloc[i - 1]), noise_inputs(g.iloc[i])) for i in range(1, len(g))]
+        gaps = [None] + [noise.difference(noise_inputs(g.iloc[i - 1]), noise_inputs(g.iloc[i]))
+                         for i in range(1, len(g))]
         g["gap_to_above"] = [np.nan if d is None else d.value for d in gaps]
         g["gap_low"] = [np.nan if d is None else d.low for d in gaps]
         g["gap_high"] = [np.nan if d is None else d.high for d in gaps]
@@ -266,7 +271,8 @@ def top_gap(board: pd.DataFrame) -> str | None:
                 "larger than the FID's sampling noise): run at least 2 seeds of each.")
     more = f"more than {needed - 1}" if needed > 1000 else f"about {needed}"
     return (head + f": within noise. At the observed spread ({d.spread:.2f} FID per seed"
-            + (" in the paired differences" if d.paired else "") + f"), {more} seeds of each would separate a gap this size.")
+            + (" in the paired differences" if d.paired else "")
+            + f"), {more} seeds of each would separate a gap this size.")
 
 
 def pareto_front(cost: np.ndarray, fid: np.ndarray) -> np.ndarray:

@@ -1,1 +1,5 @@
-"""Architecture search (issue 11, in progress): the search space so far; the study and export come next."""
+"""Architecture search: an Optuna study whose trials are harness runs on the Ray pool.
+
+space.py (the default space), space_file.py (loading one), study.py (the Optuna side: storage, settings,
+summaries), driver.py (trials as runs; the study has one owner), export.py (a trial as an architecture file).
+"""

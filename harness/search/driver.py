@@ -2,10 +2,10 @@
 
 The driver owns the study (ask and tell; nothing else writes it). Each trial is a point of the
 space, written as an ordinary architecture file ``RESULTS_DIR/studies/<study>/<study>_t<N>.py``
-and run by the sweep's ``RayPool``: the same protocol, record and checkpoint as ``run``, in the
-run folder ``RESULTS_DIR/<task>/<study>_t<N>/<tier>/seed<seed>``. FID at each evaluation point
-comes back through the pool's channel as the trial's intermediate value; a pruned trial's run is
-stopped (it checkpoints) and told PRUNED.
+and run by the Ray pool's ``RayPool`` (harness/cluster/pool.py): the same protocol, record and
+checkpoint as ``run``, in the run folder ``RESULTS_DIR/<task>/<study>_t<N>/<tier>/seed<seed>``. FID
+at each evaluation point comes back through the pool's channel as the trial's intermediate value; a
+pruned trial's run is stopped (it checkpoints) and told PRUNED.
 
 Resume: a trial left RUNNING by a killed driver is run again under the same number and its run
 continues from its checkpoint; finished trials are never redone; the baselines are enqueued once.
@@ -21,17 +21,29 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from harness.distributed import Job, Outcome, RayPool, cluster_resources, connect
+from harness.cluster.connect import connect
+from harness.cluster.pool import Job, Outcome, RayPool
+from harness.cluster.resources import allocate, cluster_resources
 from harness.errors import HarnessError
-from harness.locks import RunLock
-from harness.records import RunRecord, atomic_write_bytes, ensure_writable, run_dir
+from harness.files import atomic_write_bytes
+from harness.protocol.tasks import resolve_task
+from harness.run.locks import RunLock
+from harness.run.records import RunRecord, ensure_writable, run_dir
 from harness.search.export import render
 from harness.search.space_file import load_space
-from harness.search.study import (LABELS, SECOND_OBJECTIVES, StudySettings, check_study_name, describe, open_storage,
-                                  open_study, parse_objectives, resolve_methods, storage_url)
-from harness.runner import refuse_cpu_fallback
-from harness.sweep import allocate
-from harness.tasks import resolve_task
+from harness.search.study import (
+    LABELS,
+    SECOND_OBJECTIVES,
+    StudySettings,
+    check_study_name,
+    describe,
+    open_storage,
+    open_study,
+    parse_objectives,
+    resolve_methods,
+    storage_url,
+)
+from harness.world import refuse_cpu_fallback
 
 LOCKED_RETRY_SECONDS = 15  # a trial's folder still locked by a run of the killed driver: try again this often
 LOCKED_RETRIES = 20
@@ -74,7 +86,8 @@ def settings_for(spec: SearchSpec) -> StudySettings:
         raise HarnessError(f"--trials {spec.trials}: a search needs at least one trial.")
     objectives = parse_objectives(spec.objectives)
     sampler, pruner = resolve_methods(objectives, spec.sampler, spec.pruner)
-    task = resolve_task(spec.task, spec.tier, dict(spec.overrides, **({"seed": spec.seed} if spec.seed is not None else {})))
+    task = resolve_task(spec.task, spec.tier,
+                        dict(spec.overrides, **({"seed": spec.seed} if spec.seed is not None else {})))
     space = load_space(spec.space)
     name = check_study_name(spec.study or f"{task.name}-{task.tier}-{'-'.join(objectives)}")
     return StudySettings(name=name, task=task.name, task_version=task.version, tier=task.tier, seed=task.seed,
@@ -138,8 +151,8 @@ class Search:
             self._enqueue_baselines(study)
             done, running = self._counts(study)
             if done >= self.spec.trials and not running:
-                self.say(f"Study {self.settings.name} already has {done} finished trials (--trials {self.spec.trials}); "
-                         f"nothing to run. Pass a larger --trials to continue it.")
+                self.say(f"Study {self.settings.name} already has {done} finished trials "
+                         f"(--trials {self.spec.trials}); nothing to run. Pass a larger --trials to continue it.")
                 return study
             connect(self.address)
             try:
@@ -206,7 +219,8 @@ class Search:
                     for outcome in outcomes:
                         slot = slots.pop(outcome.key)
                         if outcome.status == "locked" and slot.locked_tries < LOCKED_RETRIES and not stopping:
-                            slot.locked_tries, slot.retry_at = slot.locked_tries + 1, time.monotonic() + LOCKED_RETRY_SECONDS
+                            slot.locked_tries, slot.retry_at = (slot.locked_tries + 1,
+                                                                time.monotonic() + LOCKED_RETRY_SECONDS)
                             waiting.append(slot)
                             slots[outcome.key] = slot
                             continue

@@ -90,7 +90,7 @@ def export_trial(study, number: int | None, name: str | None, out_dir: Path, for
     """Write trial ``number`` of ``study`` (its best with None) as ``out_dir/<name>.py``."""
     import optuna
 
-    from harness.records import atomic_write_bytes, now
+    from harness.files import atomic_write_bytes, now
     from harness.search.study import LABELS, study_space
 
     settings = study.user_attrs.get("harness")

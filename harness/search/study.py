@@ -38,7 +38,8 @@ def parse_objectives(text: str) -> tuple[str, ...]:
     if names == ("fid",) or (len(names) == 2 and names[0] == "fid" and names[1] in SECOND_OBJECTIVES):
         return names
     raise HarnessError(f"--objectives {text!r} is not one of: fid, " +
-                       ", ".join(f"fid,{n}" for n in SECOND_OBJECTIVES) + ". FID always comes first; all are minimized.")
+                       ", ".join(f"fid,{n}" for n in SECOND_OBJECTIVES) +
+                       ". FID always comes first; all are minimized.")
 
 
 def resolve_methods(objectives: tuple[str, ...], sampler: str | None, pruner: str | None) -> tuple[str, str]:
@@ -52,7 +53,8 @@ def resolve_methods(objectives: tuple[str, ...], sampler: str | None, pruner: st
         raise HarnessError(f"--pruner {pruner!r} is not one of {', '.join(PRUNERS)}. {COMBINATIONS}")
     if multi and pruner != "none":
         raise HarnessError(f"--pruner {pruner} with --objectives {','.join(objectives)}: Optuna does not prune "
-                           f"multi-objective studies. Pass --pruner none (the default for two objectives). {COMBINATIONS}")
+                           f"multi-objective studies. Pass --pruner none (the default for two objectives). "
+                           f"{COMBINATIONS}")
     return sampler, pruner
 
 
@@ -96,7 +98,8 @@ def open_storage(url: str, create: bool = True):
 
     local = url[len("sqlite:///"):] if url.startswith("sqlite:///") else None if "://" in url else url
     if not create and local is not None and not Path(local).expanduser().exists():
-        raise HarnessError(f"There is no study storage at {local}. Pass the --study, and the --storage or --results-dir, "
+        raise HarnessError(f"There is no study storage at {local}. "
+                           f"Pass the --study, and the --storage or --results-dir, "
                            f"that the search used (its default storage is RESULTS_DIR/studies/<study>.db).")
     try:
         if "://" in url:
@@ -117,8 +120,8 @@ def open_storage(url: str, create: bool = True):
 
 def check_study_name(name: str) -> str:
     if not STUDY_NAME.match(name):
-        raise HarnessError(f"--study {name!r}: a study name is letters, digits, '_', '-' and '.', starting with a letter "
-                           f"or digit (it names files and run folders).")
+        raise HarnessError(f"--study {name!r}: a study name is letters, digits, '_', '-' and '.', "
+                           f"starting with a letter or digit (it names files and run folders).")
     return name
 
 
@@ -182,7 +185,8 @@ def load_study(name: str, storage):
     except Exception as exc:
         raise HarnessError(f"Cannot read the studies in the storage ({type(exc).__name__}: {exc}).") from None
     if name not in summaries:
-        raise HarnessError(f"No study named {name!r} in this storage (it has: {', '.join(sorted(summaries)) or 'none'}). "
+        raise HarnessError(f"No study named {name!r} in this storage "
+                           f"(it has: {', '.join(sorted(summaries)) or 'none'}). "
                            f"Pass --study NAME and the --storage (or --results-dir) the search used.")
     attrs = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler()).user_attrs
     stored = attrs.get("harness", {})

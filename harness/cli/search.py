@@ -1,0 +1,78 @@
+"""``harness search``: an Optuna study whose trials are runs on Ray; ``--status`` prints its best trials."""
+from __future__ import annotations
+
+import json
+import sys
+
+from harness.cli.options import RAW, add_pool_options, add_run_options, overrides
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "search", help="architecture search with Optuna (attention placement, depth, ...); trials are runs on Ray",
+        formatter_class=RAW,
+        description="Search a space of U-Nets (default: self-attention at each resolution and in the mid-block, "
+                    "layers per block, channels per head, GroupNorm groups, time conditioning, resampling) for the "
+                    "best FID, or the FID-vs-compute Pareto front. Each trial is a normal run (same protocol, record "
+                    "and checkpoint) executed on Ray like sweep cells; the study is kept in Optuna storage "
+                    "(default RESULTS_DIR/studies/<study>.db) and the same command continues it after any crash. "
+                    "The baselines standard, full_attn and no_attn are the first trials.\n\n"
+                    "objectives, samplers, pruners: one objective (fid) takes any sampler (default tpe) and pruner "
+                    "(default median: a trial whose FID at an evaluation point is worse than the median there is "
+                    "stopped). Two objectives (fid,gflops | fid,params | fid,latency; all minimized) take nsga2 "
+                    "(default), tpe or random, and no pruner: Optuna does not prune multi-objective studies.",
+        epilog="examples:\n"
+               "  python -m harness search --task shapes --tier smoke --trials 8 --steps 200\n"
+               "  python -m harness search --tier small --trials 64 --address auto --results-dir /shared/results\n"
+               "  python -m harness search --tier small --objectives fid,gflops --trials 64\n"
+               "  python -m harness search --tier small --status          # the best trials so far\n"
+               "  optuna-dashboard sqlite:///$PWD/results/studies/cifar10-small-fid.db",
+    )
+    p.add_argument("--tier", required=True, help="width tier the trials run at (smoke, small, medium, large)")
+    p.add_argument("--trials", type=int, default=64, help="finished trials the study ends with, baselines included "
+                                                          "(default: 64; infeasible points do not count)")
+    p.add_argument("--study", help="study name (default: <task>-<tier>-<objectives>, e.g. cifar10-small-fid)")
+    p.add_argument("--storage", help="Optuna storage: an RDB URL (sqlite:////abs/study.db, postgresql://...) or a "
+                                     "journal file path (default: sqlite:///RESULTS_DIR/studies/<study>.db)")
+    p.add_argument("--space", help="search space file (default: harness/search/space.py; see README)")
+    p.add_argument("--objectives", default="fid", help="fid (default), fid,gflops, fid,params or fid,latency")
+    p.add_argument("--sampler", choices=["tpe", "nsga2", "random"], help="default: tpe (one objective), nsga2 (two)")
+    p.add_argument("--pruner", choices=["median", "hyperband", "none"],
+                   help="default: median (one objective), none (two: not allowed otherwise)")
+    p.add_argument("--seed", type=int, help="the trials' run seed, and the sampler's (default: the task's, 42)")
+    add_run_options(p)
+    add_pool_options(p, "trial")
+    p.add_argument("--status", action="store_true", help="print the study's best trials (or Pareto set); run nothing")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (progress goes to stderr)")
+
+
+def execute(args) -> int:
+    from harness.search.driver import Search, SearchSpec
+    from harness.search.study import load_study, open_storage, summary, summary_text
+
+    spec = SearchSpec(task=args.task, tier=args.tier, trials=args.trials, study=args.study, storage=args.storage,
+                      space=args.space, objectives=args.objectives, sampler=args.sampler, pruner=args.pruner,
+                      seed=args.seed, overrides=overrides(args), results_dir=args.results_dir, data_dir=args.data_dir,
+                      device=args.device)
+    out = sys.stderr if args.json else sys.stdout
+    search = Search(spec, address=args.address, gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                    devices=args.devices, max_parallel=args.max_parallel, max_retries=args.max_retries,
+                    progress=not args.no_progress, stream=out)
+    if args.status:
+        study = load_study(search.settings.name, open_storage(search.url, create=False))
+    else:
+        try:
+            study = search.execute()
+        except KeyboardInterrupt:
+            print(f"Search stopped. Run the same command to continue study {search.settings.name}: running trials "
+                  f"resume from their checkpoints under the same numbers.", file=sys.stderr)
+            return 130
+    result = summary(study)
+    result["storage"] = search.url
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(summary_text(result), file=out)
+        print(f"Storage: {search.url}  (optuna trials --storage {search.url} --study-name {study.study_name})",
+              file=out)
+    return 0

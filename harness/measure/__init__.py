@@ -1,0 +1,1 @@
+"""Measurement: MAC counts (a leaf the run uses too), profiles, and benchmarks against the libraries side by side."""

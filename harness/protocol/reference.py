@@ -1,0 +1,176 @@
+"""FID reference statistics of a task's real images, computed (or downloaded) once and cached.
+
+A reference is the mean and covariance of the Inception features of the training images, plus
+up to ``KID_FEATURES`` of the features themselves for KID. For CIFAR-10 with the whole train
+split, clean-fid's precomputed statistics are used when they can be downloaded; otherwise (said in
+the run's log and record) and always for shapes, or for a subset, they are computed with the same
+pipeline and cached under the harness cache directory. A cached reference is never recomputed: its
+file name is a hash of everything that defines it (dataset, image count, clean-fid mode, Inception
+weights).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from harness import files
+from harness.files import atomic_write_bytes
+from harness.protocol.data import cache_dir
+from harness.protocol.fid import InceptionFeatures, mean_cov, symmetric_sqrt
+from harness.protocol.spec import SHAPE_KINDS, DataSpec, EvaluationSpec
+
+KID_FEATURES = 10_000  # features kept for KID (clean-fid's KID draws subsets of at most 1000)
+
+
+@dataclass
+class Reference:
+    mu: np.ndarray  # [2048] float64
+    sigma: np.ndarray  # [2048,2048] float64
+    kid_features: np.ndarray | None  # [n,2048] float32
+    source: str  # "computed from N training images" or "clean-fid precomputed ..."
+    num_images: int
+    path: Path  # the cache file
+    substitution: str | None = None  # why the reference the task asks for was not used, if it was not
+    computed: bool = False  # made by this call (not read from the cache)
+
+    @property
+    def sigma_root(self) -> np.ndarray:
+        """sigma^(1/2) [2048,2048], once per process and cache file (the bootstrap of every evaluation uses it)."""
+        key = (str(self.path), self.path.stat().st_mtime_ns)
+        if key not in _ROOTS:
+            _ROOTS[key] = symmetric_sqrt(self.sigma)
+        return _ROOTS[key]
+
+
+_ROOTS: dict[tuple[str, int], np.ndarray] = {}
+
+
+def reference_key(data: DataSpec, evaluation: EvaluationSpec, weights_id: str, reference: str | None = None) -> dict:
+    """Everything that defines a reference; its hash names the cache file. ``reference`` replaces the
+    task's evaluation.reference (the fallback from clean-fid's statistics to the local data)."""
+    dataset = {"dataset": data.dataset, "image_size": data.image_size}
+    if data.dataset == "shapes":
+        dataset.update(num_images=data.num_images, seed=data.seed)
+        if data.max_shapes != 3:  # named only when not the default, so that earlier caches keep their names
+            dataset.update(max_shapes=data.max_shapes)
+        if tuple(data.shape_radius) != (4.0, 10.0):
+            dataset.update(shape_radius=list(data.shape_radius))
+        if tuple(data.shape_kinds) != SHAPE_KINDS:
+            dataset.update(shape_kinds=list(data.shape_kinds))
+        if data.background != "gradient":
+            dataset.update(background=data.background)
+    elif data.num_images:
+        dataset.update(num_images=data.num_images)
+    return {"data": dataset, "reference": reference or evaluation.reference, "images": evaluation.reference_images,
+            "mode": evaluation.mode, "inception": weights_id}
+
+
+def _cache_path(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "fid_refs" / f"{key['data']['dataset']}-{digest}.npz"
+
+
+def _save_atomic(path: Path, **arrays) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load(path: Path, substitution: str | None = None, computed: bool = False) -> Reference:
+    with np.load(path, allow_pickle=False) as z:
+        kid = z["kid_features"] if z["kid_features"].size else None
+        return Reference(z["mu"], z["sigma"], kid, str(z["source"]), int(z["num_images"]), path, substitution, computed)
+
+
+_DOWNLOAD_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def _download_cleanfid(spec: str) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray | None] | None, str]:
+    """(clean-fid's precomputed statistics for ``cleanfid:NAME/SPLIT/RES``, "") or (None, why not)."""
+    import socket
+
+    import cleanfid
+    from cleanfid.features import get_reference_statistics
+
+    name, split, res = spec.split(":", 1)[1].split("/")
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # an offline machine should fail fast, not hang
+    try:
+        mu, sigma = get_reference_statistics(name, int(res), mode="clean", split=split)
+        try:
+            kid = get_reference_statistics(name, int(res), mode="clean", split=split, metric="KID")
+        except _DOWNLOAD_ERRORS:
+            kid = None
+        return (mu, sigma, kid), ""
+    except _DOWNLOAD_ERRORS as exc:
+        # URLError, timeouts, DNS failures; or a file a broken earlier download left truncated: clean-fid
+        # writes it in place and never fetches an existing file again, so a damaged one is removed here
+        stats = Path(cleanfid.__file__).parent / "stats" / f"{name}_clean_{split}_{res}.npz".lower()
+        removed = ""
+        if not isinstance(exc, OSError) and stats.is_file():
+            stats.unlink(missing_ok=True)
+            removed = f"; the damaged file {stats} was removed, so the next run downloads it again"
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{removed}"
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def get_reference(
+    data: DataSpec,
+    evaluation: EvaluationSpec,
+    features: InceptionFeatures,
+    load_images: Callable[[], np.ndarray],
+    progress_factory=None,
+) -> Reference:
+    """The cached reference, else clean-fid's (when configured and reachable), else computed.
+
+    One process makes a reference at a time (a lock file beside the cache file, held while it is downloaded
+    or computed); the others wait and then read it, so a sweep whose runs reach their first evaluation
+    together computes it once. When clean-fid's statistics are asked for but cannot be fetched, the
+    reference is computed from the local data and cached under the key of a computed one (never under
+    clean-fid's), and ``substitution`` on the result says why."""
+    wanted = evaluation.reference.startswith("cleanfid:") and evaluation.reference_images is None
+    key = reference_key(data, evaluation, features.weights_id)
+    substitution = None
+    if wanted:
+        path = _cache_path(key)
+        with files.waiting(path.with_name(path.name + ".lock")):
+            if path.is_file():
+                return _load(path)
+            downloaded, why = _download_cleanfid(evaluation.reference)
+            if downloaded is not None:
+                mu, sigma, kid = downloaded
+                _save(path, key, mu, sigma, kid, f"clean-fid precomputed {evaluation.reference}", 0)
+                return _load(path, computed=True)
+        substitution = (f"clean-fid's precomputed statistics {evaluation.reference} could not be fetched ({why}): "
+                        f"the FID reference is computed from the local training images with the same pipeline "
+                        f"instead (cached as a computed reference)")
+        key = reference_key(data, evaluation, features.weights_id, reference="dataset")
+    path = _cache_path(key)
+    with files.waiting(path.with_name(path.name + ".lock")):
+        if path.is_file():
+            return _load(path, substitution)
+        images = load_images()
+        if evaluation.reference_images:
+            images = images[: evaluation.reference_images]
+        bar = progress_factory(len(images)) if progress_factory else None
+        feats = features.of_array(images, evaluation.feature_batch_size, progress=bar)
+        if bar is not None:
+            bar.close()
+        mu, sigma = mean_cov(feats)
+        _save(path, key, mu, sigma, feats, f"computed from {len(images)} training images", len(images))
+        return _load(path, substitution, computed=True)
+
+
+def _save(path: Path, key: dict, mu, sigma, kid, source: str, count: int) -> None:
+    if kid is not None and len(kid) > KID_FEATURES:
+        kid = kid[np.linspace(0, len(kid) - 1, KID_FEATURES).astype(int)]
+    _save_atomic(path, mu=mu, sigma=sigma, kid_features=kid if kid is not None else np.zeros((0, 2048), np.float32),
+                 source=np.array(source), num_images=np.array(count), key=np.array(json.dumps(key)))

@@ -1,0 +1,132 @@
+"""The task schema: one frozen dataclass per section of a task file. Every field a protocol has is here,
+with its type and default; ``tasks.py`` loads YAML into these and checks it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+SHAPE_KINDS = ("circle", "square", "triangle", "ring", "diamond", "cross")  # the shapes dataset's kinds
+SHAPE_BACKGROUNDS = ("gradient", "plain")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str  # "cifar10" or "shapes"
+    image_size: int = 32  # pixels per side: cifar10 32; shapes 32, or 16 or 8 (drawn at 32, area-averaged)
+    horizontal_flip: bool = True  # random left-right flip of each training image
+    num_images: int | None = None  # shapes: how many to generate; cifar10: None = the whole split
+    seed: int = 0  # shapes: generator seed (the dataset, not the run)
+    max_shapes: int = 3  # shapes: each image has 1 to this many shapes (at most 3)
+    shape_radius: tuple[float, ...] = (4.0, 10.0)  # shapes: [min, max] size in pixels, drawn uniformly
+    shape_kinds: tuple[str, ...] = SHAPE_KINDS  # shapes: the kinds drawn from, uniformly
+    background: str = "gradient"  # shapes: "gradient" (between two colours) or "plain" (the first colour)
+
+
+@dataclass(frozen=True)
+class DiffusionSpec:
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    prediction_type: str = "epsilon"  # the model predicts the added noise; loss = MSE(pred, noise)
+    # None: every timestep's MSE counts alike (the protocol). A number: Min-SNR-gamma weighting
+    # (Hang et al. 2023), each sample's MSE times min(SNR_t, gamma) / SNR_t, which lowers the
+    # weight of the nearly clean timesteps (with 5 and the linear schedule: t below 130)
+    snr_gamma: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    block_out_channels: tuple[int, ...]  # -> env BLOCK_OUT_CHANNELS, e.g. "128,256,256,256"
+    layers_per_block: int = 2  # -> env LAYERS_PER_BLOCK
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str = "adamw"
+    lr: float = 2e-4  # constant: no warm-up, no decay
+    weight_decay: float = 1e-4
+    betas: tuple[float, ...] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip_norm: float = 1.0  # max global gradient norm
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    steps: int
+    batch_size: int
+    ema_decay: float = 0.9995  # evaluation uses the EMA weights
+    # how the EMA starts (harness/protocol/trainer.py): "constant" (decay ema_decay from the initial weights on),
+    # "warmup" (diffusers' EMAModel: decay min(ema_decay, (1+t)/(10+t))), or "debiased" (decay ema_decay,
+    # bias-corrected as Adam's moments are: an exponential average of the trained weights only)
+    ema_schedule: str = "constant"
+    log_every: int = 100  # loss read back from the device (one host sync) every this many steps
+    checkpoint_every: int = 1000
+    precision: str = "fp32"  # "fp32", or "bf16": autocast on CUDA (a CPU run stays fp32; the record says which)
+    channels_last: str = "cuda"  # memory format: "cuda" (on GPUs only; slower for CPU training), "always", "never"
+    compile: bool = False  # torch.compile the model for training
+    # with --device auto, a machine without a usable GPU is refused (a real tier would train for days
+    # on a CPU); --device cpu still runs it. Set false on the tiers meant for CPUs (smoke, demo).
+    gpu_required: bool = False
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    clip_sample: bool = True  # clip the predicted x0 to [-1, 1] (diffusers' DDIMScheduler default)
+    # which of the num_train_timesteps the sampling steps visit, as diffusers' DDIMScheduler names it:
+    # "leading" (t = 0, 20, ..., 980 for 50 steps, plus steps_offset), "trailing" or "linspace"
+    timestep_spacing: str = "leading"
+    steps_offset: int = 0  # added to every sampling timestep
+    set_alpha_to_one: bool = True  # the last step's "previous" alpha_cumprod is 1 (a clean image), not alpha_0
+    batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    num_samples: int  # generated images per FID evaluation
+    eval_points: tuple[int, ...]  # training steps at which FID is measured; the last step always is
+    mode: str = "clean"  # clean-fid mode
+    reference: str = "dataset"  # "dataset" (computed from the training images) or "cleanfid:NAME/SPLIT/RES"
+    reference_images: int | None = None  # images in a computed reference; None = all of them
+    kid: bool = True
+    inception_weights: str | None = None  # a path; else env HARNESS_INCEPTION_WEIGHTS, clean-fid's cache, ...
+    feature_batch_size: int = 200  # Inception batch
+    # the precision of DDIM sampling: "fp32", or "bf16" (autocast on CUDA, as training with bf16). The
+    # Inception network always runs in fp32 with TF32 off, so FID's feature extractor is clean-fid's.
+    precision: str = "fp32"
+    # resamples of the generated images' features (with replacement, the reference fixed) whose FIDs'
+    # standard deviation is each evaluation's sampling noise (record: evaluations[].fid_std); 0: none
+    fid_bootstrap: int = 50
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    version: int
+    tier: str
+    seed: int
+    description: str
+    data: DataSpec
+    diffusion: DiffusionSpec
+    model: ModelSpec
+    optimizer: OptimizerSpec
+    training: TrainingSpec
+    sampling: SamplingSpec
+    evaluation: EvaluationSpec
+    # published best FID per architecture and tier, shown beside measured ones in reports
+    reference_results: dict | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def width_env(self) -> dict[str, str]:
+        """The environment an architecture file reads its widths from."""
+        return {
+            "BLOCK_OUT_CHANNELS": ",".join(str(c) for c in self.model.block_out_channels),
+            "LAYERS_PER_BLOCK": str(self.model.layers_per_block),
+        }

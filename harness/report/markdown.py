@@ -1,0 +1,56 @@
+"""The report as Markdown (leaderboard.md): the same boards, notes and tables as the page, as text that
+depends only on the records, so the same records give the same file."""
+from __future__ import annotations
+
+import json
+
+from harness.report import tables
+from harness.report.model import (
+    PUBLISHED_NOTE,
+    READING_NOTE,
+    Report,
+    board_title,
+    display,
+    not_quoted_note,
+    published_vs_reproduced,
+    quoted_rows,
+    sweeps_table,
+    unfinished,
+)
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(headers), "|" + "---|" * len(headers)] + [line(row) for row in rows])
+
+
+def markdown(report: Report, figures: dict) -> str:
+    parts = ["# Leaderboard", "", READING_NOTE, ""]
+    for key, board in report.boards.items():
+        headers, rows, _ = display(board)
+        rows += quoted_rows(board, key.tier)
+        parts += [f"## {board_title(key)}", "", f"Conditions: {key.conditions}.", "", markdown_table(headers, rows), ""]
+        parts += [line for line in (tables.top_gap(board), not_quoted_note(board, key.tier)) if line]
+        refs = published_vs_reproduced(board, key.tier)
+        if not refs.empty:
+            parts += ["", PUBLISHED_NOTE, "", markdown_table(list(refs.columns), refs.astype(str).values.tolist())]
+        parts += [""] + [f"![{name.name}]({name.name})" for name in figures.get(key, [])] + [""]
+    others = unfinished(report.runs, report.studies)
+    if not others.empty:
+        parts += ["## Runs not in the leaderboards", "", markdown_table(list(others.columns),
+                                                                         others.astype(str).values.tolist()), ""]
+    if not report.agreement.empty:
+        agree = report.agreement.copy()
+        for c in ("kendall_tau", "spearman_rho"):
+            agree[c] = agree[c].map(lambda v: f"{v:+.3f}")
+        parts += ["## Rank agreement", "", markdown_table(list(agree.columns), agree.astype(str).values.tolist()), ""]
+    for study in report.studies:
+        parts += [f"## Study {study['name']}", "", "```", study["text"], "```", ""]
+        parts += [f"![{p.name}]({p.name})" for p in figures.get(("study", study["name"]), [])] + [""]
+    sweeps = sweeps_table(report.sweeps)
+    if not sweeps.empty:
+        parts += ["## Sweeps", "", markdown_table(list(sweeps.columns), sweeps.astype(str).values.tolist()), ""]
+    parts += ["## Provenance", "", "```", json.dumps(report.provenance, indent=2), "```", ""]
+    return "\n".join(parts)

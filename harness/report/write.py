@@ -1,0 +1,52 @@
+"""``harness report``'s output folder: ``index.html``, ``leaderboard.md``, ``leaderboard.csv``, ``runs.csv``
+and PNG plots, each renderer reading the same model.
+
+The Markdown and CSV files depend only on the records (no dates, sorted rows, fixed number
+formats), so the same records give byte-identical files; the page adds when it was generated.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from harness.report import plots
+from harness.report.html import page
+from harness.report.markdown import markdown
+from harness.report.model import Report, board_slug, board_title
+
+
+def write_report(report: Report, out: Path) -> dict[str, Path]:
+    """All files of the report into ``out``; returns them by name."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"runs.csv": out / "runs.csv", "leaderboard.csv": out / "leaderboard.csv",
+             "leaderboard.md": out / "leaderboard.md"}
+    runs = report.runs.drop(columns=["settings_key"], errors="ignore")
+    runs.to_csv(files["runs.csv"], index=False, float_format="%.6g", lineterminator="\n")
+    board_rows = pd.concat(list(report.boards.values()), ignore_index=True) if report.boards else pd.DataFrame()
+    board_rows.drop(columns=["settings_key"], errors="ignore").to_csv(
+        files["leaderboard.csv"], index=False, float_format="%.6g", lineterminator="\n")
+    figures = make_figures(report, out)
+    files["leaderboard.md"].write_text(markdown(report, figures), encoding="utf-8")
+    files["index.html"] = out / "index.html"
+    files["index.html"].write_text(page(report, figures), encoding="utf-8")
+    files.update({p.name: p for paths in figures.values() for p in paths})
+    return files
+
+
+def make_figures(report: Report, out: Path) -> dict:
+    """key -> list of PNG paths (leaderboards by their key, studies by ('study', name))."""
+    figures = {}
+    seen: dict[tuple[str, str], int] = {}
+    for key, board in report.boards.items():
+        index = seen[key.task, key.tier] = seen.get((key.task, key.tier), -1) + 1  # 0 for the first board of a tier
+        slug, title = board_slug(key, index), board_title(key)
+        paths = [plots.fid_vs_gflops(board, title, out / f"{slug}-fid-vs-gflops.png"),
+                 plots.fid_vs_step(board, report.runs, report.records, title, out / f"{slug}-fid-vs-step.png"),
+                 plots.loss_curves(board, report.runs, report.records, title, out / f"{slug}-loss.png")]
+        grid = plots.sample_grids(board, report.runs, title, out / f"{slug}-samples.png")
+        figures[key] = paths + ([grid] if grid else [])
+    for study in report.studies:
+        figures["study", study["name"]] = plots.study_plots(study["study"], study["objectives"],
+                                                            out / f"study-{study['name']}")
+    return figures

@@ -1,0 +1,1 @@
+"""One process's run: ``Run`` and what its folder holds (checkpoints, lock, record, log, sample grid)."""

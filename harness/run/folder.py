@@ -1,0 +1,52 @@
+"""The run folder's own files beside the record: the log every message of a run goes to, and the sample grid."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from harness.files import atomic_write_bytes, now
+
+LOG_FILE = "run.log"
+GRID_FILE = "samples.png"
+
+
+def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
+    """uint8 [N,3,H,W] -> one PNG with ``columns`` images per row."""
+    n, c, h, w = images.shape
+    rows = -(-n // columns)
+    canvas = np.zeros((rows * h, columns * w, c), dtype=np.uint8)
+    for i, img in enumerate(images.numpy()):
+        r, col = divmod(i, columns)
+        canvas[r * h : (r + 1) * h, col * w : (col + 1) * w] = img.transpose(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class RunLog:
+    """Every message of a run, appended with a UTC time to ``run.log`` in its folder, and echoed."""
+
+    def __init__(self, path: Path, echo: Callable[[str], None]):
+        self.path, self.echo, self._file = path, echo, None
+
+    def __enter__(self) -> "RunLog":
+        if self.path is not None:  # None: a DDP rank other than 0, which writes no files
+            self._file = open(self.path, "a", encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file = None
+
+    def write(self, message: str) -> None:
+        if self._file is not None:
+            self._file.write(f"[{now()}] {message}\n")
+            self._file.flush()
+        if self.echo is not None and not message.startswith("Traceback"):
+            self.echo(message)

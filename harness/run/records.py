@@ -1,0 +1,176 @@
+"""Run records: one JSON per (task, architecture, tier, seed), written atomically.
+
+The schema is documented in ``results/README.md``; ``SCHEMA_VERSION`` changes with it.
+``load_records`` reads many records into one flat pandas DataFrame for reports.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from harness.errors import HarnessError
+from harness.files import REPO_ROOT, atomic_write_json, now
+
+SCHEMA_VERSION = 2
+RECORD_FILE = "record.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def run_dir(results_dir: str | Path, task: str, arch: str, tier: str, seed: int) -> Path:
+    return Path(results_dir) / task / arch / tier / f"seed{seed}"
+
+
+def ensure_writable(directory: Path) -> None:
+    """Fail early, with a clear message, if results cannot be written there."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise HarnessError(
+            f"Cannot write results to {directory} ({exc.strerror or exc}). Choose a writable directory "
+            f"with --results-dir DIR, or fix the permissions."
+        ) from exc
+
+
+def git_commit() -> str | None:
+    """HEAD of the harness checkout, with '+dirty' if tracked files changed; None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "diffusers", "clean-fid", "numpy", "scipy", "fvcore", "diffusion-arch-harness"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def device_info(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"type": "cuda", "name": torch.cuda.get_device_name(device),
+                "capability": ".".join(map(str, torch.cuda.get_device_capability(device)))}
+    return {"type": device.type, "name": cpu_name(), "threads": torch.get_num_threads()}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def substitution_line(note: dict) -> str:
+    """The log and terminal line of one ``substitutions`` entry of a record."""
+    return f"Substitution: {note['what']}: asked for {note['asked']}, using {note['used']}: {note['why']}."
+
+
+def sampling_rate(evaluations: list[dict]) -> float | None:
+    """Generated images per second over all of a run's evaluations (None before the first)."""
+    seconds = sum(e["sample_seconds"] for e in evaluations)
+    return round(sum(e["num_samples"] for e in evaluations) / seconds, 2) if seconds else None
+
+
+@dataclass
+class RunRecord:
+    task: str
+    task_version: int | None
+    tier: str
+    arch: str
+    seed: int
+    status: str  # "running", "completed", "failed", "interrupted"
+    config: dict  # the resolved TaskSpec
+    arch_file: str
+    arch_sha256: str | None
+    param_count: int | None  # None only when the model could not be built (status failed)
+    device: dict
+    versions: dict
+    git_commit: str | None
+    created_at: str
+    updated_at: str
+    precision: str = "fp32"  # what the run actually used: "bf16" (autocast on CUDA) or "fp32"
+    step: int = 0  # training steps done
+    loss_curve: list = field(default_factory=list)  # [[step, mean loss over the log interval], ...]
+    evaluations: list = field(default_factory=list)  # [{step, fid, kid, num_samples, ...}, ...]
+    best_fid: float | None = None
+    best_step: int | None = None
+    final_fid: float | None = None
+    final_kid: float | None = None
+    reference: dict = field(default_factory=dict)  # FID reference: source, images, cache file
+    inception: dict = field(default_factory=dict)  # weights: path, where found, id
+    timings: dict = field(default_factory=dict)
+    failure: dict | None = None  # {"step", "message", "error"} when status is "failed"
+    profile: dict | None = None  # parameters and FLOPs, when profiling is available
+    samples_png: str | None = None
+    # the processes that trained it: {"count": N, "backend": None | "gloo" | "nccl", "devices": [name per rank],
+    # "hosts": [host name per rank]}
+    processes: dict | None = None
+    # what sampling ran in ("fp32" or "bf16"); None in records from before it was its own setting, when
+    # sampling ran in the training precision
+    eval_precision: str | None = None
+    tier_config: dict | None = None  # the tier's resolved config before any --set/--steps/--fid-samples
+    task_file: dict | None = None  # {"path", "sha256"} of the task file the run was resolved from
+    substitutions: list = field(default_factory=list)  # every fallback: [{"what", "asked", "used", "why"}]
+    stream_sha256: str | None = None  # the first training step's draws (harness/protocol/trainer.py): pairs seeds
+    schema_version: int = SCHEMA_VERSION
+
+    def add_evaluation(self, evaluation: dict) -> None:
+        self.evaluations = [e for e in self.evaluations if e["step"] != evaluation["step"]] + [evaluation]
+        self.evaluations.sort(key=lambda e: e["step"])
+        best = min(self.evaluations, key=lambda e: e["fid"])
+        self.best_fid, self.best_step = best["fid"], best["step"]
+        last = self.evaluations[-1]
+        self.final_fid, self.final_kid = last["fid"], last["kid"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, directory: Path) -> Path:
+        self.updated_at = now()
+        path = directory / RECORD_FILE
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "RunRecord":
+        data = json.loads(Path(path).read_text())
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def load_records(results_dir: str | Path):
+    """Every record under ``results_dir`` as a flat DataFrame, one row per run."""
+    import pandas as pd
+
+    rows = []
+    for path in sorted(Path(results_dir).rglob(RECORD_FILE)):
+        record = json.loads(path.read_text())
+        row = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
+        row.update({f"timings.{k}": v for k, v in (record.get("timings") or {}).items()})
+        row.update({f"profile.{k}": v for k, v in (record.get("profile") or {}).items()
+                    if not isinstance(v, (dict, list))})
+        row["device"] = (record.get("device") or {}).get("name")
+        row["path"] = str(path)
+        rows.append(row)
+    return pd.DataFrame(rows)
