@@ -1,5 +1,6 @@
 """Every exception a user can meet. ``HarnessError`` and its subclasses are turned into a one-paragraph
 message and an exit code by the command line (a traceback only with ``--debug``)."""
+import signal
 
 
 class HarnessError(Exception):
@@ -20,9 +21,14 @@ class RunFailed(HarnessError):
 
 
 class RunInterrupted(HarnessError):
-    """Stopped from outside (Ctrl-C, SIGTERM, a sweep's stop request) after a checkpoint: run it again to resume."""
+    """Stopped from outside (Ctrl-C, SIGTERM, SIGUSR1, a sweep's stop request) after a checkpoint: run it
+    again to resume. ``signal_name`` is the signal that asked for the stop (None for a caller's request);
+    the command exits with its conventional code, 128 + its number (130 without one, as for Ctrl-C)."""
 
-    exit_code = 130
+    def __init__(self, message: str, signal_name: str | None = None):
+        super().__init__(message)
+        self.signal_name = signal_name
+        self.exit_code = 128 + int(getattr(signal, signal_name or "SIGINT"))
 
 
 class ProcessLost(RunFailed):

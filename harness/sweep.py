@@ -34,6 +34,7 @@ from harness.run import checkpoints
 from harness.run.folder import LOG_FILE
 from harness.run.locks import LOCK_FILE, RunLock, RunLocked
 from harness.run.records import RECORD_FILE, RunRecord, ensure_writable, git_commit, run_dir
+from harness.run.signals import signal_of, signals_interrupt
 from harness.world import refuse_cpu_fallback
 
 FINAL = ("completed", "skipped")  # a cell in one of these states needs nothing more
@@ -216,13 +217,14 @@ class Sweep:
                                "every node mounts at the same path, and the same architecture files on every node "
                                "(or submit with `ray job submit --working-dir .`).")
 
+    @signals_interrupt()  # SIGTERM and SIGUSR1 stop the runs as Ctrl-C does
     def _drive(self, pool: RayPool, todo: list[Cell], max_parallel: int) -> None:
         queue = list(todo)
         cells = {c.key: c for c in todo}
         start_steps = {c.key: c.resume_step or 0 for c in todo}
         total = sum(c.spec.training.steps - start_steps[c.key] for c in todo)
         bar = tqdm(total=total, unit="step", desc="sweep", disable=not self.progress, dynamic_ncols=True)
-        stopping = False
+        stopping, stopped_by = False, "SIGINT"
         self._finished: set[str] = set()
         self._starts: dict[str, int] = {}  # starts in this session: a second one is a retry
         try:
@@ -238,15 +240,17 @@ class Sweep:
                     for outcome in outcomes:
                         self._on_outcome(cells[outcome.key], outcome)
                     self._show_progress(bar, todo, steps, start_steps)
-                except KeyboardInterrupt:
-                    again, stopping = stopping, True
+                except KeyboardInterrupt as interrupt:
+                    if stopping and signal_of(interrupt) != "SIGINT":
+                        continue  # a scheduler's signal again (or to the whole job): the runs are stopping already
+                    again, stopping, stopped_by = stopping, True, stopped_by if stopping else signal_of(interrupt)
                     queue.clear()
-                    pool.interrupt(again, self.say, runs="every run", driver="sweep")
+                    pool.interrupt(again, self.say, by=stopped_by, runs="every run", driver="sweep")
         finally:
             bar.close()
             self._close_session(interrupted=stopping)
         if stopping:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(stopped_by)
 
     def _show_progress(self, bar, todo: list[Cell], steps: dict[str, int], start_steps: dict[str, int]) -> None:
         """The bar counts training steps done in this session over every cell, so its ETA means something."""

@@ -4,6 +4,15 @@ import textwrap
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two test workers on two cores: one torch thread each (and in the processes they start),
+    # since two processes of two threads each run about 8x slower than one. A test that needs
+    # other thread settings sets them itself.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 TINY_ARCH = '''
 """A two-convolution denoiser: enough to exercise the training loop in a second."""
 import os
@@ -91,3 +100,41 @@ def arch_dir_with_a_broken_file(tmp_path, monkeypatch):
     (arch_dir / "broken.py").write_text("def build_model(device):\n    raise RuntimeError('boom')\n")
     monkeypatch.setenv("HARNESS_ARCH_DIR", str(arch_dir))
     return arch_dir
+
+
+def stop_ray_cluster(ray_tmp):
+    """`ray stop --force` for one test's own `ray start` nodes: it stops every Ray process on the machine,
+    a test in the other worker's included. These are the processes whose command line names the nodes'
+    RAY_TMPDIR (GCS, raylets, agents) and everything they started (the workers)."""
+    import psutil
+
+    roots = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(str(ray_tmp) in part for part in proc.info["cmdline"] or []):
+            roots.append(proc)
+    procs = {p.pid: p for root in roots for p in [root, *_children(root)]}
+    for proc in procs.values():
+        with _gone():
+            proc.terminate()
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=15)
+    for proc in alive:
+        with _gone():
+            proc.kill()
+    psutil.wait_procs(alive, timeout=15)
+
+
+def _children(proc):
+    import psutil
+
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _gone():
+    import contextlib
+
+    import psutil
+
+    return contextlib.suppress(psutil.Error)

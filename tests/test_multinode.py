@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 import torch
-from conftest import SLOW_ARCH
+from conftest import SLOW_ARCH, stop_ray_cluster
 from test_sweep import _run_command, folder, manifest, sweep_command, wait_for_step, weights
 
 from harness.run.records import RunRecord
@@ -44,10 +44,11 @@ def two_node_cluster(monkeypatch):
             assert started.returncode == 0, started.stdout + started.stderr
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, timeout=120)
+        stop_ray_cluster(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+@pytest.mark.xdist_group("ray-cluster")  # `ray start --head` serves Ray Client on port 10001
 def test_a_run_spans_two_nodes_survives_a_lost_process_and_trains_what_one_node_trains(
         two_node_cluster, write_arch, tmp_path):
     arch = write_arch("slow", SLOW_ARCH)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, SLOW_ARCH, TINY_ARCH
+from conftest import FAST, SLOW_ARCH, TINY_ARCH, stop_ray_cluster
 
 from harness.errors import RunInterrupted
 from harness.launch import run
@@ -188,6 +188,7 @@ def test_failing_architectures_fail_only_their_own_cells(write_arch, tmp_path):
     assert all(c["attempts"] == 1 for c in manifest(tmp_path)["cells"])  # a run that fails by itself is not retried
 
 
+@pytest.mark.xdist_group("ray-cluster")  # `ray start --head` serves Ray Client on port 10001
 def test_sweep_joins_a_cluster_started_with_ray_start_and_runs_one_per_gpu(write_arch, tmp_path):
     arch = write_arch("slow", SLOW_ARCH)
     with socket.socket() as s:
@@ -213,7 +214,7 @@ def test_sweep_joins_a_cluster_started_with_ray_start_and_runs_one_per_gpu(write
         assert first["started_at"] < second["ended_at"] and second["started_at"] < first["ended_at"]
         assert all(RunRecord.load(Path(c["record"])).status == "completed" for c in entry["cells"])
     finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, timeout=120)
+        stop_ray_cluster(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness.cli import bench, export, listing, profile, report, run, search, sweep
 from harness.errors import HarnessError
+from harness.run.signals import interrupt_exit_code
 
 DESCRIPTION = """\
 Diffusion architecture benchmark harness: one fixed, versioned CIFAR-10 protocol
@@ -58,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("error: " + textwrap.fill(str(exc), width=100, subsequent_indent="       "), file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if args.debug:
             raise
         print("Interrupted. Checkpoints written so far are kept; run the same command again to resume.",
               file=sys.stderr)
-        return 130
+        return interrupt_exit_code(interrupt)

@@ -5,6 +5,7 @@ import json
 import sys
 
 from harness.cli.options import RAW, add_pool_options, add_run_options, overrides
+from harness.run.signals import interrupt_exit_code
 
 
 def add_parser(sub) -> None:
@@ -63,10 +64,10 @@ def execute(args) -> int:
     else:
         try:
             study = search.execute()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             print(f"Search stopped. Run the same command to continue study {search.settings.name}: running trials "
                   f"resume from their checkpoints under the same numbers.", file=sys.stderr)
-            return 130
+            return interrupt_exit_code(interrupt)
     result = summary(study)
     result["storage"] = search.url
     if args.json:

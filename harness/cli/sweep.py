@@ -5,6 +5,7 @@ import json
 import sys
 
 from harness.cli.options import RAW, add_pool_options, add_run_options, comma_list, overrides
+from harness.run.signals import interrupt_exit_code
 
 
 def add_parser(sub) -> None:
@@ -76,10 +77,10 @@ def execute(args) -> int:
         return 0
     try:
         manifest = sweep.execute()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print(f"Sweep stopped. Run the same command to continue it: every run resumes from its last checkpoint "
               f"(manifest: {sweep.manifest_path}).", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(interrupt)
     _print_sweep_summary(manifest, out)
     if args.json:
         print(json.dumps(manifest, indent=2))

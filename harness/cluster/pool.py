@@ -159,6 +159,10 @@ def _execute(job: Job, channel, threads: int) -> Outcome:
     except RunLocked as exc:
         outcome.status, outcome.message, outcome.holder = "locked", str(exc), exc.holder
     except RunInterrupted as exc:
+        if exc.signal_name and not state["stop"]:
+            # this worker was told to stop (a node drained or preempted), not the run by its driver: the
+            # run checkpointed at its step, and Ray runs the task again, which resumes there
+            raise ProcessLost(f"Its Ray worker (pid {os.getpid()} on {node}) got {exc.signal_name}. {exc}") from exc
         outcome.status, outcome.message, outcome.step = "interrupted", str(exc), state["step"]
     except ProcessLost:  # a process of the run died, not the run's fault: Ray runs this task again
         raise
@@ -334,16 +338,18 @@ class RayPool:
 
         ray.get(self.channel.stop.remote(key))
 
-    def interrupt(self, again: bool, say, runs: str, driver: str) -> None:
-        """Handle a Ctrl-C that reached a driver's loop (call it from ``except KeyboardInterrupt``).
-        The first (``again`` False) asks every run to checkpoint at its next step and return, so that
-        the same command continues them; a second kills them (each resumes from its last checkpoint)."""
+    def interrupt(self, again: bool, say, runs: str, driver: str, by: str = "SIGINT") -> None:
+        """Handle a Ctrl-C (``by`` SIGINT) or a SIGTERM/SIGUSR1 that reached a driver's loop (call it from
+        ``except KeyboardInterrupt``). The first (``again`` False) asks every run to checkpoint at its next
+        step and return, so that the same command continues them; a second kills them (each resumes from
+        its last checkpoint)."""
+        what = "Ctrl-C" if by == "SIGINT" else by
         if again:
-            say("Second Ctrl-C: killing the runs now; each resumes from its last checkpoint.")
+            say(f"Second {what}: killing the runs now; each resumes from its last checkpoint.")
             self.kill()
-            raise KeyboardInterrupt
-        say(f"Stopping: {runs} checkpoints at its next step, then the {driver} exits (Ctrl-C again to kill them "
-            f"at once). Run the same command to continue.")
+            raise KeyboardInterrupt(by)
+        say(f"Stopping ({what}): {runs} checkpoints at its next step, then the {driver} exits (Ctrl-C again to "
+            f"kill them at once). Run the same command to continue.")
         self.stop()
 
     def kill(self) -> None:

@@ -132,9 +132,9 @@ def launch(options: dict, devices: int, *, should_stop: Callable[[int], bool] | 
         config = LaunchConfig(
             min_nodes=1, max_nodes=1, nproc_per_node=devices, run_id=uuid.uuid4().hex, rdzv_backend="c10d",
             rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.5, start_method="spawn",
-            # Ctrl-C reaches the workers themselves (they stop at the next step and checkpoint); the
-            # launcher must not answer it by killing them, as torchrun's agent does by default.
-            signals_to_handle="SIGTERM,SIGHUP,SIGQUIT",
+            # Ctrl-C, SIGTERM and SIGUSR1 ask the workers to stop at the next step and checkpoint
+            # (_LauncherSignals); the agent must not answer them by killing them, as torchrun's does by default.
+            signals_to_handle="SIGHUP,SIGQUIT",
         )
         # the agent logs each failure with its traceback; the launcher says it in one paragraph instead
         logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
@@ -185,8 +185,9 @@ def outcome(directory: Path, failures: list[ProcessFailure], run_log):
     if not failures and record is not None and record.status == "completed":
         return record
     if not failures and record is not None and record.status == "interrupted":
-        raise RunInterrupted(f"Stopped at step {record.step}; checkpoint saved to {directory / CHECKPOINT_FILE}. "
-                             f"Run the same command again to resume.")
+        by = (record.interruption or {}).get("signal")
+        raise RunInterrupted(f"Stopped{f' by {by}' if by else ''} at step {record.step}; checkpoint saved to "
+                             f"{directory / CHECKPOINT_FILE}. Run the same command again to resume.", by)
     # The root cause: the first process killed (its peers then fail with "connection reset"), else the first to fail.
     first = min(failures, key=lambda f: (not f.killed, f.order)) if failures else None
     if first is not None and not first.killed and first.rank == 0 and record is not None \
@@ -261,12 +262,14 @@ class Watcher:
 
 
 class _LauncherSignals:
-    """In the launcher: Ctrl-C asks the workers to stop (they also see a terminal's Ctrl-C
-    themselves); a second Ctrl-C raises KeyboardInterrupt, and the agent then ends them. The
-    handlers the elastic agent installs (SIGTERM, SIGHUP, SIGQUIT) are undone afterwards, so a
-    caller's own (a Ray worker's) are back once the run is over."""
+    """In the launcher: Ctrl-C, SIGTERM or SIGUSR1 asks the workers to stop, naming the signal (they
+    also see a terminal's Ctrl-C, or a scheduler's signal to the whole job, themselves); a second
+    Ctrl-C raises KeyboardInterrupt, and the agent then ends them. The handlers the elastic agent
+    installs (SIGHUP, SIGQUIT) are undone afterwards, so a caller's own (a Ray worker's) are back
+    once the run is over."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    STOP = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (*STOP, signal.SIGHUP, signal.SIGQUIT)
 
     def __init__(self, store):
         self.store, self.saved, self.requested = store, {}, False
@@ -274,14 +277,17 @@ class _LauncherSignals:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self.saved = {s: signal.getsignal(s) for s in self.SIGNALS}
-            signal.signal(signal.SIGINT, self._handle)
+            for sig in self.STOP:
+                signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:  # Ctrl-C again; a scheduler's repeated signal changes nothing
+                raise KeyboardInterrupt
+            return
         self.requested = True
-        self.store.set("stop", "1")
+        self.store.set("stop", signal.Signals(signum).name)
 
     def __exit__(self, *exc):
         for sig, handler in self.saved.items():
@@ -300,13 +306,16 @@ class LauncherLink:
         self.store, self.launcher_pid = store, launcher_pid
         self.last_poll, self.stop = 0.0, False
 
-    def should_stop(self, step: int) -> bool:
+    def should_stop(self, step: int) -> bool | str:
         now = time.monotonic()
         if not self.stop and now - self.last_poll >= STORE_POLL_SECONDS:
             self.last_poll = now
             self.store.set("step", str(step))
-            self.stop = self.store.check(["stop"]) or (self.launcher_pid is not None
-                                                       and os.getppid() != self.launcher_pid)
+            if self.store.check(["stop"]):  # the signal the launcher got, or "1" for its caller's request
+                asked = self.store.get("stop").decode()
+                self.stop = asked if asked.startswith("SIG") else True
+            else:
+                self.stop = self.launcher_pid is not None and os.getppid() != self.launcher_pid
         return self.stop
 
     def on_evaluation(self, evaluation: dict) -> None:

@@ -132,6 +132,9 @@ class RunRecord:
     tier_config: dict | None = None  # the tier's resolved config before any --set/--steps/--fid-samples
     task_file: dict | None = None  # {"path", "sha256"} of the task file the run was resolved from
     substitutions: list = field(default_factory=list)  # every fallback: [{"what", "asked", "used", "why"}]
+    # when status is "interrupted": {"step", "signal" ("SIGINT", "SIGTERM", "SIGUSR1"; None for a sweep's or
+    # search's stop request), "at"}; absent (None) in records from before 2026-12-03
+    interruption: dict | None = None
     stream_sha256: str | None = None  # the first training step's draws (harness/protocol/trainer.py): pairs seeds
     schema_version: int = SCHEMA_VERSION
 

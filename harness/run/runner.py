@@ -32,6 +32,7 @@ from harness.protocol.evaluation import Evaluator
 from harness.protocol.tasks import load_task_file, resolve_task
 from harness.protocol.trainer import Trainer, precision_name, sampling_dtype
 from harness.run import checkpoints, locks
+from harness.run.failures import describe_failure
 from harness.run.folder import GRID_FILE, LOG_FILE, RunLog, save_grid
 from harness.run.records import (
     CHECKPOINT_FILE,
@@ -93,6 +94,7 @@ class Run:
         self.run_log = RunLog(self.directory / LOG_FILE if world.is_main else None, echo=log)
         self.log = self.run_log.write
         self.stop = StopOnSignal()
+        self.stopped_by: str | None = None  # the signal that asked for a stop, when one did
         self.totals = {"train_seconds": 0.0, "train_images": 0, "eval_seconds": 0.0, "wall_seconds": 0.0}
         self.record: RunRecord | None = None
 
@@ -297,32 +299,27 @@ class Run:
         return run_fingerprint(self.spec, self.device, self.record.precision)
 
     def _stop_requested(self) -> bool:
-        """Ctrl-C, or the caller's should_stop, in any process of the run (a collective: every
-        rank asks at the same points)."""
-        local = self.stop.requested or (self.should_stop is not None and self.should_stop(self.trainer.step))
-        return self.world.any(local)
+        """A stop signal, or the caller's should_stop (which may answer with the name of a signal its caller
+        got), in any process of the run: a collective, every rank asks at the same points."""
+        asked = self.should_stop(self.trainer.step) if self.should_stop is not None else False
+        if self.stop.requested or asked:
+            self.stopped_by = self.stop.signal_name or (asked if isinstance(asked, str) else None) or self.stopped_by
+        return self.world.any(bool(self.stop.requested or asked))
 
     def _interrupt(self, where: str) -> "RunInterrupted":
+        by, said = self.stopped_by, f" by {self.stopped_by}" if self.stopped_by else ""
+        self.record.interruption = {"step": self.trainer.step, "signal": by, "at": now()}
         self._write_record("interrupted")
-        self.log(f"Stopped at step {self.trainer.step}{where} (checkpoint saved).")
-        return RunInterrupted(f"Stopped at step {self.trainer.step}{where}; checkpoint saved to "
-                              f"{self.directory / CHECKPOINT_FILE}. Run the same command again to resume.")
+        self.log(f"Stopped{said} at step {self.trainer.step}{where} (checkpoint saved).")
+        return RunInterrupted(f"Stopped{said} at step {self.trainer.step}{where}; checkpoint saved to "
+                              f"{self.directory / CHECKPOINT_FILE}. Run the same command again to resume.", by)
 
     def _fail(self, exc: Exception) -> RunFailed:
         """The run failed by itself: record why (status failed), keep the last good checkpoint."""
         self.log(traceback.format_exc().rstrip())
         if isinstance(exc, NonFiniteLoss):
             self.trainer.step = exc.step
-            what = f"Training diverged: the loss was {exc.value} at step {exc.step}."
-            advice = "Check the architecture's initialisation and normalisation, or the learning rate."
-        elif isinstance(exc, torch.OutOfMemoryError):
-            what = f"Out of memory at step {self.trainer.step} ({str(exc).splitlines()[0]})."
-            advice = "Use a larger GPU, a smaller tier, or a smaller --set training.batch_size."
-        elif isinstance(exc, HarnessError):
-            what, advice = str(exc), ""
-        else:
-            what = f"The run raised {type(exc).__name__} at step {self.trainer.step}: {exc}."
-            advice = f"The traceback is in {self.run_log.path}."
+        what, advice = describe_failure(exc, self.trainer.step, self.run_log.path)
         self.record.failure = {"step": self.trainer.step, "message": what, "error": type(exc).__name__}
         self._write_record("failed")
         kept = self.directory / CHECKPOINT_FILE

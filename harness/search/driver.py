@@ -29,6 +29,7 @@ from harness.files import atomic_write_bytes
 from harness.protocol.tasks import resolve_task
 from harness.run.locks import RunLock
 from harness.run.records import RunRecord, ensure_writable, run_dir
+from harness.run.signals import signal_of, signals_interrupt
 from harness.search.export import render
 from harness.search.space_file import load_space
 from harness.search.study import (
@@ -190,6 +191,7 @@ class Search:
         done = sum(t.state.is_finished() and not t.user_attrs.get("infeasible") for t in trials)
         return done, [t for t in trials if t.state == TrialState.RUNNING]
 
+    @signals_interrupt()  # SIGTERM and SIGUSR1 stop the runs as Ctrl-C does
     def _drive(self, study, pool: RayPool, max_parallel: int) -> None:
         import optuna
 
@@ -200,7 +202,7 @@ class Search:
         waiting: list[_Slot] = []  # locked folders, to try again
         bar = tqdm(total=self.spec.trials, initial=done, unit="trial", desc=f"search {self.settings.name}",
                    disable=not self.progress, dynamic_ncols=True)
-        stopping = False
+        stopping, stopped_by = False, "SIGINT"
         try:
             while True:
                 try:
@@ -227,14 +229,16 @@ class Search:
                         done += self._on_outcome(study, slot, outcome)
                         bar.update(self._counts(study)[0] - bar.n)
                         bar.set_postfix_str(self._best_text(study), refresh=True)
-                except KeyboardInterrupt:
-                    again, stopping = stopping, True
+                except KeyboardInterrupt as interrupt:
+                    if stopping and signal_of(interrupt) != "SIGINT":
+                        continue  # a scheduler's signal again (or to the whole job): the runs are stopping already
+                    again, stopping, stopped_by = stopping, True, stopped_by if stopping else signal_of(interrupt)
                     waiting.clear()
-                    pool.interrupt(again, self.say, runs="every trial's run", driver="search")
+                    pool.interrupt(again, self.say, by=stopped_by, runs="every trial's run", driver="search")
         finally:
             bar.close()
         if stopping:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(stopped_by)
 
     def _next_slot(self, study, resumable: list, waiting: list[_Slot], in_flight_or_done: int) -> _Slot | None:
         """A trial to start: a locked one whose wait is over, one the last driver left RUNNING, or a

@@ -1,0 +1,139 @@
+"""How clusters stop jobs: SIGTERM (SLURM at the time limit or on preemption, Kubernetes, spot
+instances) and SIGUSR1 (SLURM's `--signal=USR1@N` warning) are a polite stop everywhere: the run
+finishes its step, checkpoints there, records `interrupted` with the signal, exits 128 + the
+signal's number, and the same command resumes at that step, ending equal to an uninterrupted run."""
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SLOW_ARCH
+from test_sweep import _run_command, assert_same_results, folder, reference_run, sweep_command, wait_for_step
+
+from harness.files import REPO_ROOT
+from harness.run.records import RunRecord
+
+pytestmark = pytest.mark.slow
+
+# 24 steps of ~0.25 s; checkpoints every 8, so that a checkpoint at any other step is the signal's
+LONG = {"training.steps": 24, "training.checkpoint_every": 8, "training.log_every": 1}
+ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1")  # as the reference runs (and a 1-CPU Ray task) have
+
+
+def checkpoint_step(run_folder: Path) -> int:
+    return torch.load(run_folder / "checkpoint.pt", weights_only=False)["trainer"]["step"]
+
+
+def assert_stopped_by(run_folder, name, before):
+    """Interrupted by ``name`` off the checkpoint schedule, and the checkpoint is at the record's step."""
+    record = RunRecord.load(run_folder / "record.json")
+    assert record.status == "interrupted" and record.interruption["signal"] == name, record.interruption
+    assert record.interruption["step"] == record.step == checkpoint_step(run_folder)
+    assert before <= record.step < before + 8 and record.step % 8 != 0, (before, record.step)
+    return record.step
+
+
+def test_sigterm_and_sigusr1_stop_a_run_politely_and_it_resumes_to_the_same_result(write_arch, tmp_path):
+    """SIGTERM straight to `harness run`; then SIGUSR1 as SLURM sends it (`--signal=B:USR1@300`) to the
+    batch script docs/slurm/harness.sbatch, which passes it on and requeues the job; then the requeued
+    job. SLURM itself is not here: `scontrol` is a stand-in that writes down what it was asked."""
+    arch = write_arch("slow", SLOW_ARCH)
+    straight = reference_run(arch, tmp_path / "straight", overrides=LONG)
+    results = tmp_path / "stopped"
+    run_folder = folder(results, "slow")
+    command = _run_command(arch, results, 42, LONG)
+    bin_dir, asked = tmp_path / "bin", tmp_path / "scontrol.txt"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {asked}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    job = dict(ONE_THREAD, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="4242")
+    batch = ["bash", str(REPO_ROOT / "docs" / "slurm" / "harness.sbatch"), *command]
+    stops = []
+    for sig, name, after, argv in ((signal.SIGTERM, "SIGTERM", 8, command), (signal.SIGUSR1, "SIGUSR1", 16, batch)):
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=job)
+        wait_for_step(run_folder, after, proc)
+        os.kill(proc.pid, sig)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + sig, out  # 143, 138: the shell's convention for a signal
+        assert "Traceback" not in out and f"Stopped by {name} at step" in out, out
+        stops.append(assert_stopped_by(run_folder, name, after))
+    assert asked.read_text() == "requeue 4242\n"  # the batch script requeued its job, once
+    done = subprocess.run(batch, capture_output=True, text=True, env=job, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert asked.read_text() == "requeue 4242\n"  # finished: not requeued again
+    log = (run_folder / "run.log").read_text()
+    assert all(f"from its checkpoint at step {s}" in log for s in stops), log  # resumed exactly there
+    resumed = RunRecord.load(run_folder / "record.json")
+    assert_same_results(resumed, straight)  # loss curve, every FID: nothing trained twice or skipped
+
+
+def test_sigterm_to_a_two_process_run_stops_both_at_one_step_and_it_resumes(write_arch, tmp_path):
+    """The launcher alone gets it (`kill PID`), then the launcher and both workers (as SLURM signals
+    every process of a job step): either way both ranks stop at the same step, rank 0 checkpoints."""
+    arch = write_arch("slow", SLOW_ARCH)
+    two = ["--devices", "2"]
+    straight = subprocess.run(_run_command(arch, tmp_path / "straight", 42, LONG) + two, capture_output=True,
+                              text=True, env=ONE_THREAD, timeout=300)
+    assert straight.returncode == 0, straight.stderr
+    results = tmp_path / "stopped"
+    run_folder = folder(results, "slow")
+    command = _run_command(arch, results, 42, LONG) + two
+    stops = []
+    for whole_group, after in ((False, 8), (True, 16)):
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ONE_THREAD,
+                                start_new_session=True)
+        wait_for_step(run_folder, after, proc)
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 143 and "Traceback" not in out, out
+        stops.append(assert_stopped_by(run_folder, "SIGTERM", after))
+    done = subprocess.run(command, capture_output=True, text=True, env=ONE_THREAD, timeout=300)
+    assert done.returncode == 0, done.stderr
+    log = (run_folder / "run.log").read_text()
+    assert all(f"from its checkpoint at step {s}" in log for s in stops), log
+    assert_same_results(RunRecord.load(run_folder / "record.json"),
+                        RunRecord.load(folder(tmp_path / "straight", "slow") / "record.json"))
+
+
+def test_sigterm_to_a_ray_worker_is_retried_and_to_the_driver_stops_the_sweep(write_arch, tmp_path):
+    """SIGTERM to the Ray worker that trains the run (its node drained or preempted): the run
+    checkpoints, the sweep runs it again from there. SIGTERM to the driver: every run checkpoints
+    and is `interrupted`, the driver exits 143; the same command finishes it."""
+    arch = write_arch("slow", SLOW_ARCH)
+    straight = reference_run(arch, tmp_path / "straight", overrides=LONG)
+    results = tmp_path / "sweep"
+    run_folder = folder(results, "slow")
+    command = sweep_command(results, "--arch", str(arch), overrides=LONG)
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    wait_for_step(run_folder, 8, driver)
+    worker = int(re.findall(r", pid (\d+),", (run_folder / "run.log").read_text())[-1])
+    os.kill(worker, signal.SIGTERM)
+    deadline = time.monotonic() + 120
+    while "Resuming" not in (run_folder / "run.log").read_text():
+        assert driver.poll() is None and time.monotonic() < deadline, (tmp_path / "driver.log").read_text()
+        time.sleep(0.2)
+    log = (run_folder / "run.log").read_text()
+    worker_stop = int(re.search(r"Stopped by SIGTERM at step (\d+)", log).group(1))
+    assert 8 <= worker_stop < 16 and f"from its checkpoint at step {worker_stop}" in log, log
+
+    wait_for_step(run_folder, worker_stop + 2, driver)
+    os.kill(driver.pid, signal.SIGTERM)
+    assert driver.wait(timeout=120) == 143, (tmp_path / "driver.log").read_text()
+    said = (tmp_path / "driver.log").read_text()
+    assert "Traceback" not in said and "Stopping (SIGTERM)" in said, said
+    record = RunRecord.load(run_folder / "record.json")
+    assert record.status == "interrupted" and record.step == checkpoint_step(run_folder) < 24
+    assert record.interruption["signal"] is None  # the driver's stop request, not a signal to the run
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert_same_results(RunRecord.load(run_folder / "record.json"), straight)
+
