@@ -33,7 +33,7 @@ from harness.protocol.tasks import complete_config, resolve_task
 from harness.run import checkpoints
 from harness.run.folder import LOG_FILE
 from harness.run.locks import LOCK_FILE, RunLock, RunLocked
-from harness.run.records import RECORD_FILE, RunRecord, ensure_writable, git_commit, run_dir
+from harness.run.records import RECORD_FILE, RunRecord, ensure_writable, git_commit, read_record, run_dir
 from harness.run.signals import signal_of, signals_interrupt
 from harness.world import refuse_cpu_fallback
 
@@ -65,6 +65,7 @@ class Cell:
     action: str = "run"  # run | resume | skip | locked
     resume_step: int | None = None
     holder: dict | None = None
+    record_problem: str | None = None  # its record is there but cannot be read: said, and the run rewrites it
 
     @property
     def key(self) -> str:
@@ -101,8 +102,7 @@ def _same_config(record: RunRecord, spec: TaskSpec) -> bool:
 
 def inspect(cell: Cell, device_type: str) -> None:
     """Set ``cell.action`` from what its folder holds."""
-    record_path = cell.folder / RECORD_FILE
-    record = RunRecord.load(record_path) if record_path.exists() else None
+    record, cell.record_problem = read_record(cell.folder / RECORD_FILE)
     if (record is not None and record.status == "completed" and _same_config(record, cell.spec)
             and record.arch_sha256 == registry.find_architecture(cell.arch_ref).sha256
             and (record.device or {}).get("type") == device_type):
@@ -312,7 +312,15 @@ class Sweep:
         return entry
 
     def _open_manifest(self, resources: Resources, allocation: dict) -> None:
-        previous = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+        previous = {}
+        if self.manifest_path.exists():
+            try:
+                previous = json.loads(self.manifest_path.read_text())
+            except (OSError, ValueError) as exc:  # cut short, say: the runs' own folders still say where each is
+                kept = self.manifest_path.with_name(self.manifest_path.name + ".damaged")
+                os.replace(self.manifest_path, kept)
+                self.say(f"The sweep's manifest {self.manifest_path} could not be read ({exc}); moved it to {kept} "
+                         f"and writing a new one (each run's folder still says how far it got).")
         old_cells = {c["key"]: c for c in previous.get("cells", [])}
         cells = []
         for cell in self.cells:
@@ -365,6 +373,10 @@ class Sweep:
                  f"Manifest: {self.manifest_path}")
         for cell in locked:
             self.say(f"locked     {cell.key}  {self._entry(cell)['message']}")
+        for cell in (c for c in self.cells if c.record_problem):
+            self.say(f"damaged    {cell.key}  {cell.record_problem}: not counted as done; the run "
+                     + ("resumes from its checkpoint" if cell.action == "resume" else "starts again")
+                     + " and writes a new record")
 
     def say(self, line: str) -> None:
         tqdm.write(line, file=self.stream)  # above the progress bar, not through it

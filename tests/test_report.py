@@ -152,6 +152,36 @@ def test_filters_keep_only_what_was_asked(results, tmp_path):
     assert {(r["arch"], r["tier"]) for r in runs} == {("standard", "mini")}
 
 
+def test_files_that_cannot_be_read_are_named_in_the_report_and_on_stderr(tmp_path):
+    """A record cut short (a full disk), one of the wrong shape, one without its fields, a damaged sweep
+    manifest and a file in studies/ that is no SQLite database: each named with its reason, the rest reported."""
+    root = tmp_path / "copy"
+    shutil.copytree(FIXTURE, root)
+    results = root / "results"
+    damaged = {"shapesref/cut/smoke/seed1/record.json": '{"task": "shapesref", "tier": "sm',
+               "shapesref/list/smoke/seed1/record.json": "[1, 2]",
+               "shapesref/fieldless/smoke/seed1/record.json": '{"status": "completed"}',
+               "sweeps/shapesref-0123456789.json": '{"sweep": "shapesref-01',
+               "studies/old.db": "not a database"}
+    for name, text in damaged.items():
+        (results / name).parent.mkdir(parents=True, exist_ok=True)
+        (results / name).write_text(text)
+    done = report(results, tmp_path / "r")
+    err, board = " ".join(done.stderr.split()), (tmp_path / "r" / "leaderboard.md").read_text()
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "## Files that could not be read" in board and "<h2>Files that could not be read</h2>" in page
+    for name, why in (("cut", "is not a valid record: Unterminated string"),
+                      ("list", "is not a valid record: it holds a JSON list"),
+                      ("fieldless", "is not a valid record: it lacks the field 'task'")):
+        path = str(results / f"shapesref/{name}/smoke/seed1/record.json")
+        assert f"warning: {path} {why}" in err, err
+        assert path in board and path in page
+    for name, why in (("sweeps/shapesref-0123456789.json", "is not valid JSON"),
+                      ("studies/old.db", "is not a study Optuna can open")):
+        assert f"warning: {results / name} {why}" in err, err
+    assert len(read_csv(tmp_path / "r" / "runs.csv")) == 23  # every readable record is still there
+
+
 class _Page(HTMLParser):
     def __init__(self):
         super().__init__()

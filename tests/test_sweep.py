@@ -162,6 +162,24 @@ def test_killed_worker_is_retried_and_the_run_resumes_bitwise(write_arch, tmp_pa
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
 
 
+def test_a_damaged_record_and_manifest_are_named_and_the_sweep_goes_on(write_arch, tmp_path):
+    """A record cut short (a full disk) is not a completed run: the sweep says so and runs it again;
+    a manifest cut short is moved aside, named, and written anew."""
+    arch = write_arch("tiny", TINY_ARCH)
+    first = harness_sweep(tmp_path, "--arch", str(arch))
+    assert first.returncode == 0, first.stderr
+    record_path, (manifest_path,) = folder(tmp_path, "tiny") / "record.json", (tmp_path / "sweeps").glob("*.json")
+    record_path.write_text(record_path.read_text()[:100])
+    manifest_path.write_text(manifest_path.read_text()[:50])
+    again = harness_sweep(tmp_path, "--arch", str(arch))
+    said = " ".join(again.stdout.split())
+    assert again.returncode == 0 and "Traceback" not in again.stdout + again.stderr, again.stdout + again.stderr
+    assert f"damaged tiny/smoke/seed42 {record_path} is not a valid record" in said, said
+    assert f"The sweep's manifest {manifest_path} could not be read" in said
+    assert (manifest_path.parent / (manifest_path.name + ".damaged")).exists()
+    assert RunRecord.load(record_path).status == "completed" and manifest(tmp_path)["cells"][0]["status"] == "completed"
+
+
 def test_failing_architectures_fail_only_their_own_cells(write_arch, tmp_path):
     good = write_arch("tiny", TINY_ARCH)
     bad = write_arch("broken", "def build_model(device):\n    raise RuntimeError('boom at build')\n")

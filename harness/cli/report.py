@@ -1,6 +1,8 @@
 """``harness report``: leaderboards (HTML, Markdown, CSV) and plots from records, sweeps and studies."""
 from __future__ import annotations
 
+import sys
+
 from harness.cli.options import RAW, comma_list
 
 
@@ -41,6 +43,9 @@ def execute(args) -> int:
     out = Path(args.out) if args.out else Path("reports") / args.name
     report = collect(Path(args.results_dir), filters)
     files = write_report(report, out)
+    for damaged in report.unreadable:
+        print(f"warning: {damaged['path']} {damaged['reason']}; it is listed in the report, and what it holds is "
+              f"missing from it.", file=sys.stderr)
     print(f"{len(report.runs)} runs in {len(report.boards)} leaderboard(s), {len(report.studies)} study(ies). "
           f"Wrote {out}/: index.html, leaderboard.md, leaderboard.csv, runs.csv and {len(files) - 4} plot(s). "
           f"Open {(out / 'index.html').resolve().as_uri()}")

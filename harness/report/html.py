@@ -13,6 +13,7 @@ from harness.report import tables
 from harness.report.model import (
     PUBLISHED_NOTE,
     READING_NOTE,
+    UNREADABLE_NOTE,
     Report,
     board_title,
     display,
@@ -82,6 +83,9 @@ def page(report: Report, figures: dict) -> str:
         parts += ["<h2>Runs not in the leaderboards</h2><p>Failed, unfinished or interrupted runs (with "
                   "<code>--include-incomplete</code>, unfinished ones with an evaluation count in the tables).</p>",
                   frame(others)]
+    if report.unreadable:
+        parts += ["<h2>Files that could not be read</h2>", f"<p>{escape(UNREADABLE_NOTE)}</p>",
+                  table(["file", "why"], [[u["path"], u["reason"]] for u in report.unreadable])]
     if not report.agreement.empty:
         agree = report.agreement.assign(kendall_tau=report.agreement["kendall_tau"].map("{:+.3f}".format),
                                         spearman_rho=report.agreement["spearman_rho"].map("{:+.3f}".format))

@@ -8,6 +8,7 @@ from harness.report import tables
 from harness.report.model import (
     PUBLISHED_NOTE,
     READING_NOTE,
+    UNREADABLE_NOTE,
     Report,
     board_title,
     display,
@@ -41,6 +42,9 @@ def markdown(report: Report, figures: dict) -> str:
     if not others.empty:
         parts += ["## Runs not in the leaderboards", "", markdown_table(list(others.columns),
                                                                          others.astype(str).values.tolist()), ""]
+    if report.unreadable:
+        parts += ["## Files that could not be read", "", UNREADABLE_NOTE, "",
+                  markdown_table(["file", "why"], [[u["path"], u["reason"]] for u in report.unreadable]), ""]
     if not report.agreement.empty:
         agree = report.agreement.copy()
         for c in ("kendall_tau", "spearman_rho"):

@@ -129,6 +129,7 @@ class Report:
     studies: list  # study summaries
     sweeps: list  # sweep manifests
     provenance: dict
+    unreadable: list  # records, sweep manifests and studies that could not be read: [{"path", "reason"}]
 
 
 def collect(results_dir: Path, filters: Filters) -> Report:
@@ -136,20 +137,23 @@ def collect(results_dir: Path, filters: Filters) -> Report:
     if not results_dir.is_dir():
         raise HarnessError(f"The results folder {results_dir} does not exist. Pass --results-dir with the folder that "
                            f"`run`, `sweep` or `search` wrote (default: results).")
-    runs, records = tables.load_runs(results_dir)
+    runs, records, unreadable = tables.load_runs(results_dir)
     runs = filters.apply(runs)
-    studies = find_studies(results_dir)
+    studies = find_studies(results_dir, unreadable)
     if runs.empty and not studies:
+        damaged = "".join(f" {u['path']} {u['reason']}." for u in unreadable)
         raise HarnessError(f"No run records (record.json) under {results_dir}" + (" match the filters" if
-                           any([filters.task, filters.tier, filters.arch]) else "") + ". Run something first, e.g. "
-                           "`python -m harness run --task shapes --arch standard --tier smoke`.")
+                           any([filters.task, filters.tier, filters.arch]) else "") + "." + damaged +
+                           " Run something first, e.g. `python -m harness run --task shapes --arch standard --tier "
+                           "smoke`" + (", or run the damaged records' commands again (a run rewrites its record)."
+                                       if unreadable else "."))
     if not runs.empty:
         runs = runs.assign(in_leaderboard=tables.usable(runs, filters.include_incomplete))
     grouped = tables.groups(runs, filters.include_incomplete) if not runs.empty else pd.DataFrame()
     grouped = name_trials(grouped, study_trials(studies))
     boards = {BoardKey(*key): board for key, board in tables.leaderboards(grouped).items()}
     return Report(runs, records, grouped, boards, tables.rank_agreement(grouped), studies,
-                  read_sweeps(results_dir), provenance(runs, records))
+                  read_sweeps(results_dir, unreadable), provenance(runs, records), unreadable)
 
 
 def provenance(runs: pd.DataFrame, records: dict) -> dict:
@@ -284,6 +288,10 @@ def unfinished(runs: pd.DataFrame, studies: list[dict]) -> pd.DataFrame:
                          "status": rest["status"], "step": rest["step"].astype("Int64"), "of": rest["steps"],
                          "why": rest.apply(why, axis=1), "record": rest["record"]})
 
+
+UNREADABLE_NOTE = ("These files under the results folder could not be read, so what they hold is missing from "
+                   "everything above. A run rewrites its record when its command is run again (it resumes from its "
+                   "checkpoint); a sweep rewrites its manifest the same way.")
 
 READING_NOTE = (
     "How to read this: FIDs compare only within a table (the same task, tier, protocol settings, number of "

@@ -66,45 +66,62 @@ def _tier_default(task: str, tier: str, cache: dict) -> dict | None:
     return cache[task, tier]
 
 
-def load_runs(results_dir: str | Path) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """Every record under ``results_dir``: a tidy frame (one row per run) and the records by path
-    (for their curves)."""
-    rows, records, defaults = [], {}, {}
+def load_runs(results_dir: str | Path) -> tuple[pd.DataFrame, dict[str, dict], list[dict]]:
+    """Every record under ``results_dir``: a tidy frame (one row per run), the records by path (for
+    their curves), and the records that could not be read, ``[{"path", "reason"}]``: a damaged file
+    is named in the report, never silently left out of a leaderboard."""
+    rows, records, defaults, unreadable = [], {}, {}, []
     for path in sorted(Path(results_dir).rglob(RECORD_FILE)):
         try:
             record = json.loads(path.read_text())
-        except (OSError, ValueError):
+            if not isinstance(record, dict):
+                raise ValueError(f"it holds a JSON {type(record).__name__}, not a record")
+            rows.append(_row(path, record, defaults))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            unreadable.append({"path": str(path), "reason": _why_unreadable(exc)})
             continue
-        config, profile = record.get("config") or {}, record.get("profile") or {}
-        timings, evaluation = record.get("timings") or {}, config.get("evaluation") or {}
-        settings = json.dumps(result_settings(config), sort_keys=True, default=str)
-        tier_default = record.get("tier_config") or _tier_default(record["task"], record["tier"], defaults)
-        conditions = run_conditions(record)
-        rows.append({
-            "task": record["task"], "task_version": record.get("task_version"), "tier": record["tier"],
-            "arch": record["arch"], "arch_sha256": (record.get("arch_sha256") or "")[:12],
-            "arch_file": record.get("arch_file"), "seed": record["seed"], "status": record["status"],
-            "step": record.get("step"), "steps": (config.get("training") or {}).get("steps"),
-            "best_fid": record.get("best_fid"), "best_step": record.get("best_step"),
-            "final_fid": record.get("final_fid"), "final_kid": record.get("final_kid"),
-            "early_fid": _early_fid(record), "params": record.get("param_count"),
-            "gmacs": profile.get("gmacs"), "gflops": profile.get("gflops"),
-            "train_img_s": timings.get("train_images_per_sec"), "train_mfu": timings.get("train_mfu"),
-            "sample_img_s": timings.get("sampling_images_per_sec"), "device": (record.get("device") or {}).get("name"),
-            **conditions, "conditions": conditions_label(conditions), "fid_samples": evaluation.get("num_samples"),
-            "best_fid_sampling_std": _sampling_std(record), "stream": record.get("stream_sha256"),
-            "git_commit": record.get("git_commit"), "torch": (record.get("versions") or {}).get("torch"),
-            "variant": variant(config, tier_default), "exact_protocol": exact_protocol(config, tier_default),
-            "reference_results": json.dumps(config.get("reference_results"), sort_keys=True),
-            "substitutions": "; ".join(f"{n['what']}: {n['used']}" for n in record.get("substitutions") or []),
-            "settings_key": settings, "failure": (record.get("failure") or {}).get("message"),
-            "updated_at": record.get("updated_at"), "record": str(path),
-        })
         records[str(path)] = record
     runs = pd.DataFrame(rows)
     if not runs.empty:
         runs = runs.sort_values(["task", "tier", "arch", "variant", "seed"], kind="stable").reset_index(drop=True)
-    return runs, records
+    return runs, records, unreadable
+
+
+def _why_unreadable(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return f"cannot be read ({exc.strerror or exc})"
+    if isinstance(exc, KeyError):
+        return f"is not a valid record: it lacks the field {exc}"
+    return f"is not a valid record: {exc}"  # not JSON (cut short by a full disk, say), or the wrong shape
+
+
+def _row(path: Path, record: dict, defaults: dict) -> dict:
+    """One run's row of the tidy frame (KeyError when a field every record has is missing)."""
+    config, profile = record.get("config") or {}, record.get("profile") or {}
+    timings, evaluation = record.get("timings") or {}, config.get("evaluation") or {}
+    settings = json.dumps(result_settings(config), sort_keys=True, default=str)
+    tier_default = record.get("tier_config") or _tier_default(record["task"], record["tier"], defaults)
+    conditions = run_conditions(record)
+    return {
+        "task": record["task"], "task_version": record.get("task_version"), "tier": record["tier"],
+        "arch": record["arch"], "arch_sha256": (record.get("arch_sha256") or "")[:12],
+        "arch_file": record.get("arch_file"), "seed": record["seed"], "status": record["status"],
+        "step": record.get("step"), "steps": (config.get("training") or {}).get("steps"),
+        "best_fid": record.get("best_fid"), "best_step": record.get("best_step"),
+        "final_fid": record.get("final_fid"), "final_kid": record.get("final_kid"),
+        "early_fid": _early_fid(record), "params": record.get("param_count"),
+        "gmacs": profile.get("gmacs"), "gflops": profile.get("gflops"),
+        "train_img_s": timings.get("train_images_per_sec"), "train_mfu": timings.get("train_mfu"),
+        "sample_img_s": timings.get("sampling_images_per_sec"), "device": (record.get("device") or {}).get("name"),
+        **conditions, "conditions": conditions_label(conditions), "fid_samples": evaluation.get("num_samples"),
+        "best_fid_sampling_std": _sampling_std(record), "stream": record.get("stream_sha256"),
+        "git_commit": record.get("git_commit"), "torch": (record.get("versions") or {}).get("torch"),
+        "variant": variant(config, tier_default), "exact_protocol": exact_protocol(config, tier_default),
+        "reference_results": json.dumps(config.get("reference_results"), sort_keys=True),
+        "substitutions": "; ".join(f"{n['what']}: {n['used']}" for n in record.get("substitutions") or []),
+        "settings_key": settings, "failure": (record.get("failure") or {}).get("message"),
+        "updated_at": record.get("updated_at"), "record": str(path),
+    }
 
 
 def run_conditions(record: dict) -> dict:

@@ -162,6 +162,19 @@ class RunRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def read_record(path: Path) -> tuple[RunRecord | None, str | None]:
+    """(the record at ``path``, None); (None, None) where there is none; (None, why) where one is there
+    but cannot be read (cut short by a full disk, edited by hand): callers say so and go on without it."""
+    if not Path(path).exists():
+        return None, None
+    try:
+        return RunRecord.load(path), None
+    except OSError as exc:
+        return None, f"{path} cannot be read ({exc.strerror or exc})"
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON; not an object; fields of the wrong shape
+        return None, f"{path} is not a valid record ({exc})"
+
+
 def load_records(results_dir: str | Path):
     """Every record under ``results_dir`` as a flat DataFrame, one row per run."""
     import pandas as pd

@@ -42,6 +42,7 @@ from harness.run.records import (
     ensure_writable,
     git_commit,
     library_versions,
+    read_record,
     run_dir,
     sampling_rate,
     substitution_line,
@@ -338,8 +339,10 @@ class Run:
             return
         message = str(exc) if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
         failure = {"step": 0, "message": message, "error": type(exc).__name__}
-        if self.record_path.exists():
-            record = RunRecord.load(self.record_path)
+        record, problem = read_record(self.record_path)
+        if problem:
+            self.log(f"The earlier record {problem}; writing a new one.")
+        if record is not None:
             if record.status != "completed":
                 record.status, record.failure = "failed", dict(failure, step=record.step)
                 record.save(self.directory)

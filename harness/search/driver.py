@@ -28,7 +28,7 @@ from harness.errors import HarnessError
 from harness.files import atomic_write_bytes
 from harness.protocol.tasks import resolve_task
 from harness.run.locks import RunLock
-from harness.run.records import RunRecord, ensure_writable, run_dir
+from harness.run.records import ensure_writable, read_record, run_dir
 from harness.run.signals import signal_of, signals_interrupt
 from harness.search.export import render
 from harness.search.space_file import load_space
@@ -324,9 +324,10 @@ class Search:
         """What the run's record says, as trial user attributes (readable with Optuna's tools)."""
         attrs = {"record": outcome.record, "log": outcome.log, "node": outcome.node, "best_step": outcome.best_step,
                  "best_fid": outcome.best_fid, "step": outcome.step, "latency_ms": outcome.latency_ms}
-        record_path = Path(outcome.record) if outcome.record else None
-        if record_path is not None and record_path.exists():
-            record = RunRecord.load(record_path)
+        record, problem = read_record(Path(outcome.record)) if outcome.record else (None, None)
+        if problem:
+            self.say(f"warning    trial {slot.trial.number}: {problem}; its parameter count and MACs are left out")
+        if record is not None:
             profile = record.profile or {}
             attrs.update(param_count=record.param_count, gmacs=profile.get("gmacs"), gflops=profile.get("gflops"),
                          step=record.step, final_fid=record.final_fid,
