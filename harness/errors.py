@@ -36,6 +36,13 @@ class ProcessLost(RunFailed):
     sweep runs it again (it resumes from its checkpoint)."""
 
 
+class CannotWrite(HarnessError):
+    """A file of the run could not be written (a full disk, a read-only or vanished folder). The
+    message names the file and the space free there; nothing half-written is left under its name."""
+
+    exit_code = 1
+
+
 class NonFiniteLoss(Exception):
     """The training loss was NaN or infinite; the run turns it into ``RunFailed`` with its step."""
 

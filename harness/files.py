@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+from harness.errors import CannotWrite
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout: architectures/, tasks/, results/ live here
 
@@ -30,35 +34,80 @@ def _temp_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+def free_space(path: Path) -> str:
+    """'1.2 GB free on /mount' for the filesystem ``path`` (or its nearest existing parent) is on."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return "free space unknown"
+    size = next((f"{free / 1000 ** k:.1f} {unit}" for k, unit in ((3, "GB"), (2, "MB"), (1, "kB"))
+                 if free >= 1000 ** k), f"{free} bytes")
+    return f"{size} free there"
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """OSError while writing ``path`` -> CannotWrite naming the file, the reason and the space left."""
+    try:
+        yield
+    except OSError as exc:
+        raise CannotWrite(f"Cannot write {path}: {exc.strerror or exc} ({free_space(path.parent)}). Nothing "
+                          f"half-written was left under its name. Free some space (or make the folder writable) "
+                          f"and run the same command again.") from exc
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over the target."""
-    fd, tmp = _temp_beside(path)
+    with writing(path):
+        fd, tmp = _temp_beside(path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):  # a full disk: the partial file goes, and its space with it
+                os.unlink(tmp)
+
+
+def atomic_write_json(path: Path, obj: Any, *, in_place_if_full: bool = False) -> None:
+    """``in_place_if_full``: where the disk has no room for a second copy, overwrite the file itself
+    (its blocks are already allocated). Only for a last word such as a failed run's record, which the
+    run can rebuild from its checkpoint if that write is cut short too."""
+    data = (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode()
     try:
-        with os.fdopen(fd, "wb") as f:
+        atomic_write_bytes(path, data)
+    except CannotWrite as exc:
+        if not (in_place_if_full and getattr(exc.__cause__, "errno", None) == errno.ENOSPC and path.exists()):
+            raise
+        with writing(path), open(path, "r+b") as f:
             f.write(data)
+            f.truncate()
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    fd, tmp = _temp_beside(path)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with writing(path):
+        fd, tmp = _temp_beside(path)
+        os.close(fd)
+        try:
+            try:
+                torch.save(obj, tmp)
+            except RuntimeError as exc:  # torch's zip writer says "unexpected pos ..." where the disk is full
+                full = shutil.disk_usage(path.parent).free < 2 ** 20
+                raise OSError(errno.ENOSPC if full else errno.EIO,
+                              os.strerror(errno.ENOSPC) if full else str(exc).splitlines()[0]) from exc
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         if args.debug:
             raise
-        print("error: " + textwrap.fill(str(exc), width=100, subsequent_indent="       "), file=sys.stderr)
+        print("error: " + textwrap.fill(str(exc), width=100, subsequent_indent="       ", break_long_words=False,
+                                              break_on_hyphens=False), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as interrupt:
         if args.debug:

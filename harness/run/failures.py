@@ -19,3 +19,9 @@ def describe_failure(exc: Exception, step: int, log_path: Path | None) -> tuple[
     if isinstance(exc, HarnessError):
         return str(exc), ""
     return f"The run raised {type(exc).__name__} at step {step}: {exc}.", f"The traceback is in {log_path}."
+
+
+def stopped_message(what: str, said: str, kept: Path, last_good_step: int, advice: str) -> str:
+    """The error of a run that failed: what happened, where its record is, the checkpoint kept, what to do."""
+    checkpoint = f" and the last good checkpoint (step {last_good_step}) is kept at {kept}. " if kept.exists() else ". "
+    return f"{what} The run stopped; {said}{checkpoint}{advice}"

@@ -1,6 +1,7 @@
 """The run folder's own files beside the record: the log every message of a run goes to, and the sample grid."""
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 from typing import Callable
@@ -46,7 +47,14 @@ class RunLog:
 
     def write(self, message: str) -> None:
         if self._file is not None:
-            self._file.write(f"[{now()}] {message}\n")
-            self._file.flush()
+            try:
+                self._file.write(f"[{now()}] {message}\n")
+                self._file.flush()
+            except OSError as exc:  # a full disk: say it once, and let the run's own error (its checkpoint's) lead
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                self._file = None
+                if self.echo is not None:
+                    self.echo(f"Cannot write {self.path} ({exc.strerror or exc}): messages go to the terminal only.")
         if self.echo is not None and not message.startswith("Traceback"):
             self.echo(message)

@@ -150,9 +150,10 @@ class RunRecord:
         return asdict(self)
 
     def save(self, directory: Path) -> Path:
+        """Atomically; a final status (not ``running``) is written in place when the disk is full."""
         self.updated_at = now()
         path = directory / RECORD_FILE
-        atomic_write_json(path, self.to_dict())
+        atomic_write_json(path, self.to_dict(), in_place_if_full=self.status != "running")
         return path
 
     @classmethod

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from harness.errors import HarnessError, NonFiniteLoss, RunFailed, RunInterrupted
+from harness.errors import CannotWrite, HarnessError, NonFiniteLoss, RunFailed, RunInterrupted
 from harness.files import now
 from harness.measure.flops import matmul_precision, mfu, record_counts
 from harness.protocol import registry
@@ -32,7 +32,7 @@ from harness.protocol.evaluation import Evaluator
 from harness.protocol.tasks import load_task_file, resolve_task
 from harness.protocol.trainer import Trainer, precision_name, sampling_dtype
 from harness.run import checkpoints, locks
-from harness.run.failures import describe_failure
+from harness.run.failures import describe_failure, stopped_message
 from harness.run.folder import GRID_FILE, LOG_FILE, RunLog, save_grid
 from harness.run.records import (
     CHECKPOINT_FILE,
@@ -259,8 +259,8 @@ class Run:
 
     def checkpoint(self) -> None:
         """Save the checkpoint (the previous one kept) and the record, status running."""
-        self.last_good_step = self.trainer.step
         if not self.world.is_main:
+            self.last_good_step = self.trainer.step
             return
         self.totals["wall_seconds"] = self._wall()
         record = self.record
@@ -269,6 +269,7 @@ class Run:
                  "created_at": record.created_at, "reference": record.reference, "samples_png": record.samples_png,
                  "substitutions": self.substitutions}
         checkpoints.save(self.directory, state)
+        self.last_good_step = self.trainer.step
         self._write_record("running")
 
     def finish(self, status: str) -> RunRecord:
@@ -322,14 +323,13 @@ class Run:
             self.trainer.step = exc.step
         what, advice = describe_failure(exc, self.trainer.step, self.run_log.path)
         self.record.failure = {"step": self.trainer.step, "message": what, "error": type(exc).__name__}
-        self._write_record("failed")
-        kept = self.directory / CHECKPOINT_FILE
-        return RunFailed(
-            f"{what} The run stopped; its record (status 'failed') is at {self.record_path}"
-            + (f" and the last good checkpoint (step {self.last_good_step}) is kept at {kept}. " if kept.exists()
-               else ". ")
-            + advice
-        )
+        try:
+            self._write_record("failed")
+            said = f"its record (status 'failed') is at {self.record_path}"
+        except CannotWrite as second:  # the disk is full even for the record: it keeps its last state
+            self.log(str(second))
+            said = f"its record {self.record_path} could not be updated either ({second.__cause__})"
+        return RunFailed(stopped_message(what, said, self.directory / CHECKPOINT_FILE, self.last_good_step, advice))
 
     def _record_failure_before_training(self, exc: Exception) -> None:
         """A run that cannot even start says why in its record: a new record, or the failure added
