@@ -102,6 +102,19 @@ class Channel:
             self.stop_keys.add(key)
 
 
+def _start_channel():
+    """The Channel actor, on the driver's node (it lives as long as the driver does), restarted by Ray
+    whenever its process is lost, with calls to it retried meanwhile: a run never fails because the
+    driver's helper died. Its state (events not yet drained, stop requests) starts empty again; the
+    pool sends its stop requests again at every wait."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Channel).options(
+        scheduling_strategy=here).remote()
+
+
 def _execute(job: Job, channel, threads: int) -> Outcome:
     """The Ray task: one run, reporting to ``channel``; returns its Outcome, never raises for a
     run that fails by itself (only a dying process makes Ray retry it)."""
@@ -251,7 +264,8 @@ class RayPool:
         if allocation.get("spans_nodes"):  # the task only launches; each process holds one bundle
             self.placement = {"GPU": self.gpus_per_run / self.devices_per_run,
                               "CPU": self.cpus_per_run / self.devices_per_run}
-        self.channel = ray.remote(num_cpus=0)(Channel).remote()
+        self.channel = _start_channel()
+        self.stop_requests: list[str | None] = []  # sent again each wait: a restarted channel starts empty
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         self.runtime_env = {"env_vars": env} if env else None  # the runs see the driver's HARNESS_* settings
         self._task = ray.remote(_execute).options(
@@ -307,7 +321,14 @@ class RayPool:
                 finished.append(self._outcome(ref, job))
         else:
             time.sleep(timeout)
-        events, steps = ray.get(self.channel.drain.remote())
+        try:
+            for key in self.stop_requests:
+                self.channel.stop.remote(key)
+            events, steps = ray.get(self.channel.drain.remote(), timeout=60)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            # the channel is restarting (Ray restarts it, or its process was lost): the events it held are
+            # gone, the runs go on and their outcomes still come back through their tasks
+            events, steps = [], {}
         return events, steps, finished
 
     def _outcome(self, ref, job: Job) -> Outcome:
@@ -336,6 +357,7 @@ class RayPool:
         """Ask one run (or all, with None) to checkpoint at its next step and return."""
         import ray
 
+        self.stop_requests.append(key)
         ray.get(self.channel.stop.remote(key))
 
     def interrupt(self, again: bool, say, runs: str, driver: str, by: str = "SIGINT") -> None:
