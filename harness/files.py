@@ -35,7 +35,7 @@ def _temp_beside(path: Path) -> tuple[int, str]:
 
 
 def free_space(path: Path) -> str:
-    """'1.2 GB free on /mount' for the filesystem ``path`` (or its nearest existing parent) is on."""
+    """'1.2 GB free there': the space left on the filesystem ``path`` (or its nearest existing parent) is on."""
     path = Path(path)
     while not path.exists() and path != path.parent:
         path = path.parent

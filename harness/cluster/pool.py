@@ -265,7 +265,7 @@ class RayPool:
             self.placement = {"GPU": self.gpus_per_run / self.devices_per_run,
                               "CPU": self.cpus_per_run / self.devices_per_run}
         self.channel = _start_channel()
-        self.stop_requests: list[str | None] = []  # sent again each wait: a restarted channel starts empty
+        self.stop_requests: set[str | None] = set()  # sent again each wait: a restarted channel starts empty
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         self.runtime_env = {"env_vars": env} if env else None  # the runs see the driver's HARNESS_* settings
         self._task = ray.remote(_execute).options(
@@ -357,7 +357,7 @@ class RayPool:
         """Ask one run (or all, with None) to checkpoint at its next step and return."""
         import ray
 
-        self.stop_requests.append(key)
+        self.stop_requests.add(key)
         ray.get(self.channel.stop.remote(key))
 
     def interrupt(self, again: bool, say, runs: str, driver: str, by: str = "SIGINT") -> None:

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 from harness.errors import HarnessError, ProcessLost, RunFailed
+from harness.run.signals import StopOnSignal
 from harness.world import World
 
 STORE_POLL_SECONDS = 0.5  # how often rank 0 looks for a stop request and the launcher for progress
@@ -261,35 +262,29 @@ class Watcher:
                 self.on_evaluation(evaluation)
 
 
-class _LauncherSignals:
+class _LauncherSignals(StopOnSignal):
     """In the launcher: Ctrl-C, SIGTERM or SIGUSR1 asks the workers to stop, naming the signal (they
     also see a terminal's Ctrl-C, or a scheduler's signal to the whole job, themselves); a second
     Ctrl-C raises KeyboardInterrupt, and the agent then ends them. The handlers the elastic agent
     installs (SIGHUP, SIGQUIT) are undone afterwards, so a caller's own (a Ray worker's) are back
     once the run is over."""
 
-    STOP = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-    SIGNALS = (*STOP, signal.SIGHUP, signal.SIGQUIT)
+    AGENT_SIGNALS = (signal.SIGHUP, signal.SIGQUIT)
 
     def __init__(self, store):
-        self.store, self.saved, self.requested = store, {}, False
+        super().__init__()
+        self.store, self.saved = store, {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self.saved = {s: signal.getsignal(s) for s in self.SIGNALS}
-            for sig in self.STOP:
-                signal.signal(sig, self._handle)
-        return self
+            self.saved = {s: signal.getsignal(s) for s in self.AGENT_SIGNALS}
+        return super().__enter__()
 
-    def _handle(self, signum, frame):
-        if self.requested:
-            if signum == signal.SIGINT:  # Ctrl-C again; a scheduler's repeated signal changes nothing
-                raise KeyboardInterrupt
-            return
-        self.requested = True
-        self.store.set("stop", signal.Signals(signum).name)
+    def on_request(self, signal_name: str) -> None:
+        self.store.set("stop", signal_name)
 
     def __exit__(self, *exc):
+        super().__exit__(*exc)
         for sig, handler in self.saved.items():
             signal.signal(sig, handler)
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from harness.protocol.tasks import complete_config
 from harness.report import noise
-from harness.run.records import RECORD_FILE
+from harness.run.records import RECORD_FILE, why_unreadable
 
 # config fields that change neither what is trained nor what an FID means
 NOT_RESULT_FIELDS = ("seed", "tier", "description", "reference_results", "training.log_every",
@@ -78,21 +78,13 @@ def load_runs(results_dir: str | Path) -> tuple[pd.DataFrame, dict[str, dict], l
                 raise ValueError(f"it holds a JSON {type(record).__name__}, not a record")
             rows.append(_row(path, record, defaults))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            unreadable.append({"path": str(path), "reason": _why_unreadable(exc)})
+            unreadable.append({"path": str(path), "reason": why_unreadable(exc)})
             continue
         records[str(path)] = record
     runs = pd.DataFrame(rows)
     if not runs.empty:
         runs = runs.sort_values(["task", "tier", "arch", "variant", "seed"], kind="stable").reset_index(drop=True)
     return runs, records, unreadable
-
-
-def _why_unreadable(exc: Exception) -> str:
-    if isinstance(exc, OSError):
-        return f"cannot be read ({exc.strerror or exc})"
-    if isinstance(exc, KeyError):
-        return f"is not a valid record: it lacks the field {exc}"
-    return f"is not a valid record: {exc}"  # not JSON (cut short by a full disk, say), or the wrong shape
 
 
 def _row(path: Path, record: dict, defaults: dict) -> dict:

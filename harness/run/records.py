@@ -170,10 +170,17 @@ def read_record(path: Path) -> tuple[RunRecord | None, str | None]:
         return None, None
     try:
         return RunRecord.load(path), None
-    except OSError as exc:
-        return None, f"{path} cannot be read ({exc.strerror or exc})"
-    except (ValueError, TypeError, AttributeError) as exc:  # not JSON; not an object; fields of the wrong shape
-        return None, f"{path} is not a valid record ({exc})"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return None, f"{path} {why_unreadable(exc)}"
+
+
+def why_unreadable(exc: Exception) -> str:
+    """Why a record file could not be read, as the end of a sentence that starts with its path."""
+    if isinstance(exc, OSError):
+        return f"cannot be read ({exc.strerror or exc})"
+    if isinstance(exc, KeyError):
+        return f"is not a valid record: it lacks the field {exc}"
+    return f"is not a valid record: {exc}"  # not JSON (cut short by a full disk, say), or the wrong shape
 
 
 def load_records(results_dir: str | Path):

@@ -22,14 +22,17 @@ class StopOnSignal:
     job, make two; its SIGKILL after the grace period is what ends a stop that takes too long).
     Outside the main thread (a worker's thread) signals cannot be handled, and they are left alone."""
 
-    def __init__(self, signals=STOP_SIGNALS):
-        self.signals, self.requested, self.signal_name = signals, False, None
+    def __init__(self):
+        self.requested, self.signal_name = False, None
         self._previous: dict = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
+
+    def on_request(self, signal_name: str) -> None:
+        """Called once, at the first stop signal: a subclass passes the request on (a launcher to its workers)."""
 
     def _handle(self, signum, frame):
         if self.requested:
@@ -37,6 +40,7 @@ class StopOnSignal:
                 raise KeyboardInterrupt
             return  # a scheduler's signal again, or to every process of the job: the stop is under way
         self.requested, self.signal_name = True, signal.Signals(signum).name
+        self.on_request(self.signal_name)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
