@@ -67,6 +67,11 @@ class World:
 SINGLE = World()
 
 
+def process_group_backend(device: str) -> str:
+    """The torch.distributed backend between a run's processes: NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

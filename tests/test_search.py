@@ -40,11 +40,12 @@ def _settings_args(overrides):
     return args
 
 
-def search_command(results, *args, overrides=None):
-    """`python -m harness search` on shapes/smoke with the fast test settings, CPU, one thread per trial."""
+def search_command(results, *args, overrides=None, estimate=False):
+    """`python -m harness search` on shapes/smoke with the fast test settings, CPU, one thread per trial
+    (without measuring its estimate first unless ``estimate``)."""
     return [sys.executable, "-m", "harness", "search", "--task", "shapes", "--tier", "smoke", "--results-dir",
-            str(results), "--cpus-per-trial", "1", "--device", "cpu", "--no-progress", *_settings_args(overrides),
-            *args]
+            str(results), "--cpus-per-trial", "1", "--device", "cpu", "--no-progress",
+            *([] if estimate else ["--no-estimate"]), *_settings_args(overrides), *args]
 
 
 def harness(*args, timeout=600):
@@ -151,9 +152,13 @@ def test_export_best_of_a_two_objective_study_shows_the_pareto_set_and_asks_for_
 def test_a_five_trial_study_completes_reads_back_with_optuna_and_exports_its_winner(tmp_path):
     results = tmp_path / "results"
     overrides = {"evaluation.eval_points": [1], "training.steps": 2, "training.batch_size": 4}
-    out = subprocess.run(search_command(results, "--trials", "5", overrides=overrides), capture_output=True,
-                         text=True, timeout=900)
+    out = subprocess.run(search_command(results, "--trials", "5", overrides=overrides, estimate=True),
+                         capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
+    # before the first trial: what the 5 trials will cost, from the baselines measured at these settings
+    estimate = out.stdout.index("Predicted wall time of each run")
+    assert out.stdout.index("Study shapes-smoke-fid:") < estimate < out.stdout.index("trial 0")
+    assert "5 runs (5 trials per tier" in out.stdout and "wall on 2 at once" in out.stdout
     url = f"sqlite:///{results}/studies/shapes-smoke-fid.db"
     assert [s["name"] for s in optuna_cli("studies", "--storage", url)] == ["shapes-smoke-fid"]
     trials = optuna_cli("trials", "--storage", url, "--study-name", "shapes-smoke-fid")

@@ -18,6 +18,8 @@ from conftest import FAST, SLOW_ARCH, TINY_ARCH, stop_ray_cluster
 
 from harness.errors import RunInterrupted
 from harness.launch import run
+from harness.measure.estimate import predict
+from harness.protocol.tasks import resolve_task
 from harness.run.records import RunRecord
 
 pytestmark = pytest.mark.slow
@@ -302,6 +304,16 @@ def test_dry_run_shows_what_would_be_skipped_resumed_run_or_is_locked(tiny_arch,
         assert actions == {1: "skip", 2: "resume", 3: "run", 4: "locked"}
         assert plan["cells"][1]["resume_step"] == 4 and plan["cells"][3]["holder"]["pid"] == holder.pid
         assert plan["allocation"]["cpus_per_run"] == 1 and not (tmp_path / "sweeps").exists()
+        # the estimate of what is left: seed 3 from step 0 and seed 2 from step 4 of 6 (the reference is cached)
+        estimate = plan["estimate"]
+        assert [run["arch"] for run in estimate["runs"]] == ["tiny"] and estimate["study"]["runs"] == 2
+        tiny = estimate["runs"][0]
+        assert tiny["predicted"]["reference"] == 0 and tiny["measured"]["reference_plan"] == "cached"
+        spec = resolve_task("shapes", "smoke", FAST)
+        rest = predict(spec, tiny["measured"], from_step=4)  # 2 steps, the evaluation at 6, 2 checkpoints
+        assert rest["training"] < tiny["predicted"]["training"] and rest["sampling"] == tiny["predicted"]["sampling"]
+        assert estimate["study"]["device_seconds"] == pytest.approx(tiny["predicted"]["total"] + rest["total"],
+                                                                    abs=0.2)
         # executed, the locked cell is reported, not run twice
         result = harness_sweep(tmp_path, "--arch", str(tiny_arch), "--seed", "4")
         assert result.returncode == 1 and f"in use by process {holder.pid}" in result.stdout + result.stderr
@@ -356,7 +368,7 @@ def test_arch_all_means_every_registered_architecture(arch_dir_with_a_broken_fil
     from harness.cli.main import main
 
     assert main(["sweep", "--task", "shapes", "--arch", "all", "--tier", "smoke", "--seed", "1,2",
-                 "--results-dir", str(tmp_path), "--dry-run", "--json"]) == 0
+                 "--results-dir", str(tmp_path), "--dry-run", "--no-estimate", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert [c["key"] for c in plan["cells"]] == ["broken/smoke/seed1", "no_attn/smoke/seed1",
                                                  "broken/smoke/seed2", "no_attn/smoke/seed2"]

@@ -44,7 +44,23 @@ def add_parser(sub) -> None:
     add_run_options(p)
     add_pool_options(p, "trial")
     p.add_argument("--status", action="store_true", help="print the study's best trials (or Pareto set); run nothing")
+    p.add_argument("--no-estimate", action="store_true", help="start without first measuring what the trials will "
+                                                             "cost (by default `estimate`'s prediction is printed)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (progress goes to stderr)")
+
+
+def _estimate_printer(args, out):
+    """What the trials left will cost, printed once the search's checks pass: the baselines (its first
+    trials) measured here at its tier, on the device type and slots of its allocation."""
+    def print_estimate(allocation: dict, trials_left: int) -> None:
+        from harness.cli.estimate import before_study, estimate_text
+
+        if trials_left < 1:
+            return
+        runs = [(arch, args.tier, 0) for arch in ("standard", "full_attn", "no_attn")]
+        estimate = before_study(args.task, allocation, overrides(args), args.data_dir, runs, trials=trials_left)
+        print(estimate_text(estimate) if "runs" in estimate else f"No estimate: {estimate['skipped']}.", file=out)
+    return print_estimate
 
 
 def execute(args) -> int:
@@ -58,7 +74,8 @@ def execute(args) -> int:
     out = sys.stderr if args.json else sys.stdout
     search = Search(spec, address=args.address, gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
                     devices=args.devices, max_parallel=args.max_parallel, max_retries=args.max_retries,
-                    progress=not args.no_progress, stream=out)
+                    progress=not args.no_progress, stream=out,
+                    before_start=None if args.status or args.no_estimate else _estimate_printer(args, out))
     if args.status:
         study = load_study(search.settings.name, open_storage(search.url, create=False))
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
+from harness.cli.estimate import before_study, estimate_text
 from harness.cli.options import RAW, add_pool_options, add_run_options, comma_list, overrides
 from harness.run.signals import interrupt_exit_code
 
@@ -30,8 +31,11 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", help="comma list of seeds (default: the task's, 42)")
     add_run_options(p)
     add_pool_options(p, "run")
-    p.add_argument("--dry-run", action="store_true", help="print the cells, which are skipped or resumed, and the "
-                                                          "resources asked for; start nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the cells, which are skipped or resumed, the "
+                                                          "resources asked for and the estimate; start no run")
+    p.add_argument("--no-estimate", action="store_true", help="with --dry-run: do not measure what the cells will "
+                                                             "cost (by default the dry run times seconds of bursts "
+                                                             "on this machine and prints `estimate`'s prediction)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON (progress goes to stderr)")
 
 
@@ -44,6 +48,15 @@ def _print_sweep_summary(manifest: dict, out) -> None:
     table = pd.DataFrame(rows).to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}")
     print(f"\nSweep {manifest['sweep']} (manifest: {manifest['results_dir']}/sweeps/{manifest['sweep']}.json)\n{table}",
           file=out)
+
+
+def _estimate(sweep, args, allocation: dict) -> dict:
+    """What the cells left to run will cost, in queue order (harness/cli/estimate.py before_study)."""
+    left = [(c.arch_ref, c.tier, (c.resume_step or 0) if c.action == "resume" else 0)
+            for c in sweep.cells if c.action in ("run", "resume")]
+    if not left:
+        return {"skipped": "every cell is done or locked"}
+    return before_study(args.task, allocation, overrides(args), args.data_dir, left)
 
 
 def execute(args) -> int:
@@ -60,6 +73,8 @@ def execute(args) -> int:
                   progress=not args.no_progress, stream=out)
     if args.dry_run:
         plan = sweep.dry_run()
+        if not args.no_estimate:
+            plan["estimate"] = _estimate(sweep, args, plan["allocation"])
         if args.json:
             print(json.dumps(plan, indent=2))
             return 0
@@ -74,6 +89,9 @@ def execute(args) -> int:
                     "resume": f"resume from its checkpoint (step {cell.get('resume_step', '?')})",
                     "locked": f"locked: {cell.get('message', '')}"}[cell["action"]]
             print(f"  {cell['key']:<36} {what}")
+        if "estimate" in plan:
+            estimate = plan["estimate"]
+            print(estimate_text(estimate) if "runs" in estimate else f"No estimate: {estimate['skipped']}.")
         return 0
     try:
         manifest = sweep.execute()

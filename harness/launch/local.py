@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from harness.errors import HarnessError, ProcessLost, RunFailed
 from harness.run.signals import StopOnSignal
-from harness.world import World
+from harness.world import World, process_group_backend
 
 STORE_POLL_SECONDS = 0.5  # how often rank 0 looks for a stop request and the launcher for progress
 # Rank 0 alone computes the FID reference the first time (minutes on a CPU) while the others wait.
@@ -126,7 +126,7 @@ def launch(options: dict, devices: int, *, should_stop: Callable[[int], bool] | 
     threads = max(1, torch.get_num_threads() // devices)  # N processes share this process's CPU threads
     worker_options = dict(options, device=kind, fresh=False, devices=None, echo=log is not None)
     with held_run_folder(directory, options, log) as run_log:
-        run_log.write(f"Starting {devices} processes ({'nccl' if kind == 'cuda' else 'gloo'} on {kind}, "
+        run_log.write(f"Starting {devices} processes ({process_group_backend(kind)} on {kind}, "
                       f"{threads} thread(s) each), global batch {spec.training.batch_size} = {devices} x "
                       f"{spec.training.batch_size // devices}")
         store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
@@ -350,7 +350,7 @@ def train_process(options: dict, rank: int, size: int, local_rank: int, threads:
     if device == "cuda":
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)
-    backend = "nccl" if device.startswith("cuda") else "gloo"
+    backend = process_group_backend(device)
     if store is None:
         dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
     else:

@@ -9,7 +9,6 @@ key, so one broken architecture does not stop ``profile --all``.
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from harness.errors import HarnessError
 from harness.files import atomic_write_json, now
 from harness.measure.flops import count_macs, matmul_precision, mfu
+from harness.measure.memory import PeakMemory
 from harness.protocol import registry
 from harness.protocol.data import ImageBatches
 from harness.protocol.diffusion import ddim_sample, sample_seeds
@@ -76,33 +76,6 @@ def time_it(fn: Callable[[], None], device: torch.device, warmup: int, repeats: 
     return times
 
 
-class _PeakRSS:
-    """Peak resident memory increase of this process while the block runs (CPU), sampled every 5 ms."""
-
-    def __enter__(self):
-        import psutil
-
-        self._process = psutil.Process()
-        self.baseline = self.peak = self._process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def _poll(self):
-        while not self._stop.wait(0.005):  # 5 ms: fine enough, and light on a 2-core CPU
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
-
-    @property
-    def increase_mb(self) -> float:
-        return (self.peak - self.baseline) / 2**20
-
-
 def timed_profile(arch: registry.Architecture, spec: TaskSpec, device: torch.device, batch: int | None = None,
                   repeats: int = 10) -> dict:
     """Latency, throughput and memory, measured on ``device``."""
@@ -119,16 +92,14 @@ def timed_profile(arch: registry.Architecture, spec: TaskSpec, device: torch.dev
     trainer = Trainer(model, spec, ImageBatches(images, batch, device), device)
     trainer.train_step()  # first step allocates optimizer state; not part of the peak below
     _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        times = time_it(trainer.train_step, device, warmup=2, repeats=repeats)
-        out["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-        out["peak_mem_increase_mb"] = round((torch.cuda.max_memory_allocated(device) - base) / 2**20, 1)
-    else:
-        with _PeakRSS() as rss:
-            times = time_it(trainer.train_step, device, warmup=1, repeats=max(3, repeats // 3))
-        out["peak_mem_mb"] = round(rss.increase_mb, 1)
+    cuda = device.type == "cuda"
+    with PeakMemory(device) as memory:
+        times = time_it(trainer.train_step, device, warmup=2 if cuda else 1,
+                        repeats=repeats if cuda else max(3, repeats // 3))
+    if cuda:
+        out["peak_mem_mb"], out["peak_mem_increase_mb"] = memory.peak_mb, memory.increase_mb
+    else:  # the process's RSS includes all it loaded before: the step's own memory is the increase
+        out["peak_mem_mb"] = memory.increase_mb
     trainer.flush_losses()
     out["train_batch"] = batch
     out["train_step_ms"] = round(statistics.median(times) * 1e3, 3)

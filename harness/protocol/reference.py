@@ -122,6 +122,17 @@ def _download_cleanfid(spec: str) -> tuple[tuple[np.ndarray, np.ndarray, np.ndar
         socket.setdefaulttimeout(previous)
 
 
+def reference_plan(data: DataSpec, evaluation: EvaluationSpec, weights_id: str) -> tuple[str, Path]:
+    """What ``get_reference`` would do now, without doing it: ("cached", file), ("download", file) for
+    clean-fid's statistics (computed from the local data when they cannot be fetched), or ("compute", file)."""
+    key = reference_key(data, evaluation, weights_id)
+    if evaluation.reference.startswith("cleanfid:") and evaluation.reference_images is None:
+        path = _cache_path(key)
+        return ("cached" if path.is_file() else "download"), path
+    path = _cache_path(key)
+    return ("cached" if path.is_file() else "compute"), path
+
+
 def get_reference(
     data: DataSpec,
     evaluation: EvaluationSpec,

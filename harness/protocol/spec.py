@@ -50,6 +50,9 @@ class OptimizerSpec:
     betas: tuple[float, ...] = (0.9, 0.999)
     eps: float = 1e-8
     grad_clip_norm: float = 1.0  # max global gradient norm
+    # AdamW's implementation: "auto" (one fused kernel on CUDA, multi-tensor "foreach" ops on a CPU),
+    # "fused", "foreach" or "for-loop"; the record's recipe says which a run used
+    implementation: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,10 @@ class TrainingSpec:
     ema_schedule: str = "constant"
     log_every: int = 100  # loss read back from the device (one host sync) every this many steps
     checkpoint_every: int = 1000
-    precision: str = "fp32"  # "fp32", or "bf16": autocast on CUDA (a CPU run stays fp32; the record says which)
+    precision: str = "fp32"  # "fp32", or "bf16": autocast on the device types below (elsewhere fp32; the record says)
+    # the device types on which precision bf16 (training's, and evaluation's for sampling) autocasts: GPUs only
+    # by default, since bf16 is slower than fp32 on most CPUs; [cuda, cpu] runs the GPU recipe on a CPU
+    autocast_devices: tuple[str, ...] = ("cuda",)
     channels_last: str = "cuda"  # memory format: "cuda" (on GPUs only; slower for CPU training), "always", "never"
     compile: bool = False  # torch.compile the model for training
     # with --device auto, a machine without a usable GPU is refused (a real tier would train for days

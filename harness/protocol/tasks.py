@@ -269,6 +269,7 @@ _CHOICES = {
     "sampling.timestep_spacing": ("leading", "trailing", "linspace"),
     "training.channels_last": ("cuda", "always", "never"),
     "optimizer.name": ("adamw",),
+    "optimizer.implementation": ("auto", "fused", "foreach", "for-loop"),
     "diffusion.prediction_type": ("epsilon",),
     "diffusion.beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
     "sampling.sampler": ("ddim",),
@@ -321,6 +322,10 @@ def _check_choices(spec: TaskSpec, path: Path) -> None:
     if spec.data.image_size not in sizes:
         raise HarnessError(f"{path}: data.image_size must be {' or '.join(map(str, sizes))} for the "
                            f"{spec.data.dataset} dataset, not {spec.data.image_size!r}.")
+    devices = spec.training.autocast_devices
+    if not set(devices) <= {"cuda", "cpu"}:
+        raise HarnessError(f"{path}: training.autocast_devices must list device types among cuda and cpu, "
+                           f"not {list(devices)!r}.")
     if not 0.0 <= spec.training.ema_decay < 1.0:
         raise HarnessError(f"{path}: training.ema_decay must be in [0, 1), not {spec.training.ema_decay!r}.")
     reference = spec.evaluation.reference

@@ -20,8 +20,10 @@ from harness.world import SINGLE, World
 
 
 def autocast_dtype(spec: TaskSpec, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast only where the task asks for it and the device is a GPU; fp32 otherwise."""
-    return torch.bfloat16 if spec.training.precision == "bf16" and device.type == "cuda" else None
+    """bf16 autocast where training.precision asks for it on a device type in training.autocast_devices
+    (GPUs by default); None (fp32) otherwise."""
+    wanted = spec.training.precision == "bf16" and device.type in spec.training.autocast_devices
+    return torch.bfloat16 if wanted else None
 
 
 def precision_name(spec: TaskSpec, device: torch.device) -> str:
@@ -30,13 +32,50 @@ def precision_name(spec: TaskSpec, device: torch.device) -> str:
 
 
 def sampling_dtype(spec: TaskSpec, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast for DDIM sampling only where evaluation.precision asks for it and the device is a GPU."""
-    return torch.bfloat16 if spec.evaluation.precision == "bf16" and device.type == "cuda" else None
+    """bf16 autocast for DDIM sampling where evaluation.precision asks for it, on the same device types."""
+    wanted = spec.evaluation.precision == "bf16" and device.type in spec.training.autocast_devices
+    return torch.bfloat16 if wanted else None
 
 
 def uses_channels_last(spec: TaskSpec, device: torch.device) -> bool:
     mode = spec.training.channels_last
     return mode == "always" or (mode == "cuda" and device.type == "cuda")
+
+
+def optimizer_implementation(spec: TaskSpec, device: torch.device) -> str:
+    """AdamW's implementation on this device: "auto" is one fused kernel for the whole update on a GPU,
+    and multi-tensor ops on a CPU (35% faster than the for-loop there)."""
+    chosen = spec.optimizer.implementation
+    if chosen == "auto":
+        return "fused" if device.type == "cuda" else "foreach"
+    return chosen
+
+
+def optimizer_options(spec: TaskSpec, device: torch.device) -> dict:
+    """The keyword that selects ``optimizer_implementation`` in torch.optim.AdamW."""
+    return {"fused": {"fused": True}, "foreach": {"foreach": True},
+            "for-loop": {"foreach": False}}[optimizer_implementation(spec, device)]
+
+
+def device_rng_state(device: torch.device) -> dict:
+    """The device's own RNG state for a checkpoint: CUDA's (dropout on a GPU draws from it); none on a CPU,
+    whose global state the checkpoint holds as torch_rng."""
+    return {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
+
+
+def restore_device_rng_state(state: dict, device: torch.device) -> None:
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
+def recipe(spec: TaskSpec, device: torch.device) -> dict:
+    """The settings that depend on the device, as a run used them (its record's ``recipe``)."""
+    return {"device_type": device.type, "precision": precision_name(spec, device),
+            "sampling_precision": "bf16" if sampling_dtype(spec, device) else "fp32",
+            "channels_last": uses_channels_last(spec, device), "optimizer": optimizer_implementation(spec, device),
+            "compile": spec.training.compile,
+            # the random states a checkpoint holds (device_rng_state adds CUDA's on a GPU)
+            "rng_states": ["generator", "torch_rng"] + (["cuda_rng"] if device.type == "cuda" else [])}
 
 
 def ema_weight(schedule: str, decay: float, update: int) -> float:
@@ -90,9 +129,7 @@ class Trainer:
             raise ValueError(f"unknown optimizer {opt.name!r}")
         self.optimizer = torch.optim.AdamW(
             self.params, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay,
-            # one fused kernel for the whole update on GPU; multi-tensor ops on CPU (35% faster than the
-            # default loop there)
-            **({"fused": True} if device.type == "cuda" else {"foreach": True}),
+            **optimizer_options(spec, device),
         )
         self.schedule = NoiseSchedule(spec.diffusion, device)
         self.gen = torch.Generator(device).manual_seed(spec.seed)  # every training draw comes from here
@@ -177,8 +214,7 @@ class Trainer:
             "interval_losses": list(self._interval),
             "stream_sha256": self.stream_sha256,
         }
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        state.update(device_rng_state(self.device))
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -187,8 +223,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        restore_device_rng_state(state, self.device)
         self.batches.load_state_dict(state["batches"])
         self.step = state["step"]
         self.loss_curve = [tuple(x) for x in state["loss_curve"]]

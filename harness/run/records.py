@@ -135,6 +135,10 @@ class RunRecord:
     # when status is "interrupted": {"step", "signal" ("SIGINT", "SIGTERM", "SIGUSR1"; None for a sweep's or
     # search's stop request), "at"}; absent (None) in records from before 2026-12-03
     interruption: dict | None = None
+    # the device-dependent settings the run used (harness/protocol/trainer.py recipe): device_type, precision,
+    # sampling_precision, channels_last, optimizer ("fused", "foreach", "for-loop"), compile, rng_states;
+    # None in records from before 2026-12-03
+    recipe: dict | None = None
     stream_sha256: str | None = None  # the first training step's draws (harness/protocol/trainer.py): pairs seeds
     schema_version: int = SCHEMA_VERSION
 

@@ -30,7 +30,7 @@ from harness.protocol import registry
 from harness.protocol.data import ImageBatches, load_images
 from harness.protocol.evaluation import Evaluator
 from harness.protocol.tasks import load_task_file, resolve_task
-from harness.protocol.trainer import Trainer, precision_name, sampling_dtype
+from harness.protocol.trainer import Trainer, precision_name, recipe, sampling_dtype
 from harness.run import checkpoints, locks
 from harness.run.failures import describe_failure, stopped_message
 from harness.run.folder import GRID_FILE, LOG_FILE, RunLog, save_grid
@@ -165,8 +165,9 @@ class Run:
         for field, asked, used in (("training.precision", spec.training.precision, self.record.precision),
                                    ("evaluation.precision", spec.evaluation.precision, self.record.eval_precision)):
             if asked != used:
-                self._substituted(field, asked, used,
-                                  f"bf16 autocast is used on CUDA GPUs only; this run is on {dev.type}")
+                where = " and ".join(spec.training.autocast_devices)
+                self._substituted(field, asked, used, f"bf16 autocast is used on {where} only "
+                                  f"(training.autocast_devices); this run is on {dev.type}")
 
         def bar_factory(total: int, desc: str):
             return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not self.progress, dynamic_ncols=True)
@@ -359,7 +360,7 @@ class Run:
             versions=library_versions(), git_commit=git_commit(), created_at=now(), updated_at=now(),
             precision=precision_name(spec, self.device),
             eval_precision="bf16" if sampling_dtype(spec, self.device) else "fp32",
-            tier_config=self.tier_config, task_file=self.task_file, **fields,
+            tier_config=self.tier_config, task_file=self.task_file, recipe=recipe(spec, self.device), **fields,
         )
 
     def _account(self, segment_start: float, segment_step: int) -> None:

@@ -100,7 +100,10 @@ def settings_for(spec: SearchSpec) -> StudySettings:
 class Search:
     def __init__(self, spec: SearchSpec, *, address: str | None = None, gpus_per_trial: float | None = None,
                  cpus_per_trial: float | None = None, max_parallel: int | None = None, max_retries: int = 3,
-                 progress: bool = True, stream=None, devices: int | None = None):
+                 progress: bool = True, stream=None, devices: int | None = None, before_start=None):
+        # before_start(allocation, trials_left): told once the study's checks pass, before any trial starts
+        # (the CLI prints `estimate`'s prediction there)
+        self.before_start = before_start
         self.results_dir = Path(spec.results_dir).expanduser().resolve()
         task = spec.task  # a task file given by path must resolve the same way on every worker
         if Path(task).suffix in (".yaml", ".yml") and Path(task).exists():
@@ -170,6 +173,8 @@ class Search:
                          f"{self.settings.sampler}, pruner {self.settings.pruner}; up to {allocation['max_parallel']} "
                          f"trials at once, {allocation['gpus_per_run']:g} GPU and {allocation['cpus_per_run']:g} CPU "
                          f"each. Storage: {self.url}")
+                if self.before_start is not None:
+                    self.before_start(allocation, self.spec.trials - done)
                 self._drive(study, pool, allocation["max_parallel"])
             finally:
                 ray.shutdown()  # stops a private instance; only disconnects from a cluster

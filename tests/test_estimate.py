@@ -1,0 +1,114 @@
+"""`estimate`: its arithmetic checked by hand, and the command's output on this machine (structure, speed).
+
+How close its predictions come to real runs is measured, not tested: docs/estimate.md (docs/estimate/accuracy.py).
+"""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import FAST
+
+from harness.measure.estimate import PIECES, counts, makespan, predict, study_totals
+from harness.protocol.tasks import resolve_task
+
+# measured costs, made up so that every product can be checked by hand
+COSTS = {"startup_seconds": 4.0, "build_seconds": 0.5, "profile_seconds": 0.25, "data_load_seconds": 3.0,
+         "inception_load_seconds": 0.25, "sigma_root_seconds": 1.0, "reference_seconds": 10.0,
+         "step_seconds": 0.5, "first_step_seconds": 2.5, "sampling_batch": 64, "sampling_batch_seconds": 12.0,
+         "feature_seconds_per_image": 0.0625, "scoring_seconds": 1.5, "checkpoint_seconds": 0.2}
+
+
+def test_a_run_is_the_sum_of_its_pieces_each_a_count_times_a_cost():
+    spec = resolve_task("shapes", "smoke")  # 120 steps, evaluations at 0 and 120 of 64 samples, checkpoints every 40
+    assert counts(spec) == {"steps": 120, "evaluations": 2, "samples_per_evaluation": 64, "checkpoints": 5}
+    p = predict(spec, COSTS)
+    assert p == {"startup": 4.0, "prepare": 0.5 + 0.25 + 3.0 + 0.25 + 1.0, "reference": 10.0,
+                 "training": 120 * 0.5 + (2.5 - 0.5), "sampling": 2 * 12.0, "features": 2 * 64 * 0.0625,
+                 "scoring": 2 * 1.5, "checkpoints": 5 * 0.2, "total": p["total"]}
+    assert p["total"] == pytest.approx(sum(p[k] for k in PIECES))
+    # the protocol at the small tier: 7 evaluations of 50,000 samples in batches of 500, 35 + 7 checkpoints
+    small = resolve_task("cifar10", "small")
+    p = predict(small, dict(COSTS, sampling_batch=500))
+    assert p["sampling"] == pytest.approx(7 * 100 * 12.0) and p["features"] == pytest.approx(7 * 50000 * 0.0625)
+    assert p["checkpoints"] == pytest.approx(42 * 0.2)
+    # resumed at step 80: 40 steps, the evaluation at 120, 1 checkpoint (at 120) + 1 (after the evaluation)
+    assert counts(spec, 80) == {"steps": 40, "evaluations": 1, "samples_per_evaluation": 64, "checkpoints": 2}
+    rest = predict(spec, COSTS, 80)
+    assert rest["training"] == 40 * 0.5 + 2.0 and rest["sampling"] == 12.0 and rest["checkpoints"] == 0.4
+
+
+def test_a_study_pays_the_reference_once_and_fills_its_slots_longest_first():
+    assert makespan([3, 2, 2, 1], 2) == 4 and makespan([1, 2, 2, 3], 2) == 5 and makespan([3, 2, 2, 1], 1) == 8
+    assert makespan([5], 8) == 5
+
+    def run(total, reference=1.0, file="ref-a"):
+        predicted = {"total": total, "reference": reference}
+        return {"predicted": predicted, "reference_file": file}, predicted
+
+    totals = study_totals([run(10), run(10), run(20, file="ref-b"), run(5, reference=0.0)], slots=2)
+    # the second run on ref-a does not compute the reference again; in queue order on 2 slots:
+    # [10, 9] start, the 20 takes the slot free at 9, the 5 the one free at 10
+    assert totals["runs"] == 4 and totals["device_seconds"] == 10 + 9 + 20 + 5
+    assert totals["device_hours"] == pytest.approx(44 / 3600, abs=1e-3) and totals["wall_seconds"] == 29
+    assert study_totals([({"error": "boom"}, {})], 1) == {"runs": 0, "slots": 1, "device_seconds": 0,
+                                                         "device_hours": 0.0, "wall_seconds": 0.0}
+
+
+def _settings(extra=None):
+    return [a for k, v in {**FAST, **(extra or {})}.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+
+
+def test_estimate_measures_each_arch_and_tier_in_seconds_and_says_what_it_measured(tiny_arch, tmp_path):
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "harness", "estimate", "--task", "shapes", "--tier", "smoke",
+                           "--arch", f"standard,{tiny_arch}", "--device", "cpu", "--seed", "1,2,3", "--gpus", "2",
+                           "--burst-seconds", "0.2", *_settings(), "--json"], capture_output=True, text=True,
+                          timeout=300)
+    took = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert took < 120 and result["measured_seconds"] < took
+    assert result["kind"] == "estimate" and result["device"]["type"] == "cpu" and "torch" in result["versions"]
+    assert [(r["arch"], r["tier"]) for r in result["runs"]] == [("standard", "smoke"), ("tiny", "smoke")]
+    for run in result["runs"]:
+        p, m = run["predicted"], run["measured"]
+        assert set(p) == {*PIECES, "total"} and all(p[k] >= 0 for k in PIECES)
+        assert p["total"] == pytest.approx(sum(p[k] for k in PIECES), abs=0.01)
+        warm_up = max(0.0, m["first_step_seconds"] - m["step_seconds"])
+        assert p["training"] == pytest.approx(6 * m["step_seconds"] + warm_up, abs=0.01)
+        assert m["steps_timed"] >= 3 and m["sampling_batch"] == 6 and m["reference_plan"] in ("compute", "cached")
+        assert run["throughput"]["train_images_per_sec"] > 0 and run["memory"]["train_peak_mb"] > 0
+        assert run["counts"] == {"steps": 6, "evaluations": 1, "samples_per_evaluation": 6, "checkpoints": 4}
+    assert result["runs"][0]["throughput"]["train_mfu"] is None  # no known peak for this CPU
+    assert result["runs"][0]["measured"]["gflops"] > 0
+    # 3 seeds of 2 runs on 2 slots; the reference is paid once
+    study = result["study"]
+    assert study["runs"] == 6 and study["slots"] == 2
+    totals = [r["predicted"]["total"] for r in result["runs"]] * 3
+    reference = result["runs"][0]["predicted"]["reference"]  # the same reference file for both
+    assert study["device_seconds"] == pytest.approx(sum(totals) - 5 * reference, abs=0.3)
+    assert study["wall_seconds"] < study["device_seconds"]
+
+
+def test_estimate_text_names_every_piece_and_a_search_is_trials_at_the_baselines_mean(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "harness", "estimate", "--task", "shapes", "--tier", "smoke",
+                           "--trials", "10", "--device", "cpu", "--burst-seconds", "0.2", *_settings()],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for word in ("standard", "full_attn", "no_attn", "training", "sampling", "features", "scoring", "other",
+                 "10 runs (10 trials per tier", "device-hours", "wall on 1 at once", "Measured for"):
+        assert word in out, out
+
+
+def test_bad_estimate_input_is_a_clear_error(capsys):
+    from harness.cli.main import main
+
+    assert main(["estimate", "--task", "shapes", "--tier", "huge"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "huge" in err and "Traceback" not in err
+    assert main(["estimate", "--task", "shapes", "--tier", "smoke", "--arch", "standrd", "--device", "cpu"]) == 1
+    out = capsys.readouterr().out
+    assert "not measured: standrd/smoke" in out and "Did you mean 'standard'?" in out
