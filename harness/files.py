@@ -74,21 +74,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
                 os.unlink(tmp)
 
 
-def atomic_write_json(path: Path, obj: Any, *, in_place_if_full: bool = False) -> None:
-    """``in_place_if_full``: where the disk has no room for a second copy, overwrite the file itself
-    (its blocks are already allocated). Only for a last word such as a failed run's record, which the
-    run can rebuild from its checkpoint if that write is cut short too."""
+def atomic_write_json(path: Path, obj: Any, *, spare: Path | None = None) -> None:
+    """``spare``: a file held by :func:`keep_spare` whose space this write may take where the disk is full,
+    so that a last word (a failed run's record) is still written whole, never cut short in place."""
     data = (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode()
     try:
         atomic_write_bytes(path, data)
     except CannotWrite as exc:
-        if not (in_place_if_full and getattr(exc.__cause__, "errno", None) == errno.ENOSPC and path.exists()):
+        if spare is None or getattr(exc.__cause__, "errno", None) != errno.ENOSPC or not spare.exists():
             raise
-        with writing(path), open(path, "r+b") as f:
-            f.write(data)
-            f.truncate()
-            f.flush()
-            os.fsync(f.fileno())
+        spare.unlink()
+        atomic_write_bytes(path, data)
+
+
+def keep_spare(path: Path, size: int) -> None:
+    """Hold ``size`` bytes of disk at ``path`` for :func:`atomic_write_json`'s ``spare``. Random bytes, so that
+    a compressing filesystem allocates them. Where even they do not fit, the disk is full already and the
+    next checkpoint says so; the write goes on without a spare."""
+    if path.exists() and path.stat().st_size >= size:
+        return
+    with contextlib.suppress(CannotWrite):
+        atomic_write_bytes(path, os.urandom(size))
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:

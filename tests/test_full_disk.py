@@ -10,7 +10,7 @@ from conftest import SLOW_ARCH
 from test_signals import LONG, ONE_THREAD
 from test_sweep import _run_command, assert_same_results, folder, reference_run, wait_for_step
 
-from harness.run.records import RunRecord
+from harness.run.records import SPARE_FILE, RunRecord
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +54,7 @@ def test_a_disk_that_fills_up_mid_run_is_one_clear_error_and_freeing_it_resumes(
     assert "free there)" in said and "the last good checkpoint (step 8) is kept" in said, said
     record = RunRecord.load(run_folder / "record.json")
     assert record.status == "failed" and record.failure["error"] == "CannotWrite" and record.step == 16
+    assert not (run_folder / SPARE_FILE).exists()  # its space held that record
     kept = torch.load(run_folder / "checkpoint.pt", weights_only=False)
     assert kept["trainer"]["step"] == 8
 
@@ -62,3 +63,4 @@ def test_a_disk_that_fills_up_mid_run_is_one_clear_error_and_freeing_it_resumes(
     assert again.returncode == 0, again.stderr
     assert "from its checkpoint at step 8" in (run_folder / "run.log").read_text()
     assert_same_results(RunRecord.load(run_folder / "record.json"), straight)
+    assert not (run_folder / SPARE_FILE).exists()  # a finished run gives its spare back

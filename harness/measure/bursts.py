@@ -8,7 +8,8 @@ counts of a whole run. What is scaled rather than run whole, and why:
 
 - sampling: a batch runs ``SAMPLING_STEPS`` of its DDIM steps, times steps / SAMPLING_STEPS (each step
   is one forward pass and one scheduler update of the same shape);
-- features: a CPU times at most 64 images of a batch (Inception is per image there), a GPU the whole batch;
+- features: one whole feature batch (a part of one under-predicted the demo tier's 128-image batches on a
+  CPU: 0.075 s per image timed on 64 of them, 0.10 s per image in the run);
 - scoring: above ``SCORING_ROWS`` generated images the FID's matrix products grow linearly with the
   number of images (N x 2048 by 2048 x 2048), so it is timed at two sizes and extrapolated; the
   bootstrap times 1 and 3 resamples and scales their difference to the task's count.
@@ -16,6 +17,7 @@ counts of a whole run. What is scaled rather than run whole, and why:
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -78,9 +80,8 @@ def train_burst(model: torch.nn.Module, spec: TaskSpec, device: torch.device, mi
 
     The first step (optimizer state, kernel selection, torch.compile's compilation) is timed apart; then
     steps run until ``min_seconds`` have passed (at least 3), ending with the loss read-back a log
-    interval ends with. On a GPU a step is their mean. On a CPU it is the fastest of them: the first
-    steps of a large batch are slower while the allocator settles (measured at the small tier on this
-    project's 2-core VM: 16, 12, 10, 11, 11, 10, 9, 11, 8 s, where a 40-step run averaged 9.7 s)."""
+    interval ends with. On a GPU a step is their mean (a step there is only queued when the call returns).
+    On a CPU it is their median: one slow step (another process, a page-fault storm) does not move it."""
     size, batch = spec.data.image_size, spec.training.batch_size
     images = torch.randint(0, 256, (max(2 * batch, 64), 3, size, size), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))  # uint8 [N,3,S,S], as a dataset's
@@ -89,15 +90,15 @@ def train_burst(model: torch.nn.Module, spec: TaskSpec, device: torch.device, mi
         first = seconds(trainer.train_step, device)
         trainer.train_step()  # a second warm-up
         sync(device)
-        steps, fastest, start = 0, float("inf"), time.perf_counter()
-        while steps < 3 or (time.perf_counter() - start < min_seconds and steps < max_steps):
+        times, start = [], time.perf_counter()
+        while len(times) < 3 or (time.perf_counter() - start < min_seconds and len(times) < max_steps):
             began = time.perf_counter()
-            trainer.train_step()  # on a CPU done when it returns; on a GPU only queued
-            fastest = min(fastest, time.perf_counter() - began)
-            steps += 1
+            trainer.train_step()
+            times.append(time.perf_counter() - began)
         trainer.flush_losses()  # the host sync; it also waits for the device
         elapsed = time.perf_counter() - start
-    step = elapsed / steps if device.type == "cuda" else fastest
+    steps = len(times)
+    step = elapsed / steps if device.type == "cuda" else statistics.median(times)
     return {"first_step_seconds": first, "step_seconds": step, "steps_timed": steps,
             "train_images_per_sec": batch / step, "train_peak_memory_mb": memory.peak_mb,
             "train_memory_increase_mb": memory.increase_mb, "memory_kind": memory.kind}, trainer
@@ -134,8 +135,7 @@ def inception_burst(spec: TaskSpec, device: torch.device) -> tuple[dict, Incepti
 
 def feature_burst(features: InceptionFeatures, spec: TaskSpec, device: torch.device) -> dict:
     """Seconds per image of resize + Inception at the task's image size and feature batch."""
-    batch = spec.evaluation.feature_batch_size
-    count = batch if device.type == "cuda" else min(batch, 64)
+    count = spec.evaluation.feature_batch_size  # a whole batch: per image, a CPU is slower at 128 than at 64
     size = spec.data.image_size
     images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, device=device)
     features(images[:2]).cpu()  # warm-up

@@ -15,11 +15,13 @@ from pathlib import Path
 import torch
 
 from harness.errors import HarnessError
-from harness.files import REPO_ROOT, atomic_write_json, now
+from harness.files import REPO_ROOT, atomic_write_json, keep_spare, now
 
 SCHEMA_VERSION = 2
 RECORD_FILE = "record.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+SPARE_FILE = ".record.spare"  # disk held for a final record on a full disk (RunRecord.save)
+SPARE_BYTES = 64 * 1024  # at least; twice the running record, which grows with its loss curve
 
 
 def run_dir(results_dir: str | Path, task: str, arch: str, tier: str, seed: int) -> Path:
@@ -154,10 +156,16 @@ class RunRecord:
         return asdict(self)
 
     def save(self, directory: Path) -> Path:
-        """Atomically; a final status (not ``running``) is written in place when the disk is full."""
+        """Atomically. While the run is unfinished its folder holds a spare (twice the record, SPARE_BYTES
+        at least) that a final status may use where the disk has filled up, so a run stopped by a full disk
+        still says so in its record."""
         self.updated_at = now()
-        path = directory / RECORD_FILE
-        atomic_write_json(path, self.to_dict(), in_place_if_full=self.status != "running")
+        path, spare = directory / RECORD_FILE, directory / SPARE_FILE
+        atomic_write_json(path, self.to_dict(), spare=None if self.status == "running" else spare)
+        if self.status == "running":
+            keep_spare(spare, max(SPARE_BYTES, 2 * path.stat().st_size))
+        elif self.status == "completed":
+            spare.unlink(missing_ok=True)
         return path
 
     @classmethod
