@@ -94,6 +94,7 @@ def refuse_cpu_fallback(specs: list, device: str, device_type: str) -> None:
                else f"PyTorch (CUDA {torch.version.cuda}) sees no usable GPU: torch.cuda.is_available() is False")
         raise HarnessError(
             f"--device auto found no GPU ({why}), and tier(s) {', '.join(tiers)} of task {specs[0].name} are meant "
-            f"for GPUs ({specs[0].training.steps:,} steps of {specs[0].training.batch_size} images would take days "
-            f"on a CPU). Pass --device cpu to train on the CPU anyway, run on a machine with a GPU, or pick a tier "
-            f"made for CPUs (smoke; demo for the shapes task).")
+            f"for GPUs ({specs[0].training.steps:,} steps of {specs[0].training.batch_size} images; `python -m "
+            f"harness estimate --device cpu` with the same options says how long they would take here). Pass "
+            f"--device cpu to train on the CPU anyway, run on a machine with a GPU, or pick a tier made for CPUs "
+            f"(smoke; demo for the shapes task).")

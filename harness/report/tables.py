@@ -25,8 +25,9 @@ from harness.run.records import RECORD_FILE, why_unreadable
 
 # config fields that change neither what is trained nor what an FID means
 NOT_RESULT_FIELDS = ("seed", "tier", "description", "reference_results", "training.log_every",
-                     "training.checkpoint_every", "training.compile", "training.gpu_required", "evaluation.eval_points",
-                     "evaluation.feature_batch_size", "evaluation.fid_bootstrap", "sampling.batch_size",
+                     "training.checkpoint_every", "training.compile", "training.channels_last",
+                     "training.gpu_required", "evaluation.eval_points", "evaluation.feature_batch_size",
+                     "evaluation.fid_bootstrap", "sampling.batch_size",
                      # where bf16 may autocast and AdamW's kernels: what a run used is its precision and recipe
                      "training.autocast_devices", "optimizer.implementation")
 BASELINE = "standard"  # the architecture every FID difference is taken to
