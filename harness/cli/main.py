@@ -11,7 +11,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
-from harness.cli import bench, estimate, export, listing, profile, report, run, search, sweep
+from harness.cli import bench, estimate, export, export_model, listing, profile, report, run, search, sweep
 from harness.errors import HarnessError
 from harness.run.signals import interrupt_exit_code
 
@@ -28,10 +28,11 @@ examples:
   python -m harness estimate --task shapes --arch standard --tier smoke,demo
   python -m harness sweep --task shapes --arch standard,no_attn --tier smoke --seed 42,43
   python -m harness search --task shapes --tier smoke --trials 8 --steps 200
-  python -m harness export --study shapes-smoke-fid --best --name searched\n"""
+  python -m harness export --study shapes-smoke-fid --best --name searched
+  python -m harness export-model results/shapes/standard/smoke/seed42 --out exported/standard\n"""
 
 COMMANDS = {"run": run, "list": listing, "profile": profile, "bench": bench, "estimate": estimate, "sweep": sweep,
-            "search": search, "export": export, "report": report}
+            "search": search, "export": export, "export-model": export_model, "report": report}
 
 
 def build_parser(prog: str = "python -m harness") -> argparse.ArgumentParser:

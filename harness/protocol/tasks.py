@@ -141,6 +141,11 @@ def complete_config(config: dict) -> dict:
     return out
 
 
+def spec_from_config(config: dict, where: str) -> TaskSpec:
+    """The TaskSpec a record's ``config`` was resolved to (fields added since at their defaults)."""
+    return _build(TaskSpec, complete_config(config), where=where)
+
+
 def _check_override_key(key: str) -> None:
     """An override names a real field; a wrong one is reported as the user's --set, with the
     closest real field (``training.lr`` -> ``optimizer.lr``), not as an error in the task file."""
