@@ -33,16 +33,15 @@ def add_parser(sub) -> None:
 def execute(args) -> int:
     from pathlib import Path
 
-    from harness.report.model import Filters, collect
-    from harness.report.write import write_report
+    from harness.report.model import Filters
+    from harness.report.write import build_report
 
     filters = Filters(task=comma_list(args.task, "task") if args.task else [],
                       tier=comma_list(args.tier, "tier") if args.tier else [],
                       arch=comma_list(args.arch, "arch") if args.arch else [],
                       include_incomplete=args.include_incomplete)
     out = Path(args.out) if args.out else Path("reports") / args.name
-    report = collect(Path(args.results_dir), filters)
-    files = write_report(report, out)
+    report, files = build_report(args.results_dir, out, filters)
     for damaged in report.unreadable:
         print(f"warning: {damaged['path']} {damaged['reason']}; it is listed in the report, and what it holds is "
               f"missing from it.", file=sys.stderr)

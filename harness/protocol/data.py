@@ -1,6 +1,7 @@
-"""Training images: CIFAR-10 (local folder, tarball, cache, or download) and the procedural shapes set.
+"""Training images: CIFAR-10 (local folder, tarball, cache, or download), the procedural shapes set, and a
+folder of your own images (harness/protocol/folder_data.py).
 
-Both end as one uint8 tensor ``[N,3,32,32]`` on the training device (CIFAR-10 train is 150 MB),
+Each ends as one uint8 tensor ``[N,3,S,S]`` on the training device (CIFAR-10 train is 150 MB),
 and ``ImageBatches`` draws shuffled, flipped, [-1,1]-scaled batches from it with device ops
 only: no DataLoader workers and no per-step host work.
 """
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
+from harness.protocol.folder_data import load_folder
 from harness.protocol.spec import SHAPE_KINDS, DataSpec
 
 CIFAR_FOLDER = "cifar-10-batches-py"
@@ -178,7 +180,9 @@ def load_images(spec: DataSpec, data_dir: str | Path | None = None) -> np.ndarra
     if spec.dataset == "shapes":
         return generate_shapes(spec.num_images or 20000, spec.seed, spec.max_shapes, spec.shape_radius,
                                tuple(spec.shape_kinds), spec.image_size, spec.background)
-    raise HarnessError(f"Unknown dataset '{spec.dataset}': use 'cifar10' or 'shapes'.")
+    if spec.dataset == "folder":
+        return load_folder(spec, cache_dir() / "folders")
+    raise HarnessError(f"Unknown dataset '{spec.dataset}': use 'cifar10', 'shapes' or 'folder'.")
 
 
 class ImageBatches:

@@ -21,9 +21,11 @@ from typing import Callable
 import numpy as np
 
 from harness import files
+from harness.errors import HarnessError
 from harness.files import atomic_write_bytes
 from harness.protocol.data import cache_dir
 from harness.protocol.fid import InceptionFeatures, mean_cov, symmetric_sqrt
+from harness.protocol.folder_data import folder_identity
 from harness.protocol.spec import SHAPE_KINDS, DataSpec, EvaluationSpec
 
 KID_FEATURES = 10_000  # features kept for KID (clean-fid's KID draws subsets of at most 1000)
@@ -66,6 +68,8 @@ def reference_key(data: DataSpec, evaluation: EvaluationSpec, weights_id: str, r
             dataset.update(shape_kinds=list(data.shape_kinds))
         if data.background != "gradient":
             dataset.update(background=data.background)
+    elif data.dataset == "folder":  # the folder's listing: a changed folder gets a new reference
+        dataset.update(folder_identity(data))
     elif data.num_images:
         dataset.update(num_images=data.num_images)
     return {"data": dataset, "reference": reference or evaluation.reference, "images": evaluation.reference_images,
@@ -133,6 +137,14 @@ def reference_plan(data: DataSpec, evaluation: EvaluationSpec, weights_id: str) 
     return ("cached" if path.is_file() else "compute"), path
 
 
+def check_reference_size(data: DataSpec, evaluation: EvaluationSpec, count: int) -> None:
+    """A reference of more images than the dataset has is refused (before training, by the run)."""
+    if evaluation.reference_images and count < evaluation.reference_images:
+        raise HarnessError(f"The FID reference asks for {evaluation.reference_images:,} images "
+                           f"(evaluation.reference_images) but the {data.dataset} dataset has only {count:,}. Add "
+                           f"images, or ask for fewer: --set evaluation.reference_images={count}.")
+
+
 def get_reference(
     data: DataSpec,
     evaluation: EvaluationSpec,
@@ -169,6 +181,7 @@ def get_reference(
         if path.is_file():
             return _load(path, substitution)
         images = load_images()
+        check_reference_size(data, evaluation, len(images))
         if evaluation.reference_images:
             images = images[: evaluation.reference_images]
         bar = progress_factory(len(images)) if progress_factory else None

@@ -29,8 +29,6 @@ import torch
 from harness.errors import HarnessError
 from harness.files import REPO_ROOT
 
-IMAGE_SHAPE = (3, 32, 32)
-
 
 def architectures_dir() -> Path:
     return Path(os.environ.get("HARNESS_ARCH_DIR", REPO_ROOT / "architectures"))
@@ -185,10 +183,12 @@ def build_without_weights(arch: Architecture, env: dict[str, str]) -> torch.nn.M
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, arch: Architecture, device: torch.device, batch: int = 2) -> None:
-    """One tiny forward pass; raise a HarnessError that says exactly what is wrong."""
+def validate(model: torch.nn.Module, arch: Architecture, device: torch.device, batch: int = 2,
+             image_size: int = 32) -> None:
+    """One tiny forward pass at the task's image size; raise a HarnessError that says exactly what is wrong."""
     gen = torch.Generator().manual_seed(0)  # a private generator: the run's RNG stream is untouched
-    x = (torch.rand(batch, *IMAGE_SHAPE, generator=gen) * 2 - 1).to(device)
+    shape = (3, image_size, image_size)
+    x = (torch.rand(batch, *shape, generator=gen) * 2 - 1).to(device)
     t = torch.randint(0, 1000, (batch,), generator=gen, dtype=torch.int64).to(device)
     was_training = model.training
     model.eval()
@@ -196,8 +196,8 @@ def validate(model: torch.nn.Module, arch: Architecture, device: torch.device, b
         out = model(x, t)
     except Exception as exc:
         raise HarnessError(
-            f"The model from {arch.path} failed on a test input (x [{batch},3,32,32] float32 in [-1,1], "
-            f"timestep [{batch}] int64) at {_where_in_file(exc, arch.path)}: {type(exc).__name__}: {exc}"
+            f"The model from {arch.path} failed on a test input (x [{batch},3,{image_size},{image_size}] float32 in "
+            f"[-1,1], timestep [{batch}] int64) at {_where_in_file(exc, arch.path)}: {type(exc).__name__}: {exc}"
         ) from exc
     finally:
         model.train(was_training)
@@ -208,7 +208,7 @@ def validate(model: torch.nn.Module, arch: Architecture, device: torch.device, b
             f"The model from {arch.path} returned {got}, which has no .sample tensor. Return an object with "
             f".sample, e.g. diffusers.models.unets.unet_2d.UNet2DOutput(sample=eps)."
         )
-    expected = (batch, *IMAGE_SHAPE)
+    expected = (batch, *shape)
     if tuple(sample.shape) != expected:
         raise HarnessError(
             f"The model from {arch.path} returned .sample of shape {list(sample.shape)}; expected "
@@ -221,11 +221,12 @@ def validate(model: torch.nn.Module, arch: Architecture, device: torch.device, b
         )
 
 
-def load(arch_name: str, env: dict[str, str], device: torch.device, seed: int) -> tuple[Architecture, torch.nn.Module]:
+def load(arch_name: str, env: dict[str, str], device: torch.device, seed: int,
+         image_size: int = 32) -> tuple[Architecture, torch.nn.Module]:
     """Find, build (seeded) and validate an architecture on ``device``. The returned Architecture's
     ``sha256`` is that of the source the model was built from, fixed for the rest of the process."""
     arch = find_architecture(arch_name)
     torch.manual_seed(seed)  # weight initialisation is part of the run's seed
     model, sha256 = build_with_hash(arch, env, device)
-    validate(model, arch, device)
+    validate(model, arch, device, image_size=image_size)
     return dataclasses.replace(arch, built_sha256=sha256), model

@@ -12,8 +12,9 @@ SHAPE_BACKGROUNDS = ("gradient", "plain")
 
 @dataclass(frozen=True)
 class DataSpec:
-    dataset: str  # "cifar10" or "shapes"
-    image_size: int = 32  # pixels per side: cifar10 32; shapes 32, or 16 or 8 (drawn at 32, area-averaged)
+    dataset: str  # "cifar10", "shapes", or "folder" (image files under ``path``: harness/protocol/folder_data.py)
+    # pixels per side: cifar10 32; shapes 32, or 16 or 8 (drawn at 32, area-averaged); folder 32 or 64
+    image_size: int = 32
     horizontal_flip: bool = True  # random left-right flip of each training image
     num_images: int | None = None  # shapes: how many to generate; cifar10: None = the whole split
     seed: int = 0  # shapes: generator seed (the dataset, not the run)
@@ -21,6 +22,9 @@ class DataSpec:
     shape_radius: tuple[float, ...] = (4.0, 10.0)  # shapes: [min, max] size in pixels, drawn uniformly
     shape_kinds: tuple[str, ...] = SHAPE_KINDS  # shapes: the kinds drawn from, uniformly
     background: str = "gradient"  # shapes: "gradient" (between two colours) or "plain" (the first colour)
+    path: str | None = None  # folder: the folder of images (made absolute when the task is read)
+    fit: str = "center_crop"  # folder: "center_crop" (the centred square, resized), "stretch", or "exact"
+    resample: str = "bicubic"  # folder: PIL's filter for resizing: bicubic, lanczos, bilinear or box
 
 
 @dataclass(frozen=True)

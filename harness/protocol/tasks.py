@@ -26,6 +26,7 @@ import yaml
 
 from harness.errors import HarnessError
 from harness.files import REPO_ROOT
+from harness.protocol.folder_data import FITS, FOLDER_SIZES, RESAMPLES
 from harness.protocol.spec import SHAPE_BACKGROUNDS, SHAPE_KINDS, TaskSpec
 
 DEFAULT_TASK = "cifar10"
@@ -197,6 +198,13 @@ def _normalise(spec: TaskSpec, path: Path) -> TaskSpec:
     if spec.evaluation.num_samples < 2:
         raise HarnessError(f"{path}: evaluation.num_samples must be at least 2 (FID needs a covariance).")
     _check_choices(spec, path)
+    if spec.data.dataset == "folder":
+        if not spec.data.path:
+            raise HarnessError(f"{path}: data.dataset is 'folder' but data.path is not set. Set it in the task file "
+                               f"or pass --set data.path=DIR (the folder of your images).")
+        # absolute, so that every process of a sweep (whatever its working directory) reads the same folder
+        spec = dataclasses.replace(spec, data=dataclasses.replace(
+            spec.data, path=str(Path(spec.data.path).expanduser().resolve())))
     points = sorted({p for p in spec.evaluation.eval_points if 0 <= p <= steps} | {steps})
     evaluation = dataclasses.replace(spec.evaluation, eval_points=tuple(points))
     return dataclasses.replace(spec, evaluation=evaluation)
@@ -267,7 +275,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 # Values the harness implements; anything else is refused when the task is read, not hours into a run.
 _CHOICES = {
-    "data.dataset": ("cifar10", "shapes"),
+    "data.dataset": ("cifar10", "shapes", "folder"),
+    "data.fit": FITS,
+    "data.resample": tuple(RESAMPLES),
     "training.precision": ("fp32", "bf16"),
     "training.ema_schedule": ("constant", "warmup", "debiased"),
     "evaluation.precision": ("fp32", "bf16"),
@@ -323,7 +333,7 @@ def _check_choices(spec: TaskSpec, path: Path) -> None:
     if spec.data.background not in SHAPE_BACKGROUNDS:
         raise HarnessError(f"{path}: data.background must be {' or '.join(SHAPE_BACKGROUNDS)}, "
                            f"not {spec.data.background!r}.")
-    sizes = (8, 16, 32) if spec.data.dataset == "shapes" else (32,)
+    sizes = {"shapes": (8, 16, 32), "folder": FOLDER_SIZES}.get(spec.data.dataset, (32,))
     if spec.data.image_size not in sizes:
         raise HarnessError(f"{path}: data.image_size must be {' or '.join(map(str, sizes))} for the "
                            f"{spec.data.dataset} dataset, not {spec.data.image_size!r}.")

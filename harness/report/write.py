@@ -13,7 +13,14 @@ import pandas as pd
 from harness.report import plots
 from harness.report.html import page
 from harness.report.markdown import markdown
-from harness.report.model import Report, board_slug, board_title
+from harness.report.model import Filters, Report, board_slug, board_title, collect
+
+
+def build_report(results_dir: str | Path, out: str | Path, filters: Filters | None = None) -> tuple[Report, dict]:
+    """Read every record under ``results_dir`` (as ``filters`` select) and write the report into ``out``:
+    what ``harness report`` and ``harness.report()`` do. Returns the report and its files by name."""
+    report = collect(Path(results_dir), filters or Filters())
+    return report, write_report(report, Path(out))
 
 
 def write_report(report: Report, out: Path) -> dict[str, Path]:

@@ -29,6 +29,7 @@ from harness.measure.flops import matmul_precision, mfu, record_counts
 from harness.protocol import registry
 from harness.protocol.data import ImageBatches, load_images
 from harness.protocol.evaluation import Evaluator
+from harness.protocol.reference import check_reference_size
 from harness.protocol.tasks import load_task_file, resolve_task
 from harness.protocol.trainer import Trainer, precision_name, recipe, sampling_dtype
 from harness.run import checkpoints, locks
@@ -150,9 +151,10 @@ class Run:
         if self.fresh:
             checkpoints.remove(self.directory)
             self.record_path.unlink(missing_ok=True)
-        self.architecture, model = registry.load(self.arch_name, spec.width_env, dev, spec.seed)
+        self.architecture, model = registry.load(self.arch_name, spec.width_env, dev, spec.seed, spec.data.image_size)
         profile = record_counts(model, dev, spec.data.image_size) if self.world.is_main else None
-        images = load_images(spec.data, self.data_dir)  # uint8 [N,3,32,32] on the host
+        images = load_images(spec.data, self.data_dir)  # uint8 [N,3,S,S] on the host
+        check_reference_size(spec.data, spec.evaluation, len(images))
         batches = ImageBatches(images, spec.training.batch_size, dev, flip=spec.data.horizontal_flip)
         self.trainer = Trainer(model, spec, batches, dev, self.world)
         placed = self.world.gather((device_info(dev)["name"], socket.gethostname())) or []  # per rank, on rank 0
