@@ -96,8 +96,12 @@ def expand(sweep: SweepSpec) -> list[Cell]:
 
 
 def _same_config(record: RunRecord, spec: TaskSpec) -> bool:
+    """The same settings, but for where the curves go (training.log_with): that changes no result."""
     stored = complete_config(record.config)  # a record written before a field existed has its default
-    return json.loads(json.dumps(stored, default=list)) == json.loads(json.dumps(spec.to_dict(), default=list))
+    mine, theirs = (json.loads(json.dumps(c, default=list)) for c in (stored, spec.to_dict()))
+    for config in (mine, theirs):
+        config["training"].pop("log_with", None)
+    return mine == theirs
 
 
 def inspect(cell: Cell, device_type: str) -> None:
@@ -266,7 +270,7 @@ class Sweep:
         s = self.spec
         return Job(key=cell.key, folder=str(cell.folder), task=s.task, arch=cell.arch_ref, tier=cell.tier,
                    seed=cell.seed, results_dir=str(s.results_dir), overrides=dict(s.overrides), data_dir=s.data_dir,
-                   device=s.device)
+                   device=s.device, tags={"sweep": self.id})
 
     # -- events -----------------------------------------------------------------------------------
 

@@ -28,8 +28,9 @@ def small_disk(tmp_path):
 
 
 def fill(path):
-    """Write to ``path`` until the filesystem is full."""
-    with open(path, "wb") as f:
+    """Write to ``path`` until the filesystem is full. Unbuffered: a buffered file would try again to write
+    what did not fit when it is closed, and raise there."""
+    with open(path, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)

@@ -23,6 +23,9 @@ def add_run_options(p) -> None:
                         "CPU processes with --device cpu); the global batch is unchanged and split N ways, evaluation "
                         "is sharded by sample, the record says how many processes trained it (default: 1; in a sweep "
                         "or search, the GPUs per run)")
+    p.add_argument("--log-with", metavar="TRACKERS",
+                   help="experiment trackers to feed live, a comma list of tensorboard, wandb, mlflow, or none "
+                        "(default: the task's training.log_with, tensorboard: into the run folder; docs/tracking.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -52,13 +55,16 @@ def overrides(args) -> dict:
         overrides["evaluation.num_samples"] = args.fid_samples
     if getattr(args, "compile", False):
         overrides["training.compile"] = True
+    if getattr(args, "log_with", None):
+        overrides["training.log_with"] = [] if args.log_with == "none" else comma_list(args.log_with, "log-with")
     return overrides
 
 
 def comma_list(text: str, what: str, cast=str) -> list:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        example = {"arch": "standard,no_attn", "tier": "small,medium", "seed": "42,43", "task": "cifar10,shapes"}[what]
+        example = {"arch": "standard,no_attn", "tier": "small,medium", "seed": "42,43", "task": "cifar10,shapes",
+                   "log-with": "tensorboard,wandb"}[what]
         raise HarnessError(f"--{what} is empty: give one value or a comma list, e.g. --{what} {example}.")
     try:
         return [cast(t) for t in items]

@@ -52,6 +52,7 @@ class Job:
     devices: int = 1  # DDP processes (one per GPU) training this one run
     placement: dict | None = None  # each process's Ray resources when the run's processes may span nodes
     measure_latency: bool = False  # also time one forward pass of one image on the run's device (a search objective)
+    tags: dict = field(default_factory=dict)  # what the run's trackers tag it with: its sweep, or study and trial
 
 
 @dataclass
@@ -163,7 +164,7 @@ def _execute(job: Job, channel, threads: int) -> Outcome:
                 lambda: run(job.task, job.arch, job.tier, job.seed, device=job.device, devices=job.devices,
                             placement=job.placement, results_dir=job.results_dir,
                             data_dir=job.data_dir, overrides=job.overrides, progress=False, log=None,
-                            should_stop=should_stop,
+                            should_stop=should_stop, tags=job.tags,
                             on_evaluation=lambda e: channel.report.remote(job.key, {"kind": "evaluation", **e})))
         outcome.status = "completed"
         outcome.best_fid, outcome.best_step, outcome.step = record.best_fid, record.best_step, record.step

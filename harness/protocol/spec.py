@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # training.log_with's choices (harness/run/tracking.py)
 SHAPE_KINDS = ("circle", "square", "triangle", "ring", "diamond", "cross")  # the shapes dataset's kinds
 SHAPE_BACKGROUNDS = ("gradient", "plain")
 
@@ -76,6 +77,8 @@ class TrainingSpec:
     autocast_devices: tuple[str, ...] = ("cuda",)
     channels_last: str = "cuda"  # memory format: "cuda" (on GPUs only; slower for CPU training), "always", "never"
     compile: bool = False  # torch.compile the model for training
+    # experiment trackers fed live (harness/run/tracking.py): tensorboard (into the run folder), wandb, mlflow
+    log_with: tuple[str, ...] = ("tensorboard",)
     # with --device auto, a machine without a usable GPU is refused (a real tier would train for days
     # on a CPU); --device cpu still runs it. Set false on the tiers meant for CPUs (smoke, demo).
     gpu_required: bool = False

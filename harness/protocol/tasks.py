@@ -27,7 +27,7 @@ import yaml
 from harness.errors import HarnessError
 from harness.files import REPO_ROOT
 from harness.protocol.folder_data import FITS, FOLDER_SIZES, RESAMPLES
-from harness.protocol.spec import SHAPE_BACKGROUNDS, SHAPE_KINDS, TaskSpec
+from harness.protocol.spec import SHAPE_BACKGROUNDS, SHAPE_KINDS, TRACKERS, TaskSpec
 
 DEFAULT_TASK = "cifar10"
 
@@ -337,6 +337,9 @@ def _check_choices(spec: TaskSpec, path: Path) -> None:
     if spec.data.image_size not in sizes:
         raise HarnessError(f"{path}: data.image_size must be {' or '.join(map(str, sizes))} for the "
                            f"{spec.data.dataset} dataset, not {spec.data.image_size!r}.")
+    if not set(spec.training.log_with) <= set(TRACKERS):
+        raise HarnessError(f"{path}: training.log_with must list trackers among {', '.join(TRACKERS)} (or be "
+                           f"empty), not {list(spec.training.log_with)!r}.")
     devices = spec.training.autocast_devices
     if not set(devices) <= {"cuda", "cpu"}:
         raise HarnessError(f"{path}: training.autocast_devices must list device types among cuda and cpu, "

@@ -29,7 +29,8 @@ NOT_RESULT_FIELDS = ("seed", "tier", "description", "reference_results", "traini
                      "training.gpu_required", "evaluation.eval_points", "evaluation.feature_batch_size",
                      "evaluation.fid_bootstrap", "sampling.batch_size",
                      # where bf16 may autocast and AdamW's kernels: what a run used is its precision and recipe
-                     "training.autocast_devices", "optimizer.implementation")
+                     "training.autocast_devices", "optimizer.implementation",
+                     "training.log_with")  # where the curves are also sent
 BASELINE = "standard"  # the architecture every FID difference is taken to
 
 

@@ -16,16 +16,21 @@ LOG_FILE = "run.log"
 GRID_FILE = "samples.png"
 
 
-def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
-    """uint8 [N,3,H,W] -> one PNG with ``columns`` images per row."""
+def grid_canvas(images: torch.Tensor, columns: int = 8) -> np.ndarray:
+    """uint8 [N,3,H,W] -> uint8 [rows*H, columns*W, 3], ``columns`` images per row."""
     n, c, h, w = images.shape
     rows = -(-n // columns)
     canvas = np.zeros((rows * h, columns * w, c), dtype=np.uint8)
     for i, img in enumerate(images.numpy()):
         r, col = divmod(i, columns)
         canvas[r * h : (r + 1) * h, col * w : (col + 1) * w] = img.transpose(1, 2, 0)
+    return canvas
+
+
+def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
+    """uint8 [N,3,H,W] -> one PNG with ``columns`` images per row."""
     buf = io.BytesIO()
-    Image.fromarray(canvas).save(buf, format="PNG")
+    Image.fromarray(grid_canvas(images, columns)).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
 
 

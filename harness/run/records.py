@@ -16,6 +16,7 @@ import torch
 
 from harness.errors import HarnessError
 from harness.files import REPO_ROOT, atomic_write_json, keep_spare, now
+from harness.measure.flops import matmul_precision, mfu
 
 SCHEMA_VERSION = 2
 RECORD_FILE = "record.json"
@@ -92,6 +93,22 @@ def sampling_rate(evaluations: list[dict]) -> float | None:
     """Generated images per second over all of a run's evaluations (None before the first)."""
     seconds = sum(e["sample_seconds"] for e in evaluations)
     return round(sum(e["num_samples"] for e in evaluations) / seconds, 2) if seconds else None
+
+
+def run_timings(totals: dict, record: "RunRecord", device_type: str, processes: int) -> dict:
+    """The record's ``timings`` from the run's running totals: img/s, seconds, and the MFU (per device: the
+    run's images/s over as many devices' peaks as processes trained it) where the MACs are known."""
+    train_seconds, images = totals["train_seconds"], totals["train_images"]
+    timings = {"train_images_per_sec": round(images / train_seconds, 2) if train_seconds else None,
+               "sampling_images_per_sec": sampling_rate(record.evaluations),
+               "train_seconds": round(train_seconds, 2), "eval_seconds": round(totals["eval_seconds"], 2),
+               "wall_seconds": round(totals["wall_seconds"], 2)}
+    if train_seconds and "gflops" in (record.profile or {}):
+        peak = matmul_precision(record.precision, device_type, record.device.get("capability"))
+        timings["train_mfu"] = mfu(record.profile["gflops"], images / train_seconds, record.device["name"], peak,
+                                   devices=processes)
+        timings["mfu_peak"] = peak
+    return timings
 
 
 @dataclass

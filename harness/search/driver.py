@@ -282,7 +282,7 @@ class Search:
         job = Job(key=f"trial{number}", folder=str(folder), task=self.spec.task, arch=str(arch), tier=s.tier,
                   seed=s.seed, results_dir=str(self.results_dir), overrides=dict(s.overrides),
                   data_dir=self.spec.data_dir, device=self.spec.device,
-                  measure_latency="latency" in s.objectives)
+                  measure_latency="latency" in s.objectives, tags={"study": s.name, "trial": number})
         baseline = trial.user_attrs.get("baseline")
         self.say(f"{'resuming' if resumed else 'started':<11}trial {number}" + (f" ({baseline})" if baseline else "")
                  + f": {describe(choices)}")
