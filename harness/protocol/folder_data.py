@@ -43,19 +43,23 @@ def _listing(root: Path) -> list[Path]:
     return files
 
 
-def _identity(root: str, image_size: int, fit: str, resample: str, num_images: int | None) -> dict:
-    files = _listing(Path(root))
+def _scan(data: DataSpec) -> tuple[list[Path], dict]:
+    """The folder's files, and what defines its images: the listing's hash (every file's path, size and
+    modification time) and the settings that turn files into images."""
+    root = Path(data.path)
+    files = _listing(root)
     digest = hashlib.sha256()
     for p in files:
         stat = p.stat()
         digest.update(f"{p.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    return {"path": root, "files": len(files), "listing_sha256": digest.hexdigest(), "image_size": image_size,
-            "fit": fit, "resample": resample, "num_images": num_images}
+    return files, {"path": str(root), "files": len(files), "listing_sha256": digest.hexdigest(),
+                   "image_size": data.image_size, "fit": data.fit, "resample": data.resample,
+                   "num_images": data.num_images}
 
 
 def folder_identity(data: DataSpec) -> dict:
-    """What defines the folder's images: its listing's hash and the settings that turn files into images."""
-    return _identity(str(Path(data.path)), data.image_size, data.fit, data.resample, data.num_images)
+    """What keys the folder's decoded images and its FID reference (see _scan)."""
+    return _scan(data)[1]
 
 
 def _named(paths: list[Path], root: Path, count: int = 5) -> str:
@@ -83,8 +87,8 @@ def _decode(path: Path, size: int, fit: str, resample: int) -> tuple[np.ndarray 
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1), channels, None
 
 
-def _decode_all(data: DataSpec, root: Path) -> np.ndarray:
-    files = _listing(root)[: data.num_images or None]
+def _decode_all(data: DataSpec, root: Path, files: list[Path]) -> np.ndarray:
+    files = files[: data.num_images or None]
     images, channels, unreadable, wrong_size = [], {}, [], []
     for path in files:
         array, count, why = _decode(path, data.image_size, data.fit, RESAMPLES[data.resample])
@@ -113,12 +117,12 @@ def _decode_all(data: DataSpec, root: Path) -> np.ndarray:
 
 def load_folder(data: DataSpec, cache: Path) -> np.ndarray:
     """The folder's images as uint8 ``[N,3,S,S]``, decoded once and then read from ``cache``."""
-    identity = folder_identity(data)
+    files, identity = _scan(data)
     digest = hashlib.sha256(repr(sorted(identity.items())).encode()).hexdigest()[:16]
     path = cache / f"{Path(identity['path']).name}-{data.image_size}px-{digest}.npy"
     if path.is_file():
         return np.load(path)
-    images = _decode_all(data, Path(identity["path"]))
+    images = _decode_all(data, Path(identity["path"]), files)
     buffer = io.BytesIO()
     np.save(buffer, images)
     atomic_write_bytes(path, buffer.getvalue())

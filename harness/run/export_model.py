@@ -20,6 +20,7 @@ from harness.errors import HarnessError
 from harness.files import now
 from harness.protocol import registry
 from harness.protocol.diffusion import ddim_scheduler
+from harness.protocol.spec import TaskSpec
 from harness.protocol.tasks import spec_from_config
 from harness.run import checkpoints
 from harness.run.records import RECORD_FILE, RunRecord, read_record
@@ -74,23 +75,22 @@ def read_run(folder: Path) -> tuple[RunRecord, dict]:
     return record, state
 
 
-def trained_model(record: RunRecord, state: dict, raw: bool) -> torch.nn.Module:
+def trained_model(record: RunRecord, state: dict, spec: TaskSpec, raw: bool) -> tuple[torch.nn.Module, Path]:
     """The run's architecture at its widths on the CPU, with its EMA weights (the sampled ones; the live
-    model's buffers, as evaluation uses them) or, ``raw``, the trained weights."""
+    model's buffers, as evaluation uses them) or, ``raw``, the trained weights; and the file it was built from."""
     arch = registry.find_architecture(record.arch_file)
     if record.arch_sha256 and arch.sha256 != record.arch_sha256:
         raise HarnessError(
             f"{arch.path} has changed since this run was trained (sha256 {arch.sha256[:12]} now, "
             f"{record.arch_sha256[:12]} in its record), so its weights may not fit it. Restore the file as it was "
             f"(git log -- {arch.path}) and export again.")
-    spec = spec_from_config(record.config, where=f"the record of {record.arch}/{record.tier}/seed{record.seed}")
     model = registry.build(arch, spec.width_env, "cpu")
     live = state["trainer"]["model"]
     weights = dict(live if raw else state["trainer"]["ema"])
     if not raw:
         weights.update({name: live[name] for name, _ in model.named_buffers() if name in live})
     model.load_state_dict(weights)
-    return model.eval()
+    return model.eval(), arch.path
 
 
 def export_model(folder: str | Path, out: str | Path, *, raw: bool = False, force: bool = False) -> dict:
@@ -100,8 +100,8 @@ def export_model(folder: str | Path, out: str | Path, *, raw: bool = False, forc
     record, state = read_run(folder)
     if out.exists() and not (force and out.is_dir()):
         raise HarnessError(f"{out} already exists. Pass another --out, or --force to replace it.")
-    model = trained_model(record, state, raw)
     spec = spec_from_config(record.config, where=str(folder / RECORD_FILE))
+    model, arch_path = trained_model(record, state, spec, raw)
     scheduler = ddim_scheduler(spec.diffusion, spec.sampling)
     is_diffusers = hasattr(model, "save_pretrained") and hasattr(model, "register_to_config")
     meta = {"run_folder": str(folder.resolve()), "task": record.task, "task_version": record.task_version,
@@ -113,8 +113,7 @@ def export_model(folder: str | Path, out: str | Path, *, raw: bool = False, forc
             "best_fid": record.best_fid, "exported_at": now()}
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     try:
-        _write(staging, out.name, model, scheduler, meta, registry.find_architecture(record.arch_file).path,
-               is_diffusers)
+        _write(staging, out.name, model, scheduler, meta, arch_path, is_diffusers)
         if out.exists():
             shutil.rmtree(out)
         shutil.move(str(staging), out)
