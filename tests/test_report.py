@@ -83,7 +83,7 @@ def test_the_report_groups_ranks_and_lists_every_run(default_report):
     assert "published best FID (quoted)" in md and "| standard | 300.00 |" in md
     assert "| quoted | standard | published (task reference_results) |" in md  # a row, unranked
     assert "Runs not in the leaderboards" in md and "boom" in md
-    assert "tier mini vs tier smoke" in md and "tier smoke: first evaluation after step 0 vs best FID" in md
+    assert "| mini: best FID | smoke: best FID |" in md and "| smoke: FID at step 2 | smoke: best FID |" in md
     assert '"git_commits"' in md and '"inception_weights"' in md
 
 
@@ -234,6 +234,15 @@ def test_the_page_opens_in_headless_chromium_without_errors(default_report, tmp_
     assert images and all(complete and width > 0 for _, complete, width in images), images
     assert not [m for m in messages if m.startswith(("error", "pageerror", "failed"))], messages
     assert (out / "screenshot.png").stat().st_size > 10_000
+
+
+def test_the_fidelity_section_and_its_plot_are_in_both_formats(default_report):
+    md = (default_report / "leaderboard.md").read_text()
+    section = md.split("\n## Proxy fidelity\n")[1].split("\n## ")[0]
+    assert "| mini: best FID | smoke: best FID | 3 |" in section and "![fidelity.png](fidelity.png)" in section
+    assert (default_report / "fidelity.png").stat().st_size > 10_000
+    page = (default_report / "index.html").read_text()
+    assert "<h2>Proxy fidelity</h2>" in page and 'src="fidelity.png"' in page
 
 
 def test_the_early_fid_is_an_evaluation_before_the_last():

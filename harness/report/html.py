@@ -9,7 +9,7 @@ from html import escape
 import pandas as pd
 
 from harness.files import now
-from harness.report import tables
+from harness.report import fidelity, tables
 from harness.report.model import (
     PUBLISHED_NOTE,
     READING_NOTE,
@@ -86,12 +86,10 @@ def page(report: Report, figures: dict) -> str:
     if report.unreadable:
         parts += ["<h2>Files that could not be read</h2>", f"<p>{escape(UNREADABLE_NOTE)}</p>",
                   table(["file", "why"], [[u["path"], u["reason"]] for u in report.unreadable])]
-    if not report.agreement.empty:
-        agree = report.agreement.assign(kendall_tau=report.agreement["kendall_tau"].map("{:+.3f}".format),
-                                        spearman_rho=report.agreement["spearman_rho"].map("{:+.3f}".format))
-        parts += ["<h2>Rank agreement</h2><p>Does a cheap ranking predict the expensive one? Kendall τ and Spearman "
-                  "ρ between the architectures' orders (1: the same order; 0: unrelated), where at least 3 "
-                  "architectures have both numbers.</p>", frame(agree)]
+    if not report.fidelity.empty:
+        headers, rows = fidelity.display_rows(report.fidelity)
+        parts += ["<h2>Proxy fidelity</h2>", f"<p>{escape(fidelity.NOTE)}</p>", table(headers, rows),
+                  figures_html(figures.get("fidelity", []))]
     for study in report.studies:
         parts += [f"<h2>Study {escape(study['name'])}</h2><p>Storage <code>{escape(study['storage'])}</code></p>",
                   f"<pre>{escape(study['text'])}</pre>", figures_html(figures.get(("study", study["name"]), []))]

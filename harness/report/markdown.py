@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from harness.report import tables
+from harness.report import fidelity, tables
 from harness.report.model import (
     PUBLISHED_NOTE,
     READING_NOTE,
@@ -45,11 +45,10 @@ def markdown(report: Report, figures: dict) -> str:
     if report.unreadable:
         parts += ["## Files that could not be read", "", UNREADABLE_NOTE, "",
                   markdown_table(["file", "why"], [[u["path"], u["reason"]] for u in report.unreadable]), ""]
-    if not report.agreement.empty:
-        agree = report.agreement.copy()
-        for c in ("kendall_tau", "spearman_rho"):
-            agree[c] = agree[c].map(lambda v: f"{v:+.3f}")
-        parts += ["## Rank agreement", "", markdown_table(list(agree.columns), agree.astype(str).values.tolist()), ""]
+    if not report.fidelity.empty:
+        headers, rows = fidelity.display_rows(report.fidelity)
+        parts += ["## Proxy fidelity", "", fidelity.NOTE, "", markdown_table(headers, rows), ""]
+        parts += [f"![{p.name}]({p.name})" for p in figures.get("fidelity", [])] + [""]
     for study in report.studies:
         parts += [f"## Study {study['name']}", "", "```", study["text"], "```", ""]
         parts += [f"![{p.name}]({p.name})" for p in figures.get(("study", study["name"]), [])] + [""]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.report import tables
+from harness.report import fidelity, tables
 from harness.report.studies import find_studies, read_sweeps
 
 # (column, header, format, better): better is "lower", "higher" or None (no best marked)
@@ -125,7 +125,7 @@ class Report:
     records: dict
     grouped: pd.DataFrame
     boards: dict  # BoardKey -> leaderboard
-    agreement: pd.DataFrame
+    fidelity: pd.DataFrame  # fidelity.fidelity: proxy vs expensive rankings
     studies: list  # study summaries
     sweeps: list  # sweep manifests
     provenance: dict
@@ -152,7 +152,8 @@ def collect(results_dir: Path, filters: Filters) -> Report:
     grouped = tables.groups(runs, filters.include_incomplete) if not runs.empty else pd.DataFrame()
     grouped = name_trials(grouped, study_trials(studies))
     boards = {BoardKey(*key): board for key, board in tables.leaderboards(grouped).items()}
-    return Report(runs, records, grouped, boards, tables.rank_agreement(grouped), studies,
+    return Report(runs, records, grouped, boards, fidelity.fidelity(runs[runs["in_leaderboard"]] if not runs.empty
+                                                                     else runs, records), studies,
                   read_sweeps(results_dir, unreadable), provenance(runs, records), unreadable)
 
 

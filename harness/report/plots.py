@@ -135,3 +135,33 @@ def _runs_of(board: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     wanted = set(map(tuple, board[key].to_numpy()))
     mask = np.array([tuple(row) in wanted for row in runs[key].to_numpy()], dtype=bool)
     return runs[mask & runs["in_leaderboard"].to_numpy(dtype=bool)]
+
+
+def fidelity_scatter(table: pd.DataFrame, path: Path, limit: int = 12) -> Path | None:
+    """Each proxy's mean FID against the expensive setting's, one panel per pair (the first ``limit``),
+    an architecture per point: a proxy that ranks alike puts the points in a rising line."""
+    import json
+
+    if table.empty:
+        return None
+    shown = table.head(limit)
+    cols = min(3, len(shown))
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, (_, r) in zip(axes.flat, shown.iterrows()):
+        points = json.loads(r["points"])
+        xs, ys = zip(*points.values())
+        ax.scatter(xs, ys, color="#1f77b4")
+        for arch, (x, y) in points.items():
+            ax.annotate(arch, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax.set_xlabel(textwrap.fill(r["proxy"], 45), fontsize=8)
+        ax.set_ylabel(textwrap.fill(r["expensive"], 40), fontsize=8)
+        ax.set_title(f"τ {r['kendall_tau']:+.2f} ({r['tau_low']:+.2f} to {r['tau_high']:+.2f}), "
+                     f"{r['archs']} architectures", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    fig.suptitle("Proxy fidelity: mean FID per architecture" + (f" (first {limit} of {len(table)} pairs)"
+                                                                if len(table) > limit else ""), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

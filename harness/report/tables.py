@@ -322,34 +322,3 @@ def why_not_quoted(board: pd.DataFrame) -> str:
     differ = "; ".join(x for x in (f"changed from the tier: {variant_text}" if variant_text else "", ours) if x)
     return (f"The task's published FIDs for this tier are not quoted beside this table: they were measured with "
             f"the tier's own settings and {measured}, and these runs differ ({differ}).")
-
-
-def rank_agreement(grouped: pd.DataFrame, minimum: int = 3) -> pd.DataFrame:
-    """Kendall tau and Spearman rho of architecture rankings: between every two tiers of a task
-    (mean best FID), and within a tier between the early evaluation and the best FID. Shown
-    only where at least ``minimum`` architectures have both numbers."""
-    from scipy.stats import kendalltau, spearmanr
-
-    rows = []
-    if grouped.empty:
-        return pd.DataFrame(rows)
-    # across tiers: runs with the same deviations from each tier's settings (usually none)
-    for (task, var, _), g in grouped.groupby(["task", "variant", "conditions"]):
-        by_tier = {tier: t.groupby("arch")["best_fid_mean"].mean() for tier, t in g.groupby("tier")}
-        tiers = sorted(by_tier)
-        for i, a in enumerate(tiers):
-            for b in tiers[i + 1:]:
-                common = by_tier[a].index.intersection(by_tier[b].index)
-                if len(common) >= minimum:
-                    x, y = by_tier[a][common], by_tier[b][common]
-                    rows.append({"task": task, "compared": f"tier {a} vs tier {b}", "variant": var,
-                                 "archs": len(common), "kendall_tau": kendalltau(x, y).statistic,
-                                 "spearman_rho": spearmanr(x, y).statistic})
-    for (task, tier, var, _), g in grouped.groupby(["task", "tier", "variant", "conditions"]):
-        g = g.dropna(subset=["early_fid_mean", "best_fid_mean"])
-        if g["arch"].nunique() >= minimum and len(g) == g["arch"].nunique():
-            rows.append({"task": task, "compared": f"tier {tier}: first evaluation after step 0 vs best FID",
-                         "variant": var, "archs": len(g),
-                         "kendall_tau": kendalltau(g["early_fid_mean"], g["best_fid_mean"]).statistic,
-                         "spearman_rho": spearmanr(g["early_fid_mean"], g["best_fid_mean"]).statistic})
-    return pd.DataFrame(rows)

@@ -53,6 +53,9 @@ def make_figures(report: Report, out: Path) -> dict:
                  plots.loss_curves(board, report.runs, report.records, title, out / f"{slug}-loss.png")]
         grid = plots.sample_grids(board, report.runs, title, out / f"{slug}-samples.png")
         figures[key] = paths + ([grid] if grid else [])
+    scatter = plots.fidelity_scatter(report.fidelity, out / "fidelity.png")
+    if scatter:
+        figures["fidelity"] = [scatter]
     for study in report.studies:
         figures["study", study["name"]] = plots.study_plots(study["study"], study["objectives"],
                                                             out / f"study-{study['name']}")
