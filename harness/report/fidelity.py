@@ -138,10 +138,10 @@ def fidelity(runs: pd.DataFrame, records: dict) -> pd.DataFrame:
         (tau_low, tau_high), (rho_low, rho_high), dropped = bootstrap(measures[cheap], measures[costly], archs, rng)
         best = archs[int(np.argmin(y))]
         proxy_order = [archs[i] for i in np.argsort(x, kind="stable")]
-        seeds = sorted({len(measures[m][a]) for m in (cheap, costly) for a in archs})
+        seeds = {len(measures[m][a]) for m in (cheap, costly) for a in archs}
         rows.append({
             "task": cheap.setting[0], "proxy": measure_name(cheap), "expensive": measure_name(costly),
-            "archs": len(archs), "seeds per arch": "-".join(map(str, sorted({seeds[0], seeds[-1]}))),
+            "archs": len(archs), "seeds per arch": "-".join(map(str, sorted({min(seeds), max(seeds)}))),
             "kendall_tau": kendalltau(x, y).statistic, "tau_low": tau_low, "tau_high": tau_high,
             "spearman_rho": spearmanr(x, y).statistic, "rho_low": rho_low, "rho_high": rho_high,
             "expensive_best": best, "best_rank_by_proxy": proxy_order.index(best) + 1,
