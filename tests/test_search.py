@@ -7,11 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import FAST, SLOW_ARCH
+from conftest import FAST, SLOW_ARCH, TINY_ARCH
 
 from harness.protocol import registry
 from harness.protocol.tasks import resolve_task, tier_names
@@ -29,6 +30,21 @@ def suggest(trial):
 
 def build(choices, block_out_channels, device="cpu"):
     return Tiny(choices["channels"]).to(device)
+'''
+
+# Tiny denoisers of 2 to 12 channels whose output layer starts scaled by a factor: every point
+# distinct (a float), each training to an FID of its own.
+WIDTH_SPACE = TINY_ARCH.split("\n\ndef build_model")[0] + '''
+
+def suggest(trial):
+    return {"channels": trial.suggest_int("channels", 2, 12), "scale": trial.suggest_float("scale", 0.5, 2.0)}
+
+
+def build(choices, block_out_channels, device="cpu"):
+    model = Tiny(choices["channels"])
+    with torch.no_grad():
+        model.out.weight.mul_(choices["scale"])
+    return model.to(device)
 '''
 
 
@@ -283,3 +299,136 @@ def test_a_killed_driver_resumes_its_study_without_duplicates_or_running_trials(
 
 def storage_url_of(results, study):
     return f"sqlite:///{results}/studies/{study}.db"
+
+
+RUNG_NAMES = ("halving", "halving.small", "halving.medium")
+
+
+def _when(trial, key):
+    return datetime.fromisoformat(trial[key])
+
+
+def _check_promotions(rungs):
+    """Each promoted trial was, when it started, among the top third (distinct points, best completed
+    value) of the rung below's finished trials, and a point runs at most once per tier above the first;
+    at the end the top third of each rung's finished points is in the next rung."""
+    for below, rung in zip(rungs, rungs[1:]):
+        by_number = {t["number"]: t for t in below}
+        assert len({json.dumps(t["params"], sort_keys=True) for t in rung}) == len(rung)  # never twice
+        assert len({t["user_attrs"]["run_folder"] for t in rung}) == len(rung)
+        for trial in rung:
+            source = by_number[trial["user_attrs"]["source_trial"]]
+            assert source["params"] == trial["params"] and source["state"] == "COMPLETE"
+            before = [t for t in below if t["datetime_complete"] and _when(t, "datetime_complete")
+                      < _when(trial, "datetime_start")]
+            assert source in before and source["number"] in _top_third(before), (trial, before)
+        held = {json.dumps(t["params"], sort_keys=True) for t in rung}
+        assert all(json.dumps(by_number[n]["params"], sort_keys=True) in held for n in _top_third(below))
+
+
+def _top_third(trials):
+    """Trial numbers of the best completed trial of each of the top n // 3 of n finished distinct points."""
+    finished = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED", "FAIL")]
+    best = {}
+    for t in sorted((t for t in finished if t["state"] == "COMPLETE"), key=lambda t: (t["value"], t["number"])):
+        best.setdefault(json.dumps(t["params"], sort_keys=True), t["number"])
+    distinct = len({json.dumps(t["params"], sort_keys=True) for t in finished})
+    return list(best.values())[:distinct // 3]
+
+
+@pytest.mark.slow
+def test_successive_halving_promotes_the_top_third_at_once_and_survives_a_killed_driver(tmp_path):
+    """9 points at smoke, the best 3 promoted to small and the best of those to medium, one trial at a
+    time (so that the run with a killed driver can be compared with the run without)."""
+    space_file = tmp_path / "width_space.py"
+    space_file.write_text(WIDTH_SPACE)
+
+    def command(results):
+        return search_command(results, "--tier", "smoke,small,medium", "--reduction", "3", "--study", "halving",
+                              "--space", str(space_file), "--trials", "9", "--max-parallel", "1",
+                              overrides={"training.batch_size": 4})
+
+    def read(results):
+        """Each rung's trials as Optuna's CLI prints them, with the times to the microsecond (the CLI
+        prints whole seconds, and a tiny run takes about one)."""
+        url = storage_url_of(results, "halving")
+        rungs = [optuna_cli("trials", "--storage", url, "--study-name", name) for name in RUNG_NAMES]
+        for name, rung in zip(RUNG_NAMES, rungs):
+            exact = {t.number: t for t in optuna.load_study(study_name=name, storage=url).trials}
+            for trial in rung:
+                for key in ("datetime_start", "datetime_complete"):
+                    when = getattr(exact[trial["number"]], key)
+                    trial[key] = when.isoformat() if when else None
+        return rungs
+
+    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, timeout=900)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    url = storage_url_of(tmp_path / "whole", "halving")
+    assert sorted(s["name"] for s in optuna_cli("studies", "--storage", url)) == sorted(RUNG_NAMES)
+    rungs = read(tmp_path / "whole")
+    assert len(rungs[0]) == 9 and len(rungs[1]) >= 3 and len(rungs[2]) >= 1
+    assert all(t["state"] == "COMPLETE" for rung in rungs for t in rung)
+    _check_promotions(rungs)
+    # asynchronous: the first promotion ran before the first tier's last trial had finished
+    assert min(_when(t, "datetime_start") for t in rungs[1]) < max(_when(t, "datetime_complete") for t in rungs[0])
+    for tier, rung in zip(("smoke", "small", "medium"), rungs):  # each an ordinary run of rung 0's file
+        for trial in rung:
+            origin = trial["user_attrs"].get("origin_trial", trial["number"])
+            record = RunRecord.load(Path(trial["user_attrs"]["run_folder"]) / "record.json")
+            assert (record.tier, record.arch, record.best_fid) == (tier, f"halving_t{origin:04d}", trial["value"])
+    assert "promoted   trial 0 at small (trial " in whole.stdout
+
+    status = json.loads(harness("search", "--task", "shapes", "--tier", "smoke,small,medium", "--study", "halving",
+                                "--space", str(space_file), "--results-dir", str(tmp_path / "whole"),
+                                *_settings_args({"training.batch_size": 4}), "--status", "--json").stdout)
+    assert [(r["tier"], r["counts"]) for r in status["rungs"]] == [
+        (tier, {"COMPLETE": len(rung)}) for tier, rung in zip(("smoke", "small", "medium"), rungs)]
+
+    # the report compares the rungs' FIDs: the first tier as a proxy for the second
+    report = harness("report", "--results-dir", str(tmp_path / "whole"), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    fidelity = (tmp_path / "report" / "leaderboard.md").read_text().split("## Proxy fidelity")[1]
+    # (which of the two is the cheaper, and so the proxy, is up to the timings: these runs cost the same)
+    assert any(row.count("| smoke") + row.count("| small") == 2 and "| 3 |" in row and "nan" not in row
+               for row in fidelity.splitlines()), fidelity
+
+    # the same search, its driver killed -9 between promotions (one finished at small, the first
+    # tier's points all drawn): the same command continues it to the same runs
+    results = tmp_path / "killed"
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen(command(results), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (_finished_in(results, RUNG_NAMES[1]) and len(_trials_of(results, RUNG_NAMES[0])) == 9):
+        assert driver.poll() is None and time.monotonic() < deadline, (tmp_path / "driver.log").read_text()
+        time.sleep(0.2)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    at_kill = sum(state in ("COMPLETE", "PRUNED", "FAIL") for name in RUNG_NAMES for state in _trials_of(results, name))
+    again = subprocess.run(command(results), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    resumed = read(results)
+    assert at_kill < sum(len(rung) for rung in resumed)  # the driver was killed with work left
+    _check_promotions(resumed)
+
+    def runs(rungs):
+        return [sorted((json.dumps(t["params"]), t["state"], t["value"]) for t in rung) for rung in rungs]
+    assert runs(resumed) == runs(rungs)
+
+
+def _trials_of(results, name):
+    """The states of a study's trials, read from its SQLite file without opening an Optuna storage
+    (which would create the schema, racing the driver that is creating it)."""
+    import sqlite3
+
+    path = results / "studies" / "halving.db"
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            rows = db.execute("SELECT trials.state FROM trials JOIN studies USING (study_id) "
+                              "WHERE studies.study_name = ?", (name,)).fetchall()
+    except sqlite3.OperationalError:  # no file yet, or no tables yet
+        return []
+    return [state for (state,) in rows]
+
+
+def _finished_in(results, name):
+    return any(state in ("COMPLETE", "PRUNED", "FAIL") for state in _trials_of(results, name))

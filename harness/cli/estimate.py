@@ -73,8 +73,10 @@ def estimate_text(result: dict) -> str:
     lines += [f"not measured: {f}" for f in failed]
     study = result["study"]
     if study["runs"] > 1 or "trials" in study:
-        lines.append(f"{study['runs']} runs" + (f" ({study['trials']} trials per tier; {study['note']})"
-                                                 if "trials" in study else "")
+        trials = study.get("trials")
+        per_tier = (", ".join(f"{n} at {tier}" for tier, n in trials.items()) + " as planned by successive halving"
+                    if isinstance(trials, dict) else f"{trials} trials per tier")
+        lines.append(f"{study['runs']} runs" + (f" ({per_tier}; {study['note']})" if "trials" in study else "")
                      + f": {study['device_hours']:.2f} device-hours, {_clock(study['wall_seconds'])} wall on "
                        f"{study['slots']} at once.")
     lines += [f"note: {n}" for n in result["notes"]]
@@ -85,7 +87,7 @@ def estimate_text(result: dict) -> str:
 
 
 def before_study(task: str, allocation: dict, overrides_: dict, data_dir, runs: list[tuple[str, str, int]],
-                 trials: int | None = None) -> dict:
+                 trials: int | dict | None = None) -> dict:
     """The estimate a sweep's dry run and a search print for ``runs`` (arch, tier, step each resumes from),
     measured here on the device type and with the threads the allocation gives each run, for its slots (a
     reason instead where this machine lacks that device: a plan made on a laptop for a GPU cluster)."""

@@ -18,6 +18,11 @@ def add_parser(sub) -> None:
                     "and checkpoint) executed on Ray like sweep cells; the study is kept in Optuna storage "
                     "(default RESULTS_DIR/studies/<study>.db) and the same command continues it after any crash. "
                     "The baselines standard, full_attn and no_attn are the first trials.\n\n"
+                    "successive halving: --tier smoke,small,medium runs --trials points at the first tier and promotes "
+                    "the best 1/--reduction of each tier's finished points to the next as new runs of the same "
+                    "architecture files, each as soon as it ranks there (ASHA), with one study per tier in the same "
+                    "storage (<study>, <study>.small, <study>.medium). Two objectives promote by non-dominated rank. "
+                    "A one-tier study given more tiers promotes its finished trials.\n\n"
                     "objectives, samplers, pruners: one objective (fid) takes any sampler (default tpe) and pruner "
                     "(default median: a trial whose FID at an evaluation point is worse than the median there is "
                     "stopped). Two objectives (fid,gflops | fid,params | fid,latency; all minimized) take nsga2 "
@@ -26,10 +31,14 @@ def add_parser(sub) -> None:
                "  python -m harness search --task shapes --tier smoke --trials 8 --steps 200\n"
                "  python -m harness search --tier small --trials 64 --address auto --results-dir /shared/results\n"
                "  python -m harness search --tier small --objectives fid,gflops --trials 64\n"
+               "  python -m harness search --tier smoke,small,medium --trials 27 --reduction 3\n"
                "  python -m harness search --tier small --status          # the best trials so far\n"
                "  optuna-dashboard sqlite:///$PWD/results/studies/cifar10-small-fid.db",
     )
-    p.add_argument("--tier", required=True, help="width tier the trials run at (smoke, small, medium, large)")
+    p.add_argument("--tier", required=True, help="width tier the trials run at (smoke, small, medium, large), or "
+                                                 "several in order: successive halving across them")
+    p.add_argument("--reduction", type=int, default=3, help="with several tiers: each tier promotes the best "
+                                                           "1/REDUCTION of its finished points (default: 3)")
     p.add_argument("--trials", type=int, default=64, help="finished trials the study ends with, baselines included "
                                                           "(default: 64; infeasible points do not count)")
     p.add_argument("--study", help="study name (default: <task>-<tier>-<objectives>, e.g. cifar10-small-fid)")
@@ -43,7 +52,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="the trials' run seed, and the sampler's (default: the task's, 42)")
     add_run_options(p)
     add_pool_options(p, "trial")
-    p.add_argument("--status", action="store_true", help="print the study's best trials (or Pareto set); run nothing")
+    p.add_argument("--status", action="store_true", help="print the study's best trials (or Pareto set), each "
+                                                         "tier's with several; run nothing")
     p.add_argument("--no-estimate", action="store_true", help="start without first measuring what the trials will "
                                                              "cost (by default `estimate`'s prediction is printed)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (progress goes to stderr)")
@@ -51,14 +61,17 @@ def add_parser(sub) -> None:
 
 def _estimate_printer(args, out):
     """What the trials left will cost, printed once the search's checks pass: the baselines (its first
-    trials) measured here at its tier, on the device type and slots of its allocation."""
-    def print_estimate(allocation: dict, trials_left: int) -> None:
+    trials) measured here at each tier, on the device type and slots of its allocation; with several
+    tiers, each tier's planned trials (its share under successive halving) less those finished."""
+    def print_estimate(allocation: dict, left: dict[str, int]) -> None:
         from harness.cli.estimate import before_study, estimate_text
 
-        if trials_left < 1:
+        left = {tier: n for tier, n in left.items() if n > 0}
+        if not left:
             return
-        runs = [(arch, args.tier, 0) for arch in ("standard", "full_attn", "no_attn")]
-        estimate = before_study(args.task, allocation, overrides(args), args.data_dir, runs, trials=trials_left)
+        runs = [(arch, tier, 0) for tier in left for arch in ("standard", "full_attn", "no_attn")]
+        trials = left if len(left) > 1 else next(iter(left.values()))
+        estimate = before_study(args.task, allocation, overrides(args), args.data_dir, runs, trials=trials)
         print(estimate_text(estimate) if "runs" in estimate else f"No estimate: {estimate['skipped']}.", file=out)
     return print_estimate
 
@@ -70,27 +83,37 @@ def execute(args) -> int:
     spec = SearchSpec(task=args.task, tier=args.tier, trials=args.trials, study=args.study, storage=args.storage,
                       space=args.space, objectives=args.objectives, sampler=args.sampler, pruner=args.pruner,
                       seed=args.seed, overrides=overrides(args), results_dir=args.results_dir, data_dir=args.data_dir,
-                      device=args.device)
+                      device=args.device, reduction=args.reduction)
     out = sys.stderr if args.json else sys.stdout
     search = Search(spec, address=args.address, gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
                     devices=args.devices, max_parallel=args.max_parallel, max_retries=args.max_retries,
                     progress=not args.no_progress, stream=out,
                     before_start=None if args.status or args.no_estimate else _estimate_printer(args, out))
-    if args.status:
-        study = load_study(search.settings.name, open_storage(search.url, create=False))
-    else:
+    if not args.status:
         try:
-            study = search.execute()
+            search.execute()
         except KeyboardInterrupt as interrupt:
             print(f"Search stopped. Run the same command to continue study {search.settings.name}: running trials "
                   f"resume from their checkpoints under the same numbers.", file=sys.stderr)
             return interrupt_exit_code(interrupt)
-    result = summary(study)
-    result["storage"] = search.url
+    storage = open_storage(search.url, create=False)
+    rungs = [dict(summary(load_study(s.name, storage)), tier=s.tier, rung=k) for k, s in enumerate(search.rungs)
+             if k == 0 or s.name in optuna_study_names(storage)]
     if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
+        result = rungs[0] if len(search.rungs) == 1 else {"rungs": rungs}
+        print(json.dumps(dict(result, storage=search.url), indent=2, default=str))
+        return 0
+    for result in rungs:
+        if len(search.rungs) > 1:
+            print(f"\nRung {result['rung']}, tier {result['tier']}:", file=out)
         print(summary_text(result), file=out)
-        print(f"Storage: {search.url}  (optuna trials --storage {search.url} --study-name {study.study_name})",
-              file=out)
+    others = f"; the other tiers' studies: {', '.join(r['study'] for r in rungs[1:])}" if len(rungs) > 1 else ""
+    print(f"Storage: {search.url}  (optuna trials --storage {search.url} --study-name {rungs[0]['study']}{others})",
+          file=out)
     return 0
+
+
+def optuna_study_names(storage) -> set[str]:
+    import optuna
+
+    return set(optuna.study.get_all_study_names(storage))

@@ -65,7 +65,7 @@ def build_burst(arch_name: str, spec: TaskSpec, device: torch.device) -> tuple[d
                                                                                    torch.nn.Module]:
     """What a run's preparation costs per architecture: build and validate the model, count its MACs."""
     start = time.perf_counter()
-    arch, model = registry.load(arch_name, spec.width_env, device, spec.seed)
+    arch, model = registry.load(arch_name, spec.width_env, device, spec.seed, spec.data.image_size)
     sync(device)
     built = time.perf_counter() - start
     start = time.perf_counter()

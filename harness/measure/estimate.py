@@ -218,7 +218,7 @@ class Estimator:
 
 
 def estimate(archs: list[str], tiers: list[str], task: str = "cifar10", device: torch.device | None = None,
-             overrides: dict | None = None, data_dir=None, repeats: int = 1, trials: int | None = None,
+             overrides: dict | None = None, data_dir=None, repeats: int = 1, trials: int | dict | None = None,
              left: list[tuple[str, str, int]] | None = None, slots: int = 1, threads: int | None = None,
              min_seconds: float = 1.0, startup: float = 0.0, progress: Callable[[str], None] | None = None) -> dict:
     """Measure every (arch, tier) and predict each run, and the study of them: ``repeats`` runs of each
@@ -242,9 +242,10 @@ def estimate(archs: list[str], tiers: list[str], task: str = "cifar10", device: 
         per_tier = []
         for tier in tiers:
             done = [r for (_, t), r in measured.items() if t == tier and "predicted" in r]
-            if done:
+            if done:  # trials: a count per tier, or (successive halving) each tier's own count
                 mean = {p: sum(r["predicted"][p] for r in done) / len(done) for p in (*PIECES, "total")}
-                per_tier += [({"predicted": mean, "reference_file": done[0]["reference_file"]}, mean)] * trials
+                count = trials.get(tier, 0) if isinstance(trials, dict) else trials
+                per_tier += [({"predicted": mean, "reference_file": done[0]["reference_file"]}, mean)] * count
         result["study"] = dict(study_totals(per_tier, slots), trials=trials,
                                note="every trial run to the end: pruned trials stop early and cost less")
     else:

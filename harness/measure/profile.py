@@ -83,7 +83,7 @@ def timed_profile(arch: registry.Architecture, spec: TaskSpec, device: torch.dev
     out: dict = {}
     torch.manual_seed(spec.seed)
     model = registry.build(arch, spec.width_env, device)
-    registry.validate(model, arch, device)
+    registry.validate(model, arch, device, image_size=spec.data.image_size)
     amp = autocast_dtype(spec, device)
 
     # training step (forward, backward, clip, AdamW, EMA) at the tier's batch, through the real Trainer

@@ -10,6 +10,11 @@ pruned trial's run is stopped (it checkpoints) and told PRUNED.
 Resume: a trial left RUNNING by a killed driver is run again under the same number and its run
 continues from its checkpoint; finished trials are never redone; the baselines are enqueued once.
 
+Several tiers (``tier="smoke,small,medium"``): successive halving, one study per rung in the same
+storage (harness/search/rungs.py). Rung 0 is the search above at the first tier; whenever a rung's
+finished points rank one among its top 1/reduction, it is enqueued in the next rung's study and run
+there at the next tier from rung 0's architecture file, in ``RESULTS_DIR/<task>/<study>_t<N>/<tier>``.
+
     Search(SearchSpec(task="shapes", tier="smoke", trials=5, overrides={"training.steps": 20})).execute()
 """
 from __future__ import annotations
@@ -31,6 +36,7 @@ from harness.run.locks import RunLock
 from harness.run.records import ensure_writable, read_record, run_dir
 from harness.run.signals import signal_of, signals_interrupt
 from harness.search.export import render
+from harness.search.rungs import Ladder, check_reduction, finished, parse_tiers, rung_name
 from harness.search.space_file import load_space
 from harness.search.study import (
     LABELS,
@@ -39,7 +45,6 @@ from harness.search.study import (
     check_study_name,
     describe,
     open_storage,
-    open_study,
     parse_objectives,
     resolve_methods,
     storage_url,
@@ -54,7 +59,7 @@ MAX_INFEASIBLE_IN_A_ROW = 100  # a space whose points mostly cannot be built at 
 @dataclass
 class SearchSpec:
     task: str = "cifar10"
-    tier: str = "small"
+    tier: str = "small"  # or several, comma-separated: successive halving across them
     trials: int = 64
     study: str | None = None  # default: <task>-<tier>-<objectives>
     storage: str | None = None  # default: sqlite:///RESULTS_DIR/studies/<study>.db
@@ -67,12 +72,15 @@ class SearchSpec:
     results_dir: str | Path = "results"
     data_dir: str | Path | None = None
     device: str = "auto"
+    reduction: int = 3  # with several tiers: each rung promotes 1/reduction of its finished points
 
 
 @dataclass
 class _Slot:
     """A trial in flight."""
 
+    study: object  # its rung's optuna.Study
+    rung: int
     trial: object  # optuna.Trial
     choices: dict
     job: Job
@@ -81,28 +89,45 @@ class _Slot:
     retry_at: float = 0.0
 
 
-def settings_for(spec: SearchSpec) -> StudySettings:
-    """The study's settings from the command's, every input checked before anything starts."""
+def settings_for(spec: SearchSpec, tier: str | None = None, name: str | None = None,
+                 chosen_at: StudySettings | None = None) -> StudySettings:
+    """The study's settings from the command's, every input checked before anything starts. A rung
+    above the first names the study its points were chosen in (``chosen_at``: their depth is relative
+    to that tier's)."""
     if spec.trials < 1:
         raise HarnessError(f"--trials {spec.trials}: a search needs at least one trial.")
     objectives = parse_objectives(spec.objectives)
     sampler, pruner = resolve_methods(objectives, spec.sampler, spec.pruner)
-    task = resolve_task(spec.task, spec.tier,
+    task = resolve_task(spec.task, tier or spec.tier,
                         dict(spec.overrides, **({"seed": spec.seed} if spec.seed is not None else {})))
     space = load_space(spec.space)
-    name = check_study_name(spec.study or f"{task.name}-{task.tier}-{'-'.join(objectives)}")
+    name = check_study_name(name or spec.study or f"{task.name}-{task.tier}-{'-'.join(objectives)}")
+    origin = None if chosen_at is None else {"study": chosen_at.name, "tier": chosen_at.tier,
+                                             "block_out_channels": list(chosen_at.block_out_channels),
+                                             "layers_per_block": chosen_at.layers_per_block}
     return StudySettings(name=name, task=task.name, task_version=task.version, tier=task.tier, seed=task.seed,
                          objectives=objectives, sampler=sampler, pruner=pruner, steps=task.training.steps,
                          block_out_channels=tuple(task.model.block_out_channels),
-                         layers_per_block=task.model.layers_per_block, space=space, overrides=dict(spec.overrides))
+                         layers_per_block=task.model.layers_per_block, space=space, overrides=dict(spec.overrides),
+                         chosen_at=origin)
+
+
+def rung_settings(spec: SearchSpec) -> list[StudySettings]:
+    """One study's settings per tier of ``spec.tier``: rung 0's, then each promoted rung's."""
+    tiers = parse_tiers(spec.tier)
+    if len(tiers) > 1:
+        check_reduction(spec.reduction)
+    first = settings_for(spec, tiers[0])
+    return [first] + [settings_for(spec, tier, rung_name(first.name, tiers, k), chosen_at=first)
+                      for k, tier in enumerate(tiers) if k]
 
 
 class Search:
     def __init__(self, spec: SearchSpec, *, address: str | None = None, gpus_per_trial: float | None = None,
                  cpus_per_trial: float | None = None, max_parallel: int | None = None, max_retries: int = 3,
                  progress: bool = True, stream=None, devices: int | None = None, before_start=None):
-        # before_start(allocation, trials_left): told once the study's checks pass, before any trial starts
-        # (the CLI prints `estimate`'s prediction there)
+        # before_start(allocation, {tier: trials left}): told once the study's checks pass, before any trial
+        # starts (the CLI prints `estimate`'s prediction there)
         self.before_start = before_start
         self.results_dir = Path(spec.results_dir).expanduser().resolve()
         task = spec.task  # a task file given by path must resolve the same way on every worker
@@ -110,7 +135,9 @@ class Search:
             task = str(Path(task).resolve())
         data_dir = str(Path(spec.data_dir).expanduser().resolve()) if spec.data_dir else None
         self.spec = SearchSpec(**{**asdict(spec), "task": task, "results_dir": self.results_dir, "data_dir": data_dir})
-        self.settings = settings_for(self.spec)
+        self.rungs = rung_settings(self.spec)
+        self.settings = self.rungs[0]  # the study trials are sampled in; it names the storage and the files
+        self.ladder = Ladder(self.rungs, self.spec.reduction, self.spec.trials)  # each rung's study, once opened
         self.url = storage_url(spec.storage, self.results_dir, self.settings.name)
         self.address, self.max_retries = address, max_retries
         self.requested = {"gpus_per_run": gpus_per_trial, "cpus_per_run": cpus_per_trial, "max_parallel": max_parallel,
@@ -135,10 +162,6 @@ class Search:
             atomic_write_bytes(path, text.encode())
         return path
 
-    def run_folder(self, number: int) -> Path:
-        s = self.settings
-        return run_dir(self.results_dir, s.task, self.arch_file(number).stem, s.tier, s.seed)
-
     # -- the search -----------------------------------------------------------------------------
 
     def execute(self):
@@ -151,31 +174,33 @@ class Search:
         ensure_writable(self.results_dir)
         with RunLock(self.results_dir / "studies", name=f"{self.settings.name}.lock",
                      driver=f"study {self.settings.name}"):  # one driver per study: one writer of its storage
-            study = open_study(self.settings, open_storage(self.url))
+            study = self.ladder.open(open_storage(self.url))
             self._enqueue_baselines(study)
-            done, running = self._counts(study)
-            if done >= self.spec.trials and not running:
+            done = self._finished(study)
+            if done >= self.spec.trials and not self.ladder.work_left():
                 self.say(f"Study {self.settings.name} already has {done} finished trials "
-                         f"(--trials {self.spec.trials}); nothing to run. Pass a larger --trials to continue it.")
+                         f"(--trials {self.spec.trials}){' and every promotion run' if len(self.rungs) > 1 else ''}; "
+                         f"nothing to run. Pass a larger --trials to continue it.")
                 return study
             connect(self.address)
             try:
                 allocation = allocate(cluster_resources(), self.spec.device, runs=self.spec.trials, **self.requested)
-                refuse_cpu_fallback([resolve_task(self.spec.task, self.spec.tier, self.spec.overrides)],
+                refuse_cpu_fallback([resolve_task(self.spec.task, s.tier, self.spec.overrides) for s in self.rungs],
                                     self.spec.device, allocation["device_type"])
                 pool = RayPool(allocation, self.max_retries)
                 problems = pool.check_nodes(self.results_dir, {})
                 if problems:
                     raise HarnessError("The search cannot start: " + "; ".join(problems) + ". Put --results-dir on "
                                        "storage every node mounts at the same path.")
-                self.say(f"Study {self.settings.name}: {done} of {self.spec.trials} trials finished, {len(running)} to "
-                         f"resume; objectives {', '.join(self.settings.objectives)} (minimized), sampler "
-                         f"{self.settings.sampler}, pruner {self.settings.pruner}; up to {allocation['max_parallel']} "
+                self.say(f"Study {self.settings.name}: {done} of {self.spec.trials} trials finished, "
+                         f"{len(self.ladder.running())} to resume;{self.ladder.text()} objectives "
+                         f"{', '.join(self.settings.objectives)} (minimized), sampler {self.settings.sampler}, "
+                         f"pruner {self.settings.pruner}; up to {allocation['max_parallel']} "
                          f"trials at once, {allocation['gpus_per_run']:g} GPU and {allocation['cpus_per_run']:g} CPU "
                          f"each. Storage: {self.url}")
                 if self.before_start is not None:
-                    self.before_start(allocation, self.spec.trials - done)
-                self._drive(study, pool, allocation["max_parallel"])
+                    self.before_start(allocation, self.ladder.left())
+                self._drive(self.ladder.studies, pool, allocation["max_parallel"])
             finally:
                 ray.shutdown()  # stops a private instance; only disconnects from a cluster
         return study
@@ -188,31 +213,25 @@ class Search:
             study.enqueue_trial(choices, user_attrs={"baseline": name}, skip_if_exists=True)
         study.set_user_attr("baselines_enqueued", True)
 
-    def _counts(self, study) -> tuple[int, list]:
-        """Finished trials that count towards --trials (infeasible points do not), and RUNNING ones."""
-        from optuna.trial import TrialState
-
-        trials = study.get_trials(deepcopy=False)
-        done = sum(t.state.is_finished() and not t.user_attrs.get("infeasible") for t in trials)
-        return done, [t for t in trials if t.state == TrialState.RUNNING]
+    def _finished(self, study) -> int:
+        """Finished trials of rung 0, which count towards --trials (infeasible points do not)."""
+        return len(finished(study.get_trials(deepcopy=False)))
 
     @signals_interrupt()  # SIGTERM and SIGUSR1 stop the runs as Ctrl-C does
-    def _drive(self, study, pool: RayPool, max_parallel: int) -> None:
-        import optuna
-
-        done, left_running = self._counts(study)
-        # a live Trial for each RUNNING one (Optuna has no public way from a FrozenTrial to a Trial)
-        resumable = [optuna.trial.Trial(study, t._trial_id) for t in left_running]
+    def _drive(self, studies: list, pool: RayPool, max_parallel: int) -> None:
+        resumable = self.ladder.running()
         slots: dict[str, _Slot] = {}
         waiting: list[_Slot] = []  # locked folders, to try again
-        bar = tqdm(total=self.spec.trials, initial=done, unit="trial", desc=f"search {self.settings.name}",
+        done, total = self.ladder.bar_counts()
+        bar = tqdm(total=total, initial=done, unit="trial", desc=f"search {self.settings.name}",
                    disable=not self.progress, dynamic_ncols=True)
         stopping, stopped_by = False, "SIGINT"
         try:
             while True:
                 try:
                     while not stopping and len(pool.running) < max_parallel:
-                        slot = self._next_slot(study, resumable, waiting, done + len(slots))
+                        first_rung = sum(slot.rung == 0 for slot in slots.values())
+                        slot = self._next_slot(studies, resumable, waiting, first_rung)
                         if slot is None:
                             break
                         slots[slot.job.key] = slot
@@ -231,9 +250,10 @@ class Search:
                             waiting.append(slot)
                             slots[outcome.key] = slot
                             continue
-                        done += self._on_outcome(study, slot, outcome)
-                        bar.update(self._counts(study)[0] - bar.n)
-                        bar.set_postfix_str(self._best_text(study), refresh=True)
+                        self._on_outcome(slot, outcome)
+                        done, bar.total = self.ladder.bar_counts()
+                        bar.update(done - bar.n)
+                        bar.set_postfix_str(self.ladder.best_text(), refresh=True)
                 except KeyboardInterrupt as interrupt:
                     if stopping and signal_of(interrupt) != "SIGINT":
                         continue  # a scheduler's signal again (or to the whole job): the runs are stopping already
@@ -241,13 +261,16 @@ class Search:
                     waiting.clear()
                     pool.interrupt(again, self.say, by=stopped_by, runs="every trial's run", driver="search")
         finally:
+            if not stopping:
+                bar.total = bar.n  # promoted points that could not be built at their tier never ran
             bar.close()
         if stopping:
             raise KeyboardInterrupt(stopped_by)
 
-    def _next_slot(self, study, resumable: list, waiting: list[_Slot], in_flight_or_done: int) -> _Slot | None:
-        """A trial to start: a locked one whose wait is over, one the last driver left RUNNING, or a
-        new one from the sampler while the budget allows. Infeasible points are told FAIL at once."""
+    def _next_slot(self, studies: list, resumable: list, waiting: list[_Slot], first_rung: int) -> _Slot | None:
+        """A trial to start: a locked one whose wait is over, one the last driver left RUNNING, a
+        promotion (the highest rung first), or a new one from the sampler while the budget allows
+        (``first_rung``: rung-0 trials in flight). Infeasible points are told FAIL at once."""
         from optuna.trial import TrialState
 
         for slot in waiting:
@@ -255,16 +278,21 @@ class Search:
                 waiting.remove(slot)
                 return slot
         if resumable:
-            trial = resumable.pop(0)
-            return self._slot(trial, self.settings.space.suggest(trial), resumed=True)
+            k, trial = resumable.pop(0)
+            return self._slot(studies[k], k, trial, self.settings.space.suggest(trial), resumed=True)
+        promoted = self.ladder.next_promotion(self.settings.space, self.say)
+        if promoted is not None:
+            k, trial, choices = promoted
+            return self._slot(studies[k], k, trial, choices, resumed=False)
+        study = studies[0]
         for _ in range(MAX_INFEASIBLE_IN_A_ROW):
-            if in_flight_or_done >= self.spec.trials:
+            if self._finished(study) + first_rung >= self.spec.trials:
                 return None
             trial = study.ask()
             choices = self.settings.space.suggest(trial)
             why = self.settings.space.infeasible(choices, self.settings.block_out_channels)
             if why is None:
-                return self._slot(trial, choices, resumed=False)
+                return self._slot(study, 0, trial, choices, resumed=False)
             trial.set_user_attr("infeasible", True)
             trial.set_user_attr("failure", f"infeasible at widths {list(self.settings.block_out_channels)}: {why}")
             study.tell(trial, state=TrialState.FAIL)
@@ -273,36 +301,45 @@ class Search:
                            f"widths {list(self.settings.block_out_channels)} (the last: {why}). Narrow the space's "
                            f"choices for this tier (--space), or search a wider tier.")
 
-    def _slot(self, trial, choices: dict, resumed: bool) -> _Slot:
-        s, number = self.settings, trial.number
-        arch = self.write_arch_file(number, choices)
-        folder = self.run_folder(number)
+    def _slot(self, study, k: int, trial, choices: dict, resumed: bool) -> _Slot:
+        """A trial's run: rung 0's architecture file (the same bytes at every tier), at rung k's tier."""
+        s, number = self.rungs[k], trial.number
+        origin = trial.user_attrs["origin_trial"] if k else number
+        arch = self.write_arch_file(origin, choices)
+        folder = run_dir(self.results_dir, s.task, arch.stem, s.tier, s.seed)
         trial.set_user_attr("arch_file", str(arch))
         trial.set_user_attr("run_folder", str(folder))
-        job = Job(key=f"trial{number}", folder=str(folder), task=self.spec.task, arch=str(arch), tier=s.tier,
-                  seed=s.seed, results_dir=str(self.results_dir), overrides=dict(s.overrides),
-                  data_dir=self.spec.data_dir, device=self.spec.device,
-                  measure_latency="latency" in s.objectives, tags={"study": s.name, "trial": number})
+        tags = {"study": s.name, "trial": number, **({"rung": k, "tier": s.tier} if len(self.rungs) > 1 else {})}
+        job = Job(key=f"r{k}trial{number}" if k else f"trial{number}", folder=str(folder), task=self.spec.task,
+                  arch=str(arch), tier=s.tier, seed=s.seed, results_dir=str(self.results_dir),
+                  overrides=dict(s.overrides), data_dir=self.spec.data_dir, device=self.spec.device,
+                  measure_latency="latency" in s.objectives, tags=tags)
         baseline = trial.user_attrs.get("baseline")
-        self.say(f"{'resuming' if resumed else 'started':<11}trial {number}" + (f" ({baseline})" if baseline else "")
-                 + f": {describe(choices)}")
-        return _Slot(trial, choices, job)
+        name = f"trial {number}" + (f" ({baseline})" if baseline else "")
+        if k:
+            promotion = trial.user_attrs.get("promotion", {})
+            name = (f"trial {number} at {s.tier} (trial {trial.user_attrs.get('source_trial')} of "
+                    f"{self.rungs[k - 1].tier}, ranked {promotion.get('rank')} of {promotion.get('finished')})"
+                    + (f" ({baseline})" if baseline else ""))
+        verb = "resuming" if resumed else "promoted" if k else "started"
+        self.say(f"{verb:<11}{name}: {describe(choices)}")
+        return _Slot(study, k, trial, choices, job)
 
     def _on_evaluation(self, slot: _Slot, event: dict, pool: RayPool) -> None:
         if len(self.settings.objectives) > 1 or slot.pruned:
             return  # Optuna keeps no intermediate values for a multi-objective study
         slot.trial.report(event["fid"], event["step"])
-        if slot.trial.should_prune():
+        if event["step"] < self.rungs[slot.rung].steps and slot.trial.should_prune():  # at the end: its value
             slot.pruned = True
             pool.stop(slot.job.key)
             self.say(f"pruning    trial {slot.trial.number}: FID {event['fid']:.2f} at step {event['step']} is worse "
                      f"than the {self.settings.pruner} pruner allows; its run stops with a checkpoint")
 
-    def _on_outcome(self, study, slot: _Slot, outcome: Outcome) -> int:
-        """Tell the study how the trial ended; return 1 if it now counts as finished."""
+    def _on_outcome(self, slot: _Slot, outcome: Outcome) -> int:
+        """Tell the trial's study how it ended; return 1 if it now counts as finished."""
         from optuna.trial import TrialState
 
-        trial, number = slot.trial, slot.trial.number
+        study, trial, number = slot.study, slot.trial, slot.trial.number
         attrs = self._run_attributes(slot, outcome)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -344,16 +381,6 @@ class Search:
         for name in self.settings.objectives[1:]:
             values.append(attrs.get(SECOND_OBJECTIVES[name][0]))
         return None if any(v is None for v in values) else [float(v) for v in values]
-
-    def _best_text(self, study) -> str:
-        from optuna.trial import TrialState
-
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete:
-            return ""
-        if len(self.settings.objectives) == 1:
-            return f"best FID {study.best_value:.2f} (trial {study.best_trial.number})"
-        return f"Pareto set: {len(study.best_trials)} trials"
 
     def say(self, line: str) -> None:
         tqdm.write(line, file=self.stream)

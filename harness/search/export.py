@@ -114,8 +114,9 @@ def export_trial(study, number: int | None, name: str | None, out_dir: Path, for
              f"sampler {settings['sampler']}): {measured}; at step {attrs.get('best_step')}; "
              f"{attrs.get('param_count', 0):,} parameters and {attrs.get('gflops', float('nan')):.4g} GFLOPs at the "
              f"tier searched.")
+    chosen_at = settings.get("chosen_at") or settings  # a promoted rung's points were chosen at rung 0's tier
     text = render(study.user_attrs["space_source"], Path(settings["space_path"]).name, choices,
-                  tuple(settings["block_out_channels"]), settings["layers_per_block"],
+                  tuple(chosen_at["block_out_channels"]), chosen_at["layers_per_block"],
                   title=f"Trial {trial.number} of the architecture search {study.study_name!r}, exported.", about=about)
     atomic_write_bytes(path, text.encode())
     return path

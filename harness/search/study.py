@@ -142,6 +142,9 @@ class StudySettings:
     layers_per_block: int
     space: SpaceFile
     overrides: dict = field(default_factory=dict)
+    # a promoted rung's: the study its points were chosen in, and that tier's widths and depth (its
+    # architecture files keep the depth relative to that tier's; export renders them the same way)
+    chosen_at: dict | None = None
 
     def identity(self) -> dict:
         return {"task": self.task, "task_version": self.task_version, "tier": self.tier, "seed": self.seed,
@@ -150,7 +153,8 @@ class StudySettings:
 
     def attributes(self) -> dict:
         return {**self.identity(), "steps": self.steps, "block_out_channels": list(self.block_out_channels),
-                "layers_per_block": self.layers_per_block, "space_path": str(self.space.path)}
+                "layers_per_block": self.layers_per_block, "space_path": str(self.space.path),
+                **({"chosen_at": self.chosen_at} if self.chosen_at else {})}
 
 
 def open_study(settings: StudySettings, storage):
@@ -161,6 +165,9 @@ def open_study(settings: StudySettings, storage):
     pruner = make_pruner(settings.pruner, settings.steps)
     study = optuna.create_study(storage=storage, study_name=settings.name, sampler=sampler, pruner=pruner,
                                 directions=["minimize"] * len(settings.objectives), load_if_exists=True)
+    made = len(study.get_trials(deepcopy=False))
+    if made:  # a continued study: a sampler seeded as at the start would propose its first points again
+        study.sampler = make_sampler(settings.sampler, settings.seed + made, len(settings.objectives))
     stored = study.user_attrs.get("harness")
     if stored is None:  # a new study (or one whose first open was killed before this line)
         study.set_user_attr("harness", settings.attributes())

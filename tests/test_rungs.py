@@ -1,0 +1,113 @@
+"""Successive halving across tiers: the promotion rule on real Optuna studies (SQLite files), without
+Ray; tests/test_search.py runs a whole 3-tier search on Ray."""
+import optuna
+import pytest
+from conftest import TINY_ARCH
+
+from harness.errors import HarnessError
+from harness.search.driver import SearchSpec, rung_settings
+from harness.search.rungs import Ladder, planned, promotions, ranked
+from harness.search.study import open_storage, storage_url
+
+# A space of tiny denoisers whose one choice is the width; a width of 8 cannot be built where the
+# tier's first width is above 32 (small, medium), as a space that depends on the tier's widths would.
+SPACE = TINY_ARCH + '''
+
+def suggest(trial):
+    return {"channels": trial.suggest_int("channels", 1, 12)}
+
+
+def infeasible(choices, block_out_channels):
+    if choices["channels"] == 8 and block_out_channels[0] > 32:
+        return "8 channels only at widths up to 32"
+    return None
+
+
+def build(choices, block_out_channels, device="cpu"):
+    return Tiny(choices["channels"]).to(device)
+'''
+CHANNELS = optuna.distributions.IntDistribution(1, 12)
+
+
+def completed(values, channels, state="COMPLETE"):
+    values = [values] if isinstance(values, (int, float)) else values
+    kwargs = {"values": values} if state == "COMPLETE" else {}
+    return optuna.trial.create_trial(params={"channels": channels}, distributions={"channels": CHANNELS},
+                                     state=optuna.trial.TrialState[state], **kwargs)
+
+
+def ladder(tmp_path, tiers, reduction=3, trials=9, objectives="fid"):
+    space = tmp_path / "space.py"
+    space.write_text(SPACE)
+    spec = SearchSpec(task="shapes", tier=tiers, trials=trials, study="sh", space=str(space), results_dir=tmp_path,
+                      reduction=reduction, objectives=objectives)
+    rungs = Ladder(rung_settings(spec), reduction, trials)
+    return rungs, rungs.settings[0].space, open_storage(storage_url(None, tmp_path, "sh"))
+
+
+def test_a_rung_promotes_its_top_third_of_finished_distinct_points_best_first():
+    # 7 finished points (one run twice, one pruned, one failed): 7 // 3 = 2 promoted, the two best
+    # completed; the duplicate counts once and keeps its better value
+    source = [completed(50.0, 1), completed(40.0, 2), completed(45.0, 2), completed(30.0, 3),
+              completed(None, 4, "PRUNED"), completed(None, 5, "FAIL"), completed(60.0, 6), completed(70.0, 7),
+              completed(None, 9, "RUNNING")]
+    for number, trial in enumerate(source):
+        trial.number = number
+    found = promotions(source, [], reduction=3)
+    assert [t.params["channels"] for t, _ in found] == [3, 2]
+    assert [why for _, why in found] == [{"rank": 1, "finished": 7, "promoted_per_rung": 2},
+                                          {"rank": 2, "finished": 7, "promoted_per_rung": 2}]
+    assert found[1][0].number == 1  # channels 2's better trial (40 against 45)
+    # a point the next rung holds (in any state) is not promoted again; the next one is not either
+    # (it is not among the top 2)
+    assert promotions(source, [completed(None, 3, "RUNNING")], reduction=3) == [found[1]]
+    assert planned(27, 3, 3) == [27, 9, 3] and planned(10, 3, 2) == [10, 5, 2]
+
+
+def test_two_objectives_promote_by_non_dominated_front_then_fid():
+    # (FID, GFLOPs): fronts {1: (10, 9), 2: (20, 1), 3: (15, 5)}, then {4: (30, 8)} dominated by 3,
+    # then {5: (40, 9)} dominated by 4
+    source = [completed(v, c) for v, c in (([30, 8], 4), ([10, 9], 1), ([40, 9], 5), ([20, 1], 2), ([15, 5], 3))]
+    for number, trial in enumerate(source):
+        trial.number = number
+    assert [t.params["channels"] for t in ranked(source)] == [1, 3, 2, 4, 5]
+
+
+def test_a_one_tier_study_given_more_tiers_promotes_its_finished_trials_once(tmp_path):
+    rungs, space, storage = ladder(tmp_path, "smoke")
+    first = rungs.open(storage)
+    for value, channels in ((50.0, 1), (20.0, 8), (40.0, 3), (30.0, 4), (60.0, 5), (70.0, 6)):
+        first.add_trial(completed(value, channels))
+    assert rungs.next_promotion(space, print) is None  # one tier: nothing to promote to
+
+    rungs, space, storage = ladder(tmp_path, "smoke,small")
+    rungs.open(storage)
+    said = []
+    rung, trial, choices = rungs.next_promotion(space, said.append)
+    # 6 // 3 = 2 promoted: channels 8 (FID 20) cannot be built at small's widths, so it is recorded
+    # there as FAIL and channels 4 (FID 30) is the first to run; 3 (FID 40) is third and stays
+    assert rung == 1 and choices == {"channels": 4} and trial.user_attrs["source_trial"] == 3
+    assert trial.user_attrs["promotion"] == {"rank": 2, "finished": 6, "promoted_per_rung": 2}
+    assert said == ["skipped    promotion of trial 1 to tier small: 8 channels only at widths up to 32"]
+    assert rungs.next_promotion(space, said.append) is None
+    second = optuna.load_study(study_name="sh.small", storage=storage)
+    assert [(t.params, t.state.name, t.user_attrs.get("infeasible")) for t in second.trials] == [
+        ({"channels": 8}, "FAIL", True), ({"channels": 4}, "RUNNING", None)]
+    assert rungs.left() == {"smoke": 3, "small": 3}  # planned 9 and 3, less those finished
+    # a driver killed after enqueuing a promotion, before starting it: the next one starts that trial
+    second.enqueue_trial({"channels": 3}, user_attrs={"source_trial": 2, "origin_trial": 2})
+    rungs, space, storage = ladder(tmp_path, "smoke,small")
+    rungs.open(storage)
+    rung, trial, choices = rungs.next_promotion(space, said.append)
+    assert choices == {"channels": 3} and trial.number == 2 and len(second.trials) == 3
+
+
+@pytest.mark.parametrize("tiers, reduction", [("smoke,medium", 3), ("smoke,small", 2)])
+def test_a_study_continued_with_other_rungs_is_refused(tmp_path, tiers, reduction):
+    rungs, _, storage = ladder(tmp_path, "smoke,small")
+    rungs.open(storage)
+    rungs, _, storage = ladder(tmp_path, "smoke,small,medium")  # more tiers at the end: allowed
+    rungs.open(storage)
+    rungs, _, storage = ladder(tmp_path, tiers, reduction)
+    with pytest.raises(HarnessError, match="promotes across tiers smoke,small,medium with --reduction 3; this "):
+        rungs.open(storage)
