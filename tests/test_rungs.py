@@ -111,3 +111,20 @@ def test_a_study_continued_with_other_rungs_is_refused(tmp_path, tiers, reductio
     rungs, _, storage = ladder(tmp_path, tiers, reduction)
     with pytest.raises(HarnessError, match="promotes across tiers smoke,small,medium with --reduction 3; this "):
         rungs.open(storage)
+
+
+def test_a_promoted_tiers_winner_exports_with_the_depth_it_was_chosen_at(tmp_path, capsys):
+    """A tier's study lives in the first tier's storage file, and its points keep the first tier's
+    depth: exported from `<study>.small`, the file builds at small what the trial's run built."""
+    from harness.cli.main import main
+
+    rungs, _, storage = ladder(tmp_path, "smoke,small")
+    rungs.open(storage)
+    rungs.studies[1].add_trial(completed(30.0, 4))
+    code = main(["export", "--study", "sh.small", "--results-dir", str(tmp_path), "--best", "--name", "winner",
+                 "--out-dir", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    text = (tmp_path / "winner.py").read_text()
+    # smoke's widths and depth: the trial's run read its file (written at smoke) at small's widths
+    assert "SEARCHED_BLOCK_OUT_CHANNELS = (32, 64, 64, 64)" in text and "SEARCHED_LAYERS_PER_BLOCK = 1" in text
+    assert "trial 0 of the architecture search 'sh.small'" in text

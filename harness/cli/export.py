@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
                "  python -m harness export --study cifar10-small-fid-gflops --trial 17",
     )
     p.add_argument("--study", required=True, help="study name")
-    p.add_argument("--storage", help="Optuna storage the search used (default: sqlite:///RESULTS_DIR/studies/<study>.db)")
+    p.add_argument("--storage", help="Optuna storage the search used (default: sqlite:///RESULTS_DIR/studies/"
+                                     "<study>.db; for a tier's study <study>.<tier>, <study>.db)")
     p.add_argument("--results-dir", default="results", help="for the default storage (default: results)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--best", action="store_true", help="the best trial (one objective); with two, prints the "
@@ -30,9 +31,10 @@ def add_parser(sub) -> None:
 def execute(args) -> int:
     from harness.protocol import registry
     from harness.search.export import ParetoChoice, export_trial
-    from harness.search.study import load_study, open_storage, storage_url, summary, summary_text
+    from harness.search.study import load_study, open_storage, stored_study_url, summary, summary_text
 
-    study = load_study(args.study, open_storage(storage_url(args.storage, args.results_dir, args.study), create=False))
+    url = stored_study_url(args.storage, args.results_dir, args.study)
+    study = load_study(args.study, open_storage(url, create=False))
     try:
         path = export_trial(study, None if args.best else args.trial, args.name,
                             args.out_dir or registry.architectures_dir(), force=args.force)

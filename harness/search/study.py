@@ -90,6 +90,19 @@ def storage_url(storage: str | None, results_dir: str | Path, study: str) -> str
     return f"sqlite:///{(Path(results_dir).expanduser().resolve() / 'studies' / f'{study}.db')}"
 
 
+def stored_study_url(storage: str | None, results_dir: str | Path, study: str) -> str:
+    """Where an existing study is: --storage as given, else its SQLite file, or for a successive-
+    halving tier's study (``<study>.<tier>``) the file of the study it was promoted from."""
+    if storage:
+        return storage
+    parts = study.split(".")
+    for end in range(len(parts), 0, -1):
+        url = storage_url(None, results_dir, ".".join(parts[:end]))
+        if Path(url[len("sqlite:///"):]).exists():
+            return url
+    return storage_url(None, results_dir, study)
+
+
 def open_storage(url: str, create: bool = True):
     """An RDB URL (``sqlite:///...``, ``postgresql://...``) or a journal file path (for clusters
     with shared storage), as Optuna's CLI reads them; a one-paragraph error when it cannot be
