@@ -55,8 +55,8 @@ def test_a_rung_promotes_its_top_third_of_finished_distinct_points_best_first():
         trial.number = number
     found = promotions(source, [], reduction=3)
     assert [t.params["channels"] for t, _ in found] == [3, 2]
-    assert [why for _, why in found] == [{"rank": 1, "finished": 7, "promoted_per_rung": 2},
-                                          {"rank": 2, "finished": 7, "promoted_per_rung": 2}]
+    assert [why for _, why in found] == [{"rank": 1, "finished": 7, "quota": 2},
+                                          {"rank": 2, "finished": 7, "quota": 2}]
     assert found[1][0].number == 1  # channels 2's better trial (40 against 45)
     # a point the next rung holds (in any state) is not promoted again; the next one is not either
     # (it is not among the top 2)
@@ -65,8 +65,8 @@ def test_a_rung_promotes_its_top_third_of_finished_distinct_points_best_first():
 
 
 def test_two_objectives_promote_by_non_dominated_front_then_fid():
-    # (FID, GFLOPs): fronts {1: (10, 9), 2: (20, 1), 3: (15, 5)}, then {4: (30, 8)} dominated by 3,
-    # then {5: (40, 9)} dominated by 4
+    # (FID, GFLOPs) of the points with channels c: the first front is c=1 (10, 9), c=2 (20, 1) and
+    # c=3 (15, 5); then c=4 (30, 8), which c=3 dominates; then c=5 (40, 9), which c=4 dominates
     source = [completed(v, c) for v, c in (([30, 8], 4), ([10, 9], 1), ([40, 9], 5), ([20, 1], 2), ([15, 5], 3))]
     for number, trial in enumerate(source):
         trial.number = number
@@ -78,7 +78,7 @@ def test_a_one_tier_study_given_more_tiers_promotes_its_finished_trials_once(tmp
     first = rungs.open(storage)
     for value, channels in ((50.0, 1), (20.0, 8), (40.0, 3), (30.0, 4), (60.0, 5), (70.0, 6)):
         first.add_trial(completed(value, channels))
-    assert rungs.next_promotion(space, print) is None  # one tier: nothing to promote to
+    assert not optuna.get_all_study_names(storage)[1:]  # one tier: no second rung's study is made
 
     rungs, space, storage = ladder(tmp_path, "smoke,small")
     rungs.open(storage)
@@ -87,7 +87,7 @@ def test_a_one_tier_study_given_more_tiers_promotes_its_finished_trials_once(tmp
     # 6 // 3 = 2 promoted: channels 8 (FID 20) cannot be built at small's widths, so it is recorded
     # there as FAIL and channels 4 (FID 30) is the first to run; 3 (FID 40) is third and stays
     assert rung == 1 and choices == {"channels": 4} and trial.user_attrs["source_trial"] == 3
-    assert trial.user_attrs["promotion"] == {"rank": 2, "finished": 6, "promoted_per_rung": 2}
+    assert trial.user_attrs["promotion"] == {"rank": 2, "finished": 6, "quota": 2}
     assert said == ["skipped    promotion of trial 1 to tier small: 8 channels only at widths up to 32"]
     assert rungs.next_promotion(space, said.append) is None
     second = optuna.load_study(study_name="sh.small", storage=storage)
@@ -128,3 +128,66 @@ def test_a_promoted_tiers_winner_exports_with_the_depth_it_was_chosen_at(tmp_pat
     # smoke's widths and depth: the trial's run read its file (written at smoke) at small's widths
     assert "SEARCHED_BLOCK_OUT_CHANNELS = (32, 64, 64, 64)" in text and "SEARCHED_LAYERS_PER_BLOCK = 1" in text
     assert "trial 0 of the architecture search 'sh.small'" in text
+
+
+@pytest.mark.parametrize("objectives", [1, 2])
+def test_ranking_a_realistic_rung_keeps_no_point_behind_one_it_dominates(objectives):
+    # 300 distinct points: a ranking that recursed into every dominating point without memory would
+    # take 2^300 steps with one objective (every pair of FIDs is a domination)
+    rng, x = __import__("random").Random(0), optuna.distributions.IntDistribution(0, 299)
+    source = [optuna.trial.create_trial(params={"x": n}, distributions={"x": x},
+                                        values=[rng.uniform(10, 100) for _ in range(objectives)]) for n in range(300)]
+    for number, trial in enumerate(source):
+        trial.number = number
+    order = [tuple(t.values) for t in ranked(source)]
+    assert len(order) == 300
+    assert not any(all(b <= a for a, b in zip(order[i], order[j])) for i in range(300) for j in range(i + 1, 300))
+    if objectives == 1:
+        assert order == sorted(order)
+
+
+def test_work_left_counts_a_rung_s_running_and_promoted_trials_not_rung_0_s_spare_baselines(tmp_path):
+    rungs, _, storage = ladder(tmp_path, "smoke,small", trials=3)
+    first = rungs.open(storage)
+    for value, channels in ((50.0, 1), (40.0, 3), (30.0, 4)):
+        first.add_trial(completed(value, channels))
+    first.enqueue_trial({"channels": 5})  # a baseline --trials left unrun
+    rungs.studies[1].add_trial(completed(30.0, 4))  # 3 // 3 = 1 promoted: it has run
+    assert not rungs.work_left()
+    rungs.studies[1].enqueue_trial({"channels": 3})  # a promotion enqueued by a killed driver
+    assert rungs.work_left()
+
+
+def test_a_command_with_fewer_tiers_continues_them_with_a_note_and_too_few_trials_are_refused(tmp_path):
+    rungs, _, storage = ladder(tmp_path, "smoke,small", reduction=2)
+    rungs.open(storage)
+    rungs, _, storage = ladder(tmp_path, "smoke")  # one tier: its (default) reduction is not compared
+    rungs.open(storage)
+    assert rungs.note == ("note       study sh has the tiers smoke,small; this command runs smoke only "
+                          "(pass --tier smoke,small to continue every tier)")
+    with pytest.raises(HarnessError, match="--trials 8 with --reduction 3 promotes no point to tier medium: .* at "
+                                           "least 9 trials"):
+        ladder(tmp_path, "smoke,small,medium", trials=8)
+
+
+def test_a_resumed_promotion_that_cannot_be_built_is_told_fail_not_run(tmp_path):
+    """A driver killed between asking a promoted trial and checking it leaves it RUNNING with its
+    parameters fixed; the next driver checks it before running it."""
+    import io
+
+    from harness.search.driver import Search
+
+    space = tmp_path / "space.py"
+    space.write_text(SPACE)
+    search = Search(SearchSpec(task="shapes", tier="smoke,small", trials=3, study="sh", space=str(space),
+                               results_dir=tmp_path), stream=io.StringIO())
+    first = search.ladder.open(open_storage(search.url))
+    for value, channels in ((20.0, 8), (40.0, 3), (30.0, 4)):
+        first.add_trial(completed(value, channels))
+    second = search.ladder.studies[1]
+    second.enqueue_trial({"channels": 8}, user_attrs={"source_trial": 0, "origin_trial": 0})
+    second.ask()  # the killed driver's last step
+    slot = search._next_slot(search.ladder.studies, search.ladder.running(), [], first_rung=0)
+    assert slot is None  # rung 0 has its 3 trials, and the quota of 1 went to the point that cannot be built
+    assert [(t.state.name, t.user_attrs.get("infeasible")) for t in second.trials] == [("FAIL", True)]
+    assert "skipped    promotion of trial 0 to tier small" in search.stream.getvalue()

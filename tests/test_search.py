@@ -327,8 +327,10 @@ def _check_promotions(rungs):
 
 
 def _top_third(trials):
-    """Trial numbers of the best completed trial of each of the top n // 3 of n finished distinct points."""
-    finished = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED", "FAIL")]
+    """Trial numbers of the best completed trial of each of the top n // 3 of n finished distinct points
+    (points that could not be built are not counted)."""
+    finished = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED", "FAIL")
+                and not t.get("user_attrs", {}).get("infeasible")]
     best = {}
     for t in sorted((t for t in finished if t["state"] == "COMPLETE"), key=lambda t: (t["value"], t["number"])):
         best.setdefault(json.dumps(t["params"], sort_keys=True), t["number"])

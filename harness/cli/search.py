@@ -40,8 +40,10 @@ def add_parser(sub) -> None:
     p.add_argument("--reduction", type=int, default=3, help="with several tiers: each tier promotes the best "
                                                            "1/REDUCTION of its finished points (default: 3)")
     p.add_argument("--trials", type=int, default=64, help="finished trials the study ends with, baselines included "
-                                                          "(default: 64; infeasible points do not count)")
-    p.add_argument("--study", help="study name (default: <task>-<tier>-<objectives>, e.g. cifar10-small-fid)")
+                                                          "(default: 64; infeasible points do not count); with "
+                                                          "several tiers, the first tier's")
+    p.add_argument("--study", help="study name (default: <task>-<tier>-<objectives>, e.g. cifar10-small-fid; with "
+                                   "several tiers, the first tier's, and <study>.<tier> for the others)")
     p.add_argument("--storage", help="Optuna storage: an RDB URL (sqlite:////abs/study.db, postgresql://...) or a "
                                      "journal file path (default: sqlite:///RESULTS_DIR/studies/<study>.db)")
     p.add_argument("--space", help="search space file (default: harness/search/space.py; see README)")
@@ -70,7 +72,7 @@ def _estimate_printer(args, out):
         if not left:
             return
         runs = [(arch, tier, 0) for tier in left for arch in ("standard", "full_attn", "no_attn")]
-        trials = left if len(left) > 1 else next(iter(left.values()))
+        trials = left if "," in args.tier else next(iter(left.values()))  # per tier, named, with several
         estimate = before_study(args.task, allocation, overrides(args), args.data_dir, runs, trials=trials)
         print(estimate_text(estimate) if "runs" in estimate else f"No estimate: {estimate['skipped']}.", file=out)
     return print_estimate
@@ -97,8 +99,9 @@ def execute(args) -> int:
                   f"resume from their checkpoints under the same numbers.", file=sys.stderr)
             return interrupt_exit_code(interrupt)
     storage = open_storage(search.url, create=False)
+    names = optuna_study_names(storage)
     rungs = [dict(summary(load_study(s.name, storage)), tier=s.tier, rung=k) for k, s in enumerate(search.rungs)
-             if k == 0 or s.name in optuna_study_names(storage)]
+             if k == 0 or s.name in names]
     if args.json:
         result = rungs[0] if len(search.rungs) == 1 else {"rungs": rungs}
         print(json.dumps(dict(result, storage=search.url), indent=2, default=str))

@@ -36,7 +36,7 @@ from harness.run.locks import RunLock
 from harness.run.records import ensure_writable, read_record, run_dir
 from harness.run.signals import signal_of, signals_interrupt
 from harness.search.export import render
-from harness.search.rungs import Ladder, check_reduction, finished, parse_tiers, rung_name
+from harness.search.rungs import Ladder, check_reduction, finished, parse_tiers, planned, rung_name
 from harness.search.space_file import load_space
 from harness.search.study import (
     LABELS,
@@ -117,6 +117,12 @@ def rung_settings(spec: SearchSpec) -> list[StudySettings]:
     tiers = parse_tiers(spec.tier)
     if len(tiers) > 1:
         check_reduction(spec.reduction)
+        counts = planned(spec.trials, len(tiers), spec.reduction)
+        if counts[-1] < 1:
+            empty = tiers[counts.index(0)]
+            raise HarnessError(f"--trials {spec.trials} with --reduction {spec.reduction} promotes no point to tier "
+                               f"{empty}: each tier keeps 1/{spec.reduction} of the one below. Give at least "
+                               f"{spec.reduction ** (len(tiers) - 1)} trials, a smaller --reduction, or fewer tiers.")
     first = settings_for(spec, tiers[0])
     return [first] + [settings_for(spec, tier, rung_name(first.name, tiers, k), chosen_at=first)
                       for k, tier in enumerate(tiers) if k]
@@ -175,6 +181,8 @@ class Search:
         with RunLock(self.results_dir / "studies", name=f"{self.settings.name}.lock",
                      driver=f"study {self.settings.name}"):  # one driver per study: one writer of its storage
             study = self.ladder.open(open_storage(self.url))
+            if self.ladder.note:
+                self.say(self.ladder.note)
             self._enqueue_baselines(study)
             done = self._finished(study)
             if done >= self.spec.trials and not self.ladder.work_left():
@@ -193,7 +201,7 @@ class Search:
                     raise HarnessError("The search cannot start: " + "; ".join(problems) + ". Put --results-dir on "
                                        "storage every node mounts at the same path.")
                 self.say(f"Study {self.settings.name}: {done} of {self.spec.trials} trials finished, "
-                         f"{len(self.ladder.running())} to resume;{self.ladder.text()} objectives "
+                         f"{self.ladder.running_count()} to resume;{self.ladder.text()} objectives "
                          f"{', '.join(self.settings.objectives)} (minimized), sampler {self.settings.sampler}, "
                          f"pruner {self.settings.pruner}; up to {allocation['max_parallel']} "
                          f"trials at once, {allocation['gpus_per_run']:g} GPU and {allocation['cpus_per_run']:g} CPU "
@@ -277,9 +285,11 @@ class Search:
             if time.monotonic() >= slot.retry_at:
                 waiting.remove(slot)
                 return slot
-        if resumable:
+        while resumable:  # a promoted trial asked by a killed driver may not have been checked yet
             k, trial = resumable.pop(0)
-            return self._slot(studies[k], k, trial, self.settings.space.suggest(trial), resumed=True)
+            choices = self.settings.space.suggest(trial)
+            if not (k and self.ladder.skipped_if_infeasible(k, trial, choices, self.settings.space, self.say)):
+                return self._slot(studies[k], k, trial, choices, resumed=True)
         promoted = self.ladder.next_promotion(self.settings.space, self.say)
         if promoted is not None:
             k, trial, choices = promoted
@@ -332,35 +342,38 @@ class Search:
         if event["step"] < self.rungs[slot.rung].steps and slot.trial.should_prune():  # at the end: its value
             slot.pruned = True
             pool.stop(slot.job.key)
-            self.say(f"pruning    trial {slot.trial.number}: FID {event['fid']:.2f} at step {event['step']} is worse "
-                     f"than the {self.settings.pruner} pruner allows; its run stops with a checkpoint")
+            self.say(f"pruning    trial {self._trial_name(slot)}: FID {event['fid']:.2f} at step {event['step']} "
+                     f"is worse than the {self.settings.pruner} pruner allows; its run stops with a checkpoint")
 
-    def _on_outcome(self, slot: _Slot, outcome: Outcome) -> int:
-        """Tell the trial's study how it ended; return 1 if it now counts as finished."""
+    def _on_outcome(self, slot: _Slot, outcome: Outcome) -> None:
+        """Tell the trial's study how it ended."""
         from optuna.trial import TrialState
 
-        study, trial, number = slot.study, slot.trial, slot.trial.number
+        study, trial, number = slot.study, slot.trial, self._trial_name(slot)
         attrs = self._run_attributes(slot, outcome)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         if slot.pruned and outcome.status in ("interrupted", "completed"):  # completed: it ended before the stop
-            study.tell(number, state=TrialState.PRUNED)
+            study.tell(trial.number, state=TrialState.PRUNED)
             self.say(f"pruned     trial {number} at step {outcome.step or attrs.get('step')}")
-            return 1
+            return
         if outcome.status == "interrupted":  # Ctrl-C: stays RUNNING, the next session resumes it
-            return 0
+            return
         values = self._values(attrs) if outcome.status == "completed" else None
         if values is None:
             why = outcome.message or "the run completed without an FID evaluation"
             trial.set_user_attr("failure", why)
-            study.tell(number, state=TrialState.FAIL)
+            study.tell(trial.number, state=TrialState.FAIL)
             self.say(f"failed     trial {number}: {why} (log: {outcome.log})")
-            return 1
-        study.tell(number, values=values)
+            return
+        study.tell(trial.number, values=values)
         shown = ", ".join(f"{LABELS[name]} {value:.2f}" if name == "fid" else f"{LABELS[name]} {value:.4g}"
                           for name, value in zip(self.settings.objectives, values))
         self.say(f"completed  trial {number}: {shown}  ({outcome.wall_seconds:.0f} s on {outcome.node})")
-        return 1
+
+    def _trial_name(self, slot: _Slot) -> str:
+        """``3``, or ``3 at small`` above rung 0 (each rung's study numbers its trials from 0)."""
+        return f"{slot.trial.number}" + (f" at {self.rungs[slot.rung].tier}" if slot.rung else "")
 
     def _run_attributes(self, slot: _Slot, outcome: Outcome) -> dict:
         """What the run's record says, as trial user attributes (readable with Optuna's tools)."""
@@ -368,7 +381,7 @@ class Search:
                  "best_fid": outcome.best_fid, "step": outcome.step, "latency_ms": outcome.latency_ms}
         record, problem = read_record(Path(outcome.record)) if outcome.record else (None, None)
         if problem:
-            self.say(f"warning    trial {slot.trial.number}: {problem}; its parameter count and MACs are left out")
+            self.say(f"warning    trial {self._trial_name(slot)}: {problem}; its parameter count and MACs are left out")
         if record is not None:
             profile = record.profile or {}
             attrs.update(param_count=record.param_count, gmacs=profile.get("gmacs"), gflops=profile.get("gflops"),

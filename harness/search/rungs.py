@@ -48,22 +48,27 @@ def planned(trials: int, tiers: int, reduction: int) -> list[int]:
     return counts
 
 
-def check_halving(study, tiers: tuple[str, ...], reduction: int) -> None:
-    """Record the rungs on rung 0's study; a later command may add tiers, not change them."""
+def check_halving(study, tiers: tuple[str, ...], reduction: int) -> str | None:
+    """Record the rungs on rung 0's study; a later command may add tiers, not change them. Returns
+    a note when the command leaves out tiers the study has (their trials are not resumed)."""
     stored = study.user_attrs.get("successive_halving")
     if stored:
         old = tuple(stored["tiers"])
         shorter = min(len(old), len(tiers))
-        if old[:shorter] != tiers[:shorter] or stored["reduction"] != reduction:
+        if old[:shorter] != tiers[:shorter] or (len(tiers) > 1 and stored["reduction"] != reduction):
             raise HarnessError(
                 f"Study {study.study_name!r} promotes across tiers {','.join(old)} with --reduction "
                 f"{stored['reduction']}; this command asks for {','.join(tiers)} with --reduction {reduction}. "
                 f"Continue it with the same tiers (more may be added at the end) and reduction, or pass another "
                 f"--study.")
-        if len(tiers) <= len(old):
-            return
+        if len(tiers) < len(old):
+            return (f"note       study {study.study_name} has the tiers {','.join(old)}; this command runs "
+                    f"{','.join(tiers)} only (pass --tier {','.join(old)} to continue every tier)")
+        if len(tiers) == len(old):
+            return None
     if len(tiers) > 1:
         study.set_user_attr("successive_halving", {"tiers": list(tiers), "reduction": reduction})
+    return None
 
 
 def point_key(params: dict) -> str:
@@ -77,8 +82,7 @@ def finished(trials: list) -> list:
 
 def ranked(trials: list) -> list:
     """Completed trials, one per distinct point (its best), best first: by non-dominated front
-    (Deb et al. 2002) for two objectives, FID breaking ties within a front. Written here because
-    Optuna's non-dominated sort is private; this is the plain O(n^2) version."""
+    (Deb et al. 2002) for two objectives, FID breaking ties within a front; by FID for one."""
     best: dict[str, object] = {}
     for t in trials:
         if t.state.name == "COMPLETE":
@@ -86,14 +90,20 @@ def ranked(trials: list) -> list:
             if key not in best or tuple(t.values) < tuple(best[key].values):
                 best[key] = t
     points = list(best.values())
-    front = {id(t): _front(t, points) for t in points}
-    return sorted(points, key=lambda t: (front[id(t)], tuple(t.values), t.number))
+    front = _fronts(points) if points and len(points[0].values) > 1 else {}
+    return sorted(points, key=lambda t: (front.get(id(t), 0), tuple(t.values), t.number))
 
 
-def _front(trial, points: list) -> int:
-    """0 for a point nothing dominates, else 1 + the front of the best point that dominates it."""
-    dominating = [p for p in points if _dominates(p.values, trial.values)]
-    return 0 if not dominating else 1 + max(_front(p, points) for p in dominating)
+def _fronts(points: list) -> dict[int, int]:
+    """id(trial) -> its front: 0 for the points nothing dominates, 1 for those only front 0
+    dominates, ... Peeled one front at a time, O(fronts x n^2) comparisons; written here because
+    Optuna's non-dominated sort is private."""
+    front, left, k = {}, list(points), 0
+    while left:
+        top = [t for t in left if not any(_dominates(p.values, t.values) for p in left)]
+        front.update((id(t), k) for t in top)
+        left, k = [t for t in left if id(t) not in front], k + 1
+    return front
 
 
 def _dominates(a, b) -> bool:
@@ -106,7 +116,7 @@ def promotions(source: list, target: list, reduction: int) -> list[tuple[object,
     distinct = len({point_key(t.params) for t in done})
     quota = distinct // reduction
     held = {point_key(t.params) for t in target}  # promoted already (in any state, infeasible included)
-    return [(t, {"rank": i + 1, "finished": distinct, "promoted_per_rung": quota})
+    return [(t, {"rank": i + 1, "finished": distinct, "quota": quota})
             for i, t in enumerate(ranked(done)[:quota]) if point_key(t.params) not in held]
 
 
@@ -124,13 +134,14 @@ class Ladder:
     def __init__(self, settings: list, reduction: int, trials: int):
         self.settings, self.reduction, self.trials = settings, reduction, trials
         self.studies: list = []
+        self.note: str | None = None  # set by open(): tiers the study has that this command leaves out
 
     def open(self, storage):
         """Open (or create) every rung's study in ``storage``; return rung 0's."""
         from harness.search.study import open_study
 
         first = open_study(self.settings[0], storage)
-        check_halving(first, tuple(s.tier for s in self.settings), self.reduction)
+        self.note = check_halving(first, tuple(s.tier for s in self.settings), self.reduction)
         self.studies = [first] + [open_study(s, storage) for s in self.settings[1:]]
         return first
 
@@ -150,11 +161,15 @@ class Ladder:
         return [(k, optuna.trial.Trial(self.studies[k], t._trial_id)) for k in reversed(range(len(self.studies)))
                 for t in self.studies[k].get_trials(deepcopy=False) if t.state.name == "RUNNING"]
 
+    def running_count(self) -> int:
+        return sum(t.state.name == "RUNNING" for study in self.studies for t in study.get_trials(deepcopy=False))
+
     def work_left(self) -> bool:
-        """Whether any rung has a trial to resume, an enqueued one, or a point to promote."""
+        """Once rung 0 has its --trials: whether any rung has a trial to resume, a promoted one
+        enqueued, or a point to promote (rung 0's enqueued baselines beyond --trials are not work)."""
         for k, study in enumerate(self.studies):
             trials = study.get_trials(deepcopy=False)
-            if any(not t.state.is_finished() for t in trials):
+            if any(t.state.name == "RUNNING" or (k and t.state.name == "WAITING") for t in trials):
                 return True
             if k and promotions(self.studies[k - 1].get_trials(deepcopy=False), trials, self.reduction):
                 return True
@@ -180,7 +195,7 @@ class Ladder:
         from optuna.trial import TrialState
 
         for k in range(len(self.studies) - 1, 0, -1):
-            study, s = self.studies[k], self.settings[k]
+            study = self.studies[k]
             while True:
                 if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                     below = self.studies[k - 1]
@@ -192,15 +207,24 @@ class Ladder:
                     study.enqueue_trial(source.params, user_attrs=rung_attributes(below, source, why))
                 trial = study.ask()  # the enqueued trial, its parameters fixed
                 choices = space.suggest(trial)
-                why_not = space.infeasible(choices, s.block_out_channels)
-                if why_not is None:
+                if not self.skipped_if_infeasible(k, trial, choices, space, say):
                     return k, trial, choices
-                trial.set_user_attr("infeasible", True)
-                trial.set_user_attr("failure", f"not run at tier {s.tier}: infeasible at widths "
-                                               f"{list(s.block_out_channels)}: {why_not}")
-                study.tell(trial, state=TrialState.FAIL)
-                say(f"skipped    promotion of trial {trial.user_attrs['source_trial']} to tier {s.tier}: {why_not}")
         return None
+
+    def skipped_if_infeasible(self, k: int, trial, choices: dict, space, say) -> bool:
+        """Tell a promoted point that cannot be built at rung k's widths FAIL (marked infeasible)."""
+        from optuna.trial import TrialState
+
+        s = self.settings[k]
+        why_not = space.infeasible(choices, s.block_out_channels)
+        if why_not is None:
+            return False
+        trial.set_user_attr("infeasible", True)
+        trial.set_user_attr("failure", f"not run at tier {s.tier}: infeasible at widths "
+                                       f"{list(s.block_out_channels)}: {why_not}")
+        self.studies[k].tell(trial, state=TrialState.FAIL)
+        say(f"skipped    promotion of trial {trial.user_attrs.get('source_trial')} to tier {s.tier}: {why_not}")
+        return True
 
     def best_text(self) -> str:
         """The highest rung with a completed trial: its best FID, or its Pareto set's size."""
