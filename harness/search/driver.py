@@ -349,13 +349,13 @@ class Search:
         """Tell the trial's study how it ended."""
         from optuna.trial import TrialState
 
-        study, trial, number = slot.study, slot.trial, self._trial_name(slot)
+        study, trial, name = slot.study, slot.trial, self._trial_name(slot)
         attrs = self._run_attributes(slot, outcome)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         if slot.pruned and outcome.status in ("interrupted", "completed"):  # completed: it ended before the stop
             study.tell(trial.number, state=TrialState.PRUNED)
-            self.say(f"pruned     trial {number} at step {outcome.step or attrs.get('step')}")
+            self.say(f"pruned     trial {name} at step {outcome.step or attrs.get('step')}")
             return
         if outcome.status == "interrupted":  # Ctrl-C: stays RUNNING, the next session resumes it
             return
@@ -364,12 +364,12 @@ class Search:
             why = outcome.message or "the run completed without an FID evaluation"
             trial.set_user_attr("failure", why)
             study.tell(trial.number, state=TrialState.FAIL)
-            self.say(f"failed     trial {number}: {why} (log: {outcome.log})")
+            self.say(f"failed     trial {name}: {why} (log: {outcome.log})")
             return
         study.tell(trial.number, values=values)
         shown = ", ".join(f"{LABELS[name]} {value:.2f}" if name == "fid" else f"{LABELS[name]} {value:.4g}"
                           for name, value in zip(self.settings.objectives, values))
-        self.say(f"completed  trial {number}: {shown}  ({outcome.wall_seconds:.0f} s on {outcome.node})")
+        self.say(f"completed  trial {name}: {shown}  ({outcome.wall_seconds:.0f} s on {outcome.node})")
 
     def _trial_name(self, slot: _Slot) -> str:
         """``3``, or ``3 at small`` above rung 0 (each rung's study numbers its trials from 0)."""
