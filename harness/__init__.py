@@ -70,15 +70,16 @@ def load_runs(results_dir: str | Path = "results"):
 
 
 def make_report(results_dir: str | Path = "results", out: str | Path = "reports/latest", *, task: list[str] = (),
-           tier: list[str] = (), arch: list[str] = (), include_incomplete: bool = False):
+           tier: list[str] = (), arch: list[str] = (), include_incomplete: bool = False,
+           seed_cv: float | None = None):
     """Write the report (index.html, leaderboard.md/.csv, runs.csv, plots) of the runs under ``results_dir``
     into ``out``, as ``harness report`` does; return it (``.boards``: the leaderboards as DataFrames,
-    ``.runs``, ``.studies``, ``.unreadable``)."""
+    ``.runs``, ``.studies``, ``.unreadable``). ``seed_cv``: as ``report --seed-cv``."""
     from harness.report.model import Filters
     from harness.report.write import build_report
 
     filters = Filters(task=list(task), tier=list(tier), arch=list(arch), include_incomplete=include_incomplete)
-    return build_report(results_dir, out, filters)[0]
+    return build_report(results_dir, out, filters, seed_cv)[0]
 
 
 def export_model(run_folder: str | Path, out: str | Path, *, raw: bool = False, force: bool = False) -> dict:

@@ -29,7 +29,7 @@ from harness.errors import HarnessError
 from harness.files import atomic_write_json, now
 from harness.protocol import registry
 from harness.protocol.spec import TaskSpec
-from harness.protocol.tasks import complete_config, resolve_task
+from harness.protocol.tasks import resolve_task, result_settings
 from harness.run import checkpoints
 from harness.run.folder import LOG_FILE
 from harness.run.locks import LOCK_FILE, RunLock, RunLocked
@@ -96,12 +96,9 @@ def expand(sweep: SweepSpec) -> list[Cell]:
 
 
 def _same_config(record: RunRecord, spec: TaskSpec) -> bool:
-    """The same settings, but for where the curves go (training.log_with): that changes no result."""
-    stored = complete_config(record.config)  # a record written before a field existed has its default
-    mine, theirs = (json.loads(json.dumps(c, default=list)) for c in (stored, spec.to_dict()))
-    for config in (mine, theirs):
-        config["training"].pop("log_with", None)
-    return mine == theirs
+    """The same result settings (protocol/spec.py declares which fields change a result): a completed run
+    that differs only in where its curves go or how often it logged is done."""
+    return result_settings(record.config) == result_settings(spec.to_dict())
 
 
 def inspect(cell: Cell, device_type: str) -> None:

@@ -138,3 +138,14 @@ def _gone():
     import psutil
 
     return contextlib.suppress(psutil.Error)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The figures tests measured (``record_property("measured", text)``, e.g. the statistics' false-separation
+    rates on simulated boards), printed at the end of every run, also from pytest-xdist's workers."""
+    lines = [value for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+             for name, value in getattr(report, "user_properties", []) if name == "measured"]
+    if lines:
+        terminalreporter.section("measured by the tests")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -9,7 +9,9 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats
 
 pytestmark = pytest.mark.slow  # each `harness report` is a process that imports torch and draws plots: ~15 s
 
@@ -68,10 +70,17 @@ def test_the_report_groups_ranks_and_lists_every_run(default_report):
     smoke = [r for r in board if r["tier"] == "smoke" and r["variant"] == "" and r["conditions"].startswith(CPU)]
     assert sorted(r["arch"] for r in smoke) == ["narrow", "standard", "wide"] and all(r["seeds"] == "2" for r in smoke)
     assert [float(r["best_fid_mean"]) for r in smoke] == sorted(float(r["best_fid_mean"]) for r in smoke)
-    ranks = [int(r["rank"]) for r in smoke]  # ties share a rank: 1, then the same or the row's own position
-    assert ranks[0] == 1 and all(r in (ranks[i], i + 2) for i, r in enumerate(ranks[1:]))
-    # the runs with other steps or other FID samples are groups of their own, never averaged with the tier's
-    for changed in ("training.steps=4", "evaluation.num_samples=8"):
+    size = {}
+    for r in board:
+        key = (r["task"], r["tier"], r["variant"], r["conditions"])
+        size[key] = size.get(key, 0) + 1
+    for r in board:  # a rank is 1 + the rows separated from it and ahead; its range runs to those not behind it
+        behind, ahead = ([x for x in r[c].split(", ") if x] for c in ("behind", "ahead_of"))
+        assert int(r["rank"]) == 1 + len(behind)
+        assert int(r["rank_high"]) == size[r["task"], r["tier"], r["variant"], r["conditions"]] - len(ahead)
+    # the runs with other steps or other FID samples are groups of their own, never averaged with the tier's;
+    # fewer steps also moves the last evaluation point, which best FID is taken over
+    for changed in ("evaluation.eval_points=[2, 4], training.steps=4", "evaluation.num_samples=8"):
         other = [r for r in board if r["variant"] == changed]
         assert len(other) == 1 and other[0]["arch"] == "standard" and other[0]["seeds"] == "1"
     standard = next(r for r in smoke if r["arch"] == "standard")
@@ -79,9 +88,10 @@ def test_the_report_groups_ranks_and_lists_every_run(default_report):
     assert any(r["pareto"] == "True" for r in smoke)
 
     md = (out / "leaderboard.md").read_text()
-    assert "best FID ↓ (mean ± std)" in md and "train img/s ↑" in md and "95% interval of the mean" in md
+    assert "best FID ↓ (95% interval)" in md and "train img/s ↑" in md and "verdict (Holm over the board's pairs)" in md
+    assert "seed-to-seed SD" in md and "FID sampling SD" in md  # the details split each row's noise
     assert "published best FID (quoted)" in md and "| standard | 300.00 |" in md
-    assert "| quoted | standard | published (task reference_results) |" in md  # a row, unranked
+    assert "| quoted | standard |  | 300.00 | published (task reference_results), not ranked |" in md
     assert "Runs not in the leaderboards" in md and "boom" in md
     assert "| mini: best FID | smoke: best FID |" in md and "| smoke: FID at step 2 | smoke: best FID |" in md
     assert '"git_commits"' in md and '"inception_weights"' in md
@@ -120,19 +130,28 @@ def test_gaps_within_noise_are_ties_and_gaps_beyond_it_are_ranked(results, defau
     first, second, blank = noise
     # standard and twin are one architecture from two initialisations: tied, one rank, paired over the 3 seeds
     assert {first["arch"], second["arch"]} == {"standard", "twin"} and blank["arch"] == "blank"
-    assert second["tied"] == "True" and first["rank"] == second["rank"] == "1"
+    assert second["tied"] == "True" and first["rank"] == second["rank"] == "1" and first["rank_high"] == "2"
     assert second["gap_kind"] == "paired over 3 shared seeds"
     assert float(second["gap_low"]) < 0 < float(second["gap_high"])
-    # the broken model is far beyond noise: its own rank, its gap's interval above zero
-    assert blank["tied"] == "False" and blank["rank"] == "3" and float(blank["gap_low"]) > 0
-    for r in noise:  # every row's mean inside its own interval, from its seeds (blank's is one point: always black)
-        assert float(r["ci_low"]) <= float(r["best_fid_mean"]) <= float(r["ci_high"])
-        assert r["ci_kind"] == "t over 3 seeds"
-    assert float(first["ci_low"]) < float(first["best_fid_mean"]) < float(first["ci_high"])
+    assert second["tied_with"] == first["arch"] and first["tied_with"] == second["arch"]
+    # the broken model is far beyond noise: behind both under Holm, rank 3
+    assert blank["tied"] == "False" and blank["rank"] == blank["rank_high"] == "3" and float(blank["gap_low"]) > 0
+    assert sorted(blank["behind"].split(", ")) == ["standard", "twin"]
+    # each row's interval is Student's t over its three seeds' best FIDs, read from the records themselves
+    records = [json.loads(p.read_text()) for p in results.rglob("record.json") if "noise" in p.parts]
+    for r in noise:
+        fids = [x["best_fid"] for x in records if x["arch"] == r["arch"]]
+        half = stats.t.ppf(0.975, 2) * np.std(fids, ddof=1) / np.sqrt(3)
+        assert float(r["ci_low"]) == pytest.approx(np.mean(fids) - half, rel=1e-5)
+        assert float(r["ci_high"]) == pytest.approx(np.mean(fids) + half, rel=1e-5)
+        assert r["ci_kind"] == "measured over 3 seeds" and r["noise_source"] == "measured"
+        sampling = [e["fid_std"] for x in records if x["arch"] == r["arch"] for e in x["evaluations"]
+                    if e["step"] == x["best_step"]]
+        assert float(r["sampling_sd"]) == pytest.approx(np.mean(sampling), rel=1e-5)  # the split's sampling part
     md = (default_report / "leaderboard.md").read_text()
     sentence = next(line for line in md.splitlines() if line.startswith("Top two: ") and "shared seeds" in line)
-    assert ": within noise. At the observed spread" in sentence and "seeds of each would separate" in sentence
-    assert "| ≈1 |" in md and "≈ within noise" in md and " separated" in md
+    assert ": within noise. At the spread seen" in sentence and "would give 80% power to separate" in sentence
+    assert "tied with standard; ahead of blank" in md and ") separated |" in md and "≈ not separated |" in md
     records = [json.loads(p.read_text()) for p in results.rglob("record.json") if "noise" in p.parts]
     streams = {r["seed"]: set() for r in records}
     for r in records:
@@ -220,7 +239,7 @@ def test_the_page_opens_in_headless_chromium_without_errors(default_report, tmp_
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu",
                                                                      "--disable-dev-shm-usage"])
         try:
-            view = browser.new_page(viewport={"width": 1400, "height": 1000})
+            view = browser.new_page(viewport={"width": 1280, "height": 1000})  # a laptop screen
             view.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
             view.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
             view.on("requestfailed", lambda r: messages.append(f"failed: {r.url}"))
@@ -228,12 +247,27 @@ def test_the_page_opens_in_headless_chromium_without_errors(default_report, tmp_
             view.wait_for_load_state("load")
             images = view.evaluate("Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, "
                                    "i.naturalWidth])")
+            # each board's compact table, as laid out: its width against the viewport's
+            compact = view.evaluate("Array.from(document.querySelectorAll('table.compact')).map(t => "
+                                    "[t.getBoundingClientRect().right, t.parentElement.scrollWidth, "
+                                    "t.parentElement.clientWidth])")
+            page_width = view.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            forests = view.evaluate("Array.from(document.images).filter(i => i.src.endsWith('-forest.png'))"
+                                    ".map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])")
             view.screenshot(path=str(out / "screenshot.png"), full_page=True)
         finally:
             browser.close()
     assert images and all(complete and width > 0 for _, complete, width in images), images
     assert not [m for m in messages if m.startswith(("error", "pageerror", "failed"))], messages
     assert (out / "screenshot.png").stat().st_size > 10_000
+    boards = (default_report / "leaderboard.md").read_text().count("\n## ") - sum(
+        (default_report / "leaderboard.md").read_text().count(f"\n## {s}") for s in (
+            "Runs not in", "Files that", "Proxy fidelity", "Study ", "Sweeps", "Provenance"))
+    assert len(compact) == len(forests) == boards > 0, (compact, forests)
+    # no compact table scrolls sideways or runs past the window; the page itself has no horizontal scrollbar
+    assert all(right <= 1280 and scroll <= client for right, scroll, client in compact), compact
+    assert page_width[0] <= page_width[1], page_width
+    assert all(done and width > 0 and shown <= 1280 for done, width, shown in forests), forests
 
 
 def test_the_fidelity_section_and_its_plot_are_in_both_formats(default_report):

@@ -70,3 +70,14 @@ def comma_list(text: str, what: str, cast=str) -> list:
         return [cast(t) for t in items]
     except ValueError:
         raise HarnessError(f"--{what} takes a comma list of integers, e.g. --{what} 42,43,44; got {text!r}.") from None
+
+
+def fraction(text: str, option: str) -> float:
+    """"2%" or "0.02" -> 0.02: a relative size (a seed-to-seed CV, a gap as a share of FID)."""
+    try:
+        value = float(text[:-1]) / 100 if text.strip().endswith("%") else float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise HarnessError(f"--{option} takes a fraction of the FID, as 2% or 0.02 (between 0 and 1), not {text!r}.")
+    return value

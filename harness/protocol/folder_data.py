@@ -19,10 +19,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from harness.errors import HarnessError
 from harness.files import atomic_write_bytes
-from harness.protocol.spec import DataSpec
+from harness.protocol.spec import FOLDER_FITS, DataSpec
 
 FOLDER_SIZES = (32, 64)
-FITS = ("center_crop", "stretch", "exact")
+FITS = FOLDER_FITS
 RESAMPLES = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
              "bilinear": Image.Resampling.BILINEAR, "box": Image.Resampling.BOX}
 CHANNELS = {1: "grayscale", 2: "grayscale with alpha", 3: "RGB", 4: "RGBA or CMYK"}

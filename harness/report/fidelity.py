@@ -8,11 +8,16 @@ settings. Every expensive measure is a setting's best FID; every cheaper measure
 ``MINIMUM`` architectures with it is its proxy. For each such pair:
 
 - Kendall tau and Spearman rho of the per-architecture mean FIDs (scipy.stats);
-- their 95% bootstrap intervals over architectures, and over seeds where an architecture has
-  several (each resample draws architectures with replacement, then one seed of each setting per
-  drawn architecture). Written here rather than with scipy.stats.bootstrap: with five
-  architectures about one resample in 600 draws a single architecture five times, whose tau is
-  undefined, and scipy then returns no interval at all; these resamples are dropped and counted;
+- their 95% bootstrap intervals from a two-level bootstrap that recomputes what is reported: each
+  resample draws architectures with replacement, then, within each drawn architecture, its seeds with
+  replacement, and recomputes the per-architecture mean FIDs of both measures and their tau and rho.
+  Where both measures come from the same runs (an earlier evaluation point against the same runs' best
+  FID) one draw of seeds serves both, so a run's proxy and target stay together; measures of different
+  settings are different runs and their seeds are drawn apart. A proxy that is the target plus a
+  constant in every run gets [+1, +1]; a reversed one [-1, -1] (tests/test_statistics.py). Written here
+  rather than with scipy.stats.bootstrap, which resamples one level only and returns no interval at all
+  when a resample draws one architecture every time (tau undefined; about one resample in 600 with five
+  architectures): those resamples are dropped and counted;
 - where the expensive setting's best architecture stands in the proxy's ranking (1: the proxy's
   top 1 holds it), hence top-k recall for every k;
 - the cost of each measure from the records' timings: training seconds up to its step plus one
@@ -83,19 +88,27 @@ def _means(values: dict[str, dict[int, tuple[float, float]]], archs: list[str], 
     return np.array([np.mean([v[at] for v in values[a].values()]) for a in archs])
 
 
-def bootstrap(cheap: dict, costly: dict, archs: list[str], rng) -> tuple[tuple, tuple, int]:
-    """95% percentile intervals of tau and rho over architectures and seeds, and the resamples dropped."""
+def bootstrap(cheap: dict, costly: dict, archs: list[str], paired: bool, rng) -> tuple[tuple, tuple, int]:
+    """95% percentile intervals of tau and rho of the per-architecture means, over architectures and, within
+    each, seeds (one draw for both measures when ``paired``: they are the same runs), and the resamples dropped."""
     from scipy.stats import kendalltau, spearmanr
 
-    x_seeds = [np.array([v[0] for v in cheap[a].values()]) for a in archs]
-    y_seeds = [np.array([v[0] for v in costly[a].values()]) for a in archs]
+    seeds = {a: (sorted(set(cheap[a]) & set(costly[a])) if paired else None) for a in archs}
     taus, rhos = [], []
     for _ in range(RESAMPLES):
         drawn = rng.integers(0, len(archs), len(archs))
         if len(set(drawn)) < 2:
+            taus.append(np.nan)
             continue  # one architecture n times: no ranking to compare
-        x = [x_seeds[i][rng.integers(len(x_seeds[i]))] for i in drawn]
-        y = [y_seeds[i][rng.integers(len(y_seeds[i]))] for i in drawn]
+        x, y = [], []
+        for a in (archs[i] for i in drawn):
+            if paired:  # sorted: equal draws in another order give bit-equal means, so ties stay ties
+                runs = np.sort(rng.choice(seeds[a], len(seeds[a])))
+                x.append(np.mean([cheap[a][s][0] for s in runs]))
+                y.append(np.mean([costly[a][s][0] for s in runs]))
+            else:
+                x.append(np.mean(np.sort(rng.choice([v[0] for v in cheap[a].values()], len(cheap[a])))))
+                y.append(np.mean(np.sort(rng.choice([v[0] for v in costly[a].values()], len(costly[a])))))
         taus.append(kendalltau(x, y).statistic)
         rhos.append(spearmanr(x, y).statistic)
     taus, rhos = np.array(taus), np.array(rhos)
@@ -135,7 +148,9 @@ def fidelity(runs: pd.DataFrame, records: dict) -> pd.DataFrame:
     for cheap, costly, archs in pairs(measures):
         x, y = _means(measures[cheap], archs, 0), _means(measures[costly], archs, 0)
         rng = np.random.default_rng(BOOTSTRAP_SEED)
-        (tau_low, tau_high), (rho_low, rho_high), dropped = bootstrap(measures[cheap], measures[costly], archs, rng)
+        paired = cheap.setting == costly.setting  # an earlier evaluation of the same runs
+        (tau_low, tau_high), (rho_low, rho_high), dropped = bootstrap(measures[cheap], measures[costly], archs,
+                                                                      paired, rng)
         best = archs[int(np.argmin(y))]
         proxy_order = [archs[i] for i in np.argsort(x, kind="stable")]
         seeds = {len(measures[m][a]) for m in (cheap, costly) for a in archs}
@@ -146,20 +161,48 @@ def fidelity(runs: pd.DataFrame, records: dict) -> pd.DataFrame:
             "spearman_rho": spearmanr(x, y).statistic, "rho_low": rho_low, "rho_high": rho_high,
             "expensive_best": best, "best_rank_by_proxy": proxy_order.index(best) + 1,
             "proxy_cost": _means(measures[cheap], archs, 1).mean() / _means(measures[costly], archs, 1).mean(),
-            "resamples_dropped": dropped,
+            "resamples_dropped": dropped, "paired": paired,
             "points": json.dumps({a: [round(float(u), 4), round(float(v), 4)] for a, u, v in zip(archs, x, y)}),
         })
     return pd.DataFrame(rows)
 
 
+def not_compared(runs: pd.DataFrame, records: dict) -> list[str]:
+    """Why a task whose runs hold several measures has no fidelity row (see explain_missing)."""
+    return explain_missing(collect_measures(runs, records) if not runs.empty else {})
+
+
+def explain_missing(measures: dict) -> list[str]:
+    """One sentence per task whose measures form no pair sharing MINIMUM architectures (a two-tier search that
+    promoted two points, say): why its fidelity section is empty, and what would fill it."""
+    found = {p[0].setting[0] for p in pairs(measures)}
+    lines = []
+    for task in sorted({m.setting[0] for m in measures} - found):
+        mine = {m: v for m, v in measures.items() if m.setting[0] == task}
+        bests = [m for m in mine if m.step is None]
+        if len(mine) < 2 or not bests:
+            continue
+        most = max(len(set(mine[a]) & set(mine[b])) for a in bests for b in mine if a != b)
+        listed = "; ".join(f"{measure_name(m)} ({len(v)} architecture(s))" for m, v in sorted(
+            mine.items(), key=lambda kv: measure_name(kv[0])))
+        lines.append(f"Task {task}: no two of its measures share {MINIMUM} architectures (at most {most}), so no proxy "
+                     f"is compared with an expensive setting: {listed}. A comparison needs the same {MINIMUM} or more "
+                     f"architectures measured under both, e.g. every architecture run at both settings, or, in a "
+                     f"successive-halving search, a reduction that promotes {MINIMUM} or more points to the next tier.")
+    return lines
+
+
 NOTE = ("Does a cheap setting rank architectures as the expensive one does? Each row compares a proxy (an earlier "
         "evaluation point, fewer FID samples, fewer steps, another tier) with a setting's best FID over the "
         "architectures both have: Kendall τ and Spearman ρ of their mean FIDs (+1: the same order), each with a 95% "
-        "bootstrap interval over architectures and seeds; where the expensive setting's best architecture stands in "
+        "bootstrap interval (architectures drawn with replacement, then each one's seeds, a run's proxy and target "
+        "value drawn together where they come from the same runs; the means and τ recomputed each time); "
+        "where the expensive setting's best architecture stands in "
         "the proxy's order (1: the proxy's top 1 holds it; k: only its top k does); and the proxy's cost relative "
         "to the expensive run (training to its step plus one evaluation, from the records' timings). With few "
         "architectures the intervals are wide: a τ whose interval includes 0 does not show that the proxy ranks "
-        "like the expensive setting.")
+        "like the expensive setting. With one seed per architecture the resamples hold no seed noise: such an "
+        "interval says only how the order depends on which architectures are compared.")
 
 
 def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -168,8 +211,11 @@ def display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                "proxy cost"]
     rows = []
     for _, r in table.iterrows():
-        recall = " / ".join("yes" if r["best_rank_by_proxy"] <= k else "no" for k in (1, 3))
-        rows.append([r["proxy"], r["expensive"], str(r["archs"]), r["seeds per arch"],
+        # top-k recall says something only where the proxy could miss: k below the architectures compared
+        recall = " / ".join(("yes" if r["best_rank_by_proxy"] <= k else "no") if k < r["archs"] else "–"
+                            for k in (1, 3))
+        seeds = r["seeds per arch"] + (" (no seed noise in the intervals)" if r["seeds per arch"] == "1" else "")
+        rows.append([r["proxy"], r["expensive"], str(r["archs"]), seeds,
                      f"{r['kendall_tau']:+.2f} ({r['tau_low']:+.2f} to {r['tau_high']:+.2f})",
                      f"{r['spearman_rho']:+.2f} ({r['rho_low']:+.2f} to {r['rho_high']:+.2f})",
                      r["expensive_best"], f"{r['best_rank_by_proxy']} of {r['archs']}", recall,

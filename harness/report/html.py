@@ -11,6 +11,7 @@ import pandas as pd
 from harness.files import now
 from harness.report import fidelity, tables
 from harness.report.model import (
+    DETAILS,
     PUBLISHED_NOTE,
     READING_NOTE,
     UNREADABLE_NOTE,
@@ -36,12 +37,15 @@ tr.quoted td { color: #666; font-style: italic; }
 .warning { background: #fdf0ef; border-left: 4px solid #d9534f; padding: 8px 12px; max-width: 1100px; }
 figure { display: inline-block; margin: 6px 12px 6px 0; } figure img { max-width: 640px; border: 1px solid #eee; }
 .scroll { overflow-x: auto; }
+table.compact td:nth-child(5) { white-space: normal; min-width: 220px; max-width: 360px; text-align: left; }
+table.compact td:nth-child(1) { text-align: center; }
+details { margin: 6px 0 14px; } summary { cursor: pointer; color: #345; }
 pre { background: #f6f8fa; padding: 8px; overflow-x: auto; font-size: 12px; }
 """
 
 
 def table(headers: list[str], rows: list[list[str]], best: set = frozenset(),
-          row_class: list[str] | None = None) -> str:
+          row_class: list[str] | None = None, css: str = "") -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = []
     for i, row in enumerate(rows):
@@ -49,7 +53,8 @@ def table(headers: list[str], rows: list[list[str]], best: set = frozenset(),
         cells = "".join(f'<td class="best">{escape(c)}</td>' if (i, j) in best else f"<td>{escape(c)}</td>"
                         for j, c in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    return (f'<div class="scroll"><table class="{css}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
 def frame(df: pd.DataFrame) -> str:
@@ -69,15 +74,20 @@ def page(report: Report, figures: dict) -> str:
     for key, board in report.boards.items():
         headers, rows, best = display(board)
         quoted = quoted_rows(board, key.tier)
+        figures_of = figures.get(key, [])
         parts += [f"<h2>{escape(board_title(key))}</h2>", f"<p>Conditions: {escape(key.conditions)}.</p>",
-                  table(headers, rows + quoted, best, row_class=[""] * len(rows) + ["quoted"] * len(quoted))]
-        parts += [f'<p class="note">{escape(line)}</p>' for line in (tables.top_gap(board),
+                  table(headers, rows + quoted, best, row_class=[""] * len(rows) + ["quoted"] * len(quoted),
+                        css="compact"),
+                  figures_html(figures_of[:1])]  # the forest plot
+        parts += [f'<p class="note">{escape(line)}</p>' for line in (tables.top_gap(board, report.seed_cv),
                                                                       not_quoted_note(board, key.tier)) if line]
         refs = published_vs_reproduced(board, key.tier)
         if not refs.empty:
             parts += [f"<p>{escape(PUBLISHED_NOTE)}</p>", table(list(refs.columns), refs.values.tolist(),
                                                                row_class=["quoted"] * len(refs))]
-        parts.append(figures_html(figures.get(key, [])))
+        headers, rows, best = display(board, DETAILS)
+        parts += ["<details><summary>Details: per-seed noise and its split, every gap's test, all measurements"
+                  "</summary>", table(headers, rows, best), "</details>", figures_html(figures_of[1:])]
     others = unfinished(report.runs, report.studies)
     if not others.empty:
         parts += ["<h2>Runs not in the leaderboards</h2><p>Failed, unfinished or interrupted runs (with "
@@ -86,10 +96,12 @@ def page(report: Report, figures: dict) -> str:
     if report.unreadable:
         parts += ["<h2>Files that could not be read</h2>", f"<p>{escape(UNREADABLE_NOTE)}</p>",
                   table(["file", "why"], [[u["path"], u["reason"]] for u in report.unreadable])]
-    if not report.fidelity.empty:
-        headers, rows = fidelity.display_rows(report.fidelity)
-        parts += ["<h2>Proxy fidelity</h2>", f"<p>{escape(fidelity.NOTE)}</p>", table(headers, rows),
-                  figures_html(figures.get("fidelity", []))]
+    if not report.fidelity.empty or report.fidelity_missing:
+        parts += ["<h2>Proxy fidelity</h2>", f"<p>{escape(fidelity.NOTE)}</p>"]
+        if not report.fidelity.empty:
+            parts.append(table(*fidelity.display_rows(report.fidelity)))
+        parts += [f'<p class="note">{escape(line)}</p>' for line in report.fidelity_missing]
+        parts.append(figures_html(figures.get("fidelity", [])))
     for study in report.studies:
         parts += [f"<h2>Study {escape(study['name'])}</h2><p>Storage <code>{escape(study['storage'])}</code></p>",
                   f"<pre>{escape(study['text'])}</pre>", figures_html(figures.get(("study", study["name"]), []))]

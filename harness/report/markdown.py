@@ -6,6 +6,7 @@ import json
 
 from harness.report import fidelity, tables
 from harness.report.model import (
+    DETAILS,
     PUBLISHED_NOTE,
     READING_NOTE,
     UNREADABLE_NOTE,
@@ -32,12 +33,16 @@ def markdown(report: Report, figures: dict) -> str:
     for key, board in report.boards.items():
         headers, rows, _ = display(board)
         rows += quoted_rows(board, key.tier)
+        figures_of = figures.get(key, [])
         parts += [f"## {board_title(key)}", "", f"Conditions: {key.conditions}.", "", markdown_table(headers, rows), ""]
-        parts += [line for line in (tables.top_gap(board), not_quoted_note(board, key.tier)) if line]
+        parts += [f"![{p.name}]({p.name})" for p in figures_of[:1]] + [""]  # the forest plot
+        parts += [line for line in (tables.top_gap(board, report.seed_cv), not_quoted_note(board, key.tier)) if line]
         refs = published_vs_reproduced(board, key.tier)
         if not refs.empty:
             parts += ["", PUBLISHED_NOTE, "", markdown_table(list(refs.columns), refs.astype(str).values.tolist())]
-        parts += [""] + [f"![{name.name}]({name.name})" for name in figures.get(key, [])] + [""]
+        headers, rows, _ = display(board, DETAILS)
+        parts += ["", "Details:", "", markdown_table(headers, rows), ""]
+        parts += [f"![{p.name}]({p.name})" for p in figures_of[1:]] + [""]
     others = unfinished(report.runs, report.studies)
     if not others.empty:
         parts += ["## Runs not in the leaderboards", "", markdown_table(list(others.columns),
@@ -45,9 +50,11 @@ def markdown(report: Report, figures: dict) -> str:
     if report.unreadable:
         parts += ["## Files that could not be read", "", UNREADABLE_NOTE, "",
                   markdown_table(["file", "why"], [[u["path"], u["reason"]] for u in report.unreadable]), ""]
-    if not report.fidelity.empty:
-        headers, rows = fidelity.display_rows(report.fidelity)
-        parts += ["## Proxy fidelity", "", fidelity.NOTE, "", markdown_table(headers, rows), ""]
+    if not report.fidelity.empty or report.fidelity_missing:
+        parts += ["## Proxy fidelity", "", fidelity.NOTE, ""]
+        if not report.fidelity.empty:
+            parts += [markdown_table(*fidelity.display_rows(report.fidelity)), ""]
+        parts += [line + "\n" for line in report.fidelity_missing]
         parts += [f"![{p.name}]({p.name})" for p in figures.get("fidelity", [])] + [""]
     for study in report.studies:
         parts += [f"## Study {study['name']}", "", "```", study["text"], "```", ""]

@@ -14,34 +14,40 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.report import fidelity, tables
+from harness.report import fidelity, noise, tables
 from harness.report.studies import find_studies, read_sweeps
 
-# (column, header, format, better): better is "lower", "higher" or None (no best marked)
-COLUMNS = [
-    ("rank", "rank (≈ tied)", "{:d}", None),
+# (column, header, format, better): better is "lower", "higher" or None (no best marked).
+# The compact table leads each board: the decision and what it cost; the rest is in the details table and CSV.
+COMPACT = [
+    ("rank", "rank", "{}", None),
+    ("arch", "architecture", "{}", None),
+    ("seeds", "seeds", "{:d}", None),
+    ("best_fid_mean", "best FID ↓ (95% interval)", "{:.2f}", "lower"),
+    ("verdict", "verdict (Holm over the board's pairs)", "{}", None),
+    ("gflops", "GFLOPs", "{:.3f}", None),
+    ("params", "params", "{:,.0f}", None),
+    ("train_img_s", "train img/s ↑", "{:.1f}", "higher"),
+]
+DETAILS = [
     ("arch", "architecture", "{}", None),
     ("source", "source (file, sha256)", "{}", None),
-    ("seeds", "seeds (n)", "{:d}", None),
-    ("best_fid_mean", "best FID ↓ (mean ± std)", "{:.2f}", "lower"),
-    ("ci_low", "95% interval of the mean", "{:.2f}", None),
-    ("gap_to_above", "gap to the row above (95% interval)", "{:+.2f}", None),
+    ("best_fid_std", "best FID std over seeds", "{:.2f}", None),
+    ("ci_kind", "per-seed noise", "{}", None),
+    ("seed_sd", "seed-to-seed SD", "{:.2f}", None),
+    ("sampling_sd", "FID sampling SD", "{:.2f}", None),
+    ("gap_to_above", "gap to the row above (95% interval, p)", "{:+.2f}", None),
     ("best_fid_min", "best FID ↓ (min)", "{:.2f}", "lower"),
     ("final_fid_mean", "final FID ↓ (mean ± std)", "{:.2f}", "lower"),
     ("kid_mean", "KID ↓", "{:.4f}", "lower"),
-    ("params", "params", "{:,.0f}", None),
     ("gmacs", "GMACs", "{:.3f}", None),
-    ("gflops", "GFLOPs", "{:.3f}", None),
-    ("train_img_s", "train img/s ↑", "{:.1f}", "higher"),
     ("train_mfu", "MFU ↑", "{:.1%}", "higher"),
     ("sample_img_s", "sample img/s ↑", "{:.2f}", "higher"),
     ("fid_vs_standard", "FID − standard ↓", "{:+.2f}", "lower"),
     ("pareto", "Pareto (FID vs GFLOPs)", "{}", None),
     ("device", "device", "{}", None),
 ]
-
-
-WITH_STD = {"best_fid_mean": "best_fid_std", "final_fid_mean": "final_fid_std"}
+COLUMNS = COMPACT  # what quoted (published) rows are laid out in
 
 
 @dataclass
@@ -68,27 +74,30 @@ def cell(value, fmt: str) -> str:
     return fmt.format(int(value) if fmt == "{:d}" else value)
 
 
-def display(board: pd.DataFrame) -> tuple[list[str], list[list[str]], set[tuple[int, int]]]:
+def _composite(column: str, r: pd.Series, text: str) -> str:
+    """Cells that say more than their number: the rank's range, the interval, the gap's test."""
+    if column == "rank":
+        return r["rank_text"]
+    if column == "best_fid_mean" and text != "–":
+        return text + (f" ({r['ci_low']:.2f} to {r['ci_high']:.2f})" if pd.notna(r["ci_low"]) else " (no interval)")
+    if column == "final_fid_mean" and text != "–" and pd.notna(r["final_fid_std"]):
+        return text + f" ± {r['final_fid_std']:.2f}"
+    if column == "gap_to_above" and text != "–":
+        if pd.isna(r["gap_low"]):
+            return text + " (not tested)"
+        verdict = "separated" if r["separated_from_above"] else "≈ not separated"
+        return text + f" ({r['gap_low']:+.2f} to {r['gap_high']:+.2f}, p {r['gap_p']:.3g}; {r['gap_kind']}) {verdict}"
+    return text
+
+
+def display(board: pd.DataFrame, columns=COMPACT) -> tuple[list[str], list[list[str]], set[tuple[int, int]]]:
     """A leaderboard as header texts, rows of cell texts, and the (row, column) cells holding a
     column's best value."""
-    headers = [header for _, header, _, _ in COLUMNS]
+    headers = [header for _, header, _, _ in columns]
     rows, best = [], set()
-    for i, (_, r) in enumerate(board.iterrows()):
-        row = []
-        for column, _, fmt, _ in COLUMNS:
-            text = cell(r[column], fmt)
-            if column in WITH_STD and text != "–" and not pd.isna(r[WITH_STD[column]]):
-                text += f" ± {r[WITH_STD[column]]:.2f}"
-            if column == "rank" and r["tied"]:
-                text = f"≈{text}"
-            if column == "ci_low":
-                text = "–" if pd.isna(r["ci_low"]) else f"{r['ci_low']:.2f} to {r['ci_high']:.2f} ({r['ci_kind']})"
-            if column == "gap_to_above" and text != "–":
-                text += ("" if pd.isna(r["gap_low"]) else f" ({r['gap_low']:+.2f} to {r['gap_high']:+.2f})")
-                text += " ≈ within noise" if r["tied"] else ("" if pd.isna(r["gap_low"]) else " separated")
-            row.append(text)
-        rows.append(row)
-    for j, (column, _, _, better) in enumerate(COLUMNS):  # measured rows only: quoted ones are never best
+    for _, r in board.iterrows():
+        rows.append([_composite(column, r, cell(r[column], fmt)) for column, _, fmt, _ in columns])
+    for j, (column, _, _, better) in enumerate(columns):  # measured rows only: quoted ones are never best
         values = pd.to_numeric(board[column], errors="coerce")
         if better and values.notna().sum() > 1:
             target = values.min() if better == "lower" else values.max()
@@ -104,8 +113,9 @@ def quoted_rows(board: pd.DataFrame, tier: str) -> list[list[str]]:
     rows = []
     for _, ref in tables.published(board, tier).iterrows():
         row = [""] * len(COLUMNS)
-        row[0], row[1], row[2] = "quoted", ref["arch"], "published (task reference_results)"
+        row[0], row[1] = "quoted", ref["arch"]
         row[[c for c, *_ in COLUMNS].index("best_fid_mean")] = f"{ref['published_fid']:.2f}"
+        row[[c for c, *_ in COLUMNS].index("verdict")] = "published (task reference_results), not ranked"
         rows.append(row)
     return rows
 
@@ -126,13 +136,15 @@ class Report:
     grouped: pd.DataFrame
     boards: dict  # BoardKey -> leaderboard
     fidelity: pd.DataFrame  # fidelity.fidelity: proxy vs expensive rankings
+    fidelity_missing: list  # fidelity.not_compared: why a task with several measures has no comparison
     studies: list  # study summaries
     sweeps: list  # sweep manifests
     provenance: dict
     unreadable: list  # records, sweep manifests and studies that could not be read: [{"path", "reason"}]
+    seed_cv: float | None = None  # the seed-to-seed CV assumed for one-seed rows with nothing to borrow
 
 
-def collect(results_dir: Path, filters: Filters) -> Report:
+def collect(results_dir: Path, filters: Filters, seed_cv: float | None = None) -> Report:
 
     if not results_dir.is_dir():
         raise HarnessError(f"The results folder {results_dir} does not exist. Pass --results-dir with the folder that "
@@ -151,10 +163,11 @@ def collect(results_dir: Path, filters: Filters) -> Report:
         runs = runs.assign(in_leaderboard=tables.usable(runs, filters.include_incomplete))
     grouped = tables.groups(runs, filters.include_incomplete) if not runs.empty else pd.DataFrame()
     grouped = name_trials(grouped, study_trials(studies))
-    boards = {BoardKey(*key): board for key, board in tables.leaderboards(grouped).items()}
-    return Report(runs, records, grouped, boards, fidelity.fidelity(runs[runs["in_leaderboard"]] if not runs.empty
-                                                                     else runs, records), studies,
-                  read_sweeps(results_dir, unreadable), provenance(runs, records), unreadable)
+    boards = {BoardKey(*key): board for key, board in tables.leaderboards(grouped, seed_cv).items()}
+    used = runs[runs["in_leaderboard"]] if not runs.empty else runs
+    return Report(runs, records, grouped, boards, fidelity.fidelity(used, records),
+                  fidelity.not_compared(used, records), studies, read_sweeps(results_dir, unreadable),
+                  provenance(runs, records), unreadable, seed_cv)
 
 
 def provenance(runs: pd.DataFrame, records: dict) -> dict:
@@ -298,9 +311,10 @@ READING_NOTE = (
     "How to read this: FIDs compare only within a table (the same task, tier, protocol settings, number of "
     "generated samples and reference statistics); smoke-tier FIDs use 64 samples and are far above 50k-sample "
     "values. Best FID is the minimum over a run's evaluation points, selected on the metric itself, so it is "
-    "optimistic; final FID is the last point. Mean ± std is over seeds (sample standard deviation, n-1). The 95% "
-    "interval of the mean is Student's t over the seeds, or, for one seed, the FID's own sampling noise (the "
-    "spread of FIDs of bootstrap resamples of the generated images' features), which leaves out seed-to-seed "
-    "variation. A row whose gap to the row above has an interval that includes zero is tied with it (≈, shared "
-    "rank): that gap is not a finding. Rows sharing seeds with identical training draws are compared as paired "
-    "differences. ↓ lower is better, ↑ higher is better.")
+    "optimistic; final FID is the last point. Each table leads with the decision: a row's mean best FID over its "
+    "seeds with a 95% interval that includes the training-seed variation (measured over its seeds; with one seed, "
+    "borrowed from the table's rows with several seeds, or assumed from --seed-cv, as the details say; with none "
+    "of these the row has no interval and is ranked apart from nothing), and its verdict against every other row. "
+    + noise.PROCEDURE + " A rank such as 2–4 is the range the tests allow. The details table splits each row's "
+    "per-seed noise into its seed-to-seed and FID-sampling parts (the sampling part from bootstrap resamples of the "
+    "generated images' features). ↓ lower is better, ↑ higher is better.")

@@ -1,39 +1,98 @@
-"""How far to trust a leaderboard's gaps: 95% intervals of a row's mean best FID and of the difference
-between two rows, from the seeds when there are several, else from the FID's own sampling noise.
+"""How far to trust a leaderboard: each row's 95% interval of its mean best FID, every pair of rows
+tested, and ranks that claim no more than those tests support across the whole board.
 
-A row's runs are seeds of one configuration. With n >= 2 seeds the interval is Student's t over
-them (the seed-to-seed spread includes each FID's sampling noise). With one seed only the sampling
-noise is known: the standard deviation of the FIDs of bootstrap resamples of the generated features
-(``evaluations[].fid_std`` in the record); seed-to-seed variation, usually the larger part, is then
-not in the interval, and the label says so.
+The model behind it. One run's best FID is its architecture's mean plus a training-seed effect plus
+the FID's own sampling noise; the variance of one run around its architecture's mean (its *per-seed
+variance*) holds both. A row's per-seed variance comes from, in this order:
 
-Two rows are compared as a paired sample when they share at least two seeds and, for every shared
-seed, their first training step drew the same images and noise (``stream_sha256``): equal seeds then
-saw equal batches, timesteps, noise and sampling seeds, and the difference of their FIDs removes
-what the seed does to both. Otherwise Welch's t (both rows with two or more seeds), else a normal
-interval from the two standard errors. Written with scipy.stats' distributions; the pairing check and
-the choice between the three are this harness's.
+- **measured**: its own seeds (n >= 2): the sample variance, n - 1 degrees of freedom;
+- **borrowed**: one seed, and other rows of the same board (same task, tier, settings and
+  conditions) have two or more: the pooled within-row variance of those rows (one-way ANOVA's
+  sum((n_i - 1) s_i^2) / sum(n_i - 1), with sum(n_i - 1) degrees of freedom);
+- **assumed**: one seed, nothing to borrow, and the user gave a seed-to-seed CV (``report
+  --seed-cv 0.02``; the field measures 1-2%): (cv x FID)^2 plus the record's FID sampling variance,
+  treated as known (normal);
+- **unknown**: otherwise. The row has no interval and is separated from nothing.
+
+The split shown beside each row: the sampling part is the bootstrap variance of the FID of the
+row's best evaluation (``evaluations[].fid_std``); the seed part is the rest of the per-seed variance.
+
+Two rows are compared as a paired sample when they share two or more seeds whose first training step
+drew the same images and noise (``stream_sha256``): the difference of their FIDs per seed removes what
+the seed does to both, and the test is t over those differences. Otherwise the gap of the means has
+variance s_a^2/n_a + s_b^2/n_b and t with Welch-Satterthwaite degrees of freedom (an assumed variance has
+infinitely many). A borrowed variance is pooled from the measured rows, so it is not independent of theirs:
+a pair with a borrowing row takes the smaller of the two rows' degrees of freedom instead.
+
+Ranks. Every pair of rows with known noise is tested (two-sided); Holm's step-down over those tests
+keeps the chance that a board claims any false separation at 5% or less. A row's rank is 1 + the
+number of rows separated from it and ahead of it; its range runs to (rows) - (rows separated from it
+and behind it). A tie never chains: rows A~B and B~C with A, C separated rank 1, 1, 2. These rules'
+false-separation rate, coverage and power are measured on simulated boards in tests/test_statistics.py.
+
+Power. The seeds needed to separate a gap are those giving 80% power to a two-sided 5% t test at the
+per-seed spread (noncentral t, scipy.stats.nct), paired or unpaired as the rows are.
+
+Written with scipy.stats' distributions; the choice of noise source, the pairing check, Holm's
+procedure (a dozen lines, so not worth statsmodels as a dependency) and the ranks are this harness's.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
 
 LEVEL = 0.95
-Z = float(stats.norm.ppf(0.5 + LEVEL / 2))  # 1.96
+ALPHA = 1 - LEVEL
+POWER = 0.80
+FIELD_SEED_CV = (0.01, 0.02)  # seed-to-seed CV of FID the literature reports; only ever used as a stated assumption
+PROCEDURE = ("Each pair of rows is tested (paired t over shared seeds with identical training draws, else Welch t); "
+             "Holm's correction over all the board's tested pairs keeps the chance of any false separation at 5%. "
+             "A row's rank is 1 + the rows separated from it and ahead of it; its range runs to the rows not "
+             "separated from it and behind it. A row with one seed and no seed spread to borrow or assume is "
+             "separated from nothing.")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One leaderboard row: the best FIDs of its seeds and what the noise estimate needs."""
+
+    name: str
+    fids: dict[int, float]  # seed -> best FID
+    streams: dict[int, str | None] = field(default_factory=dict)  # seed -> stream_sha256 of its first batch
+    sampling_std: float | None = None  # the FID's bootstrap sampling SD at the best evaluation
+
+    @property
+    def n(self) -> int:
+        return len(self.fids)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(list(self.fids.values())))
+
+
+@dataclass(frozen=True)
+class SeedNoise:
+    """A row's per-seed variance of best FID (seed-to-seed and sampling together) and where it comes from."""
+
+    variance: float
+    df: float  # its degrees of freedom; inf when assumed known
+    source: str  # "measured", "borrowed", "assumed" or "unknown"
+    label: str  # in words, for the page: "measured over 3 seeds", ...
+
+    @property
+    def known(self) -> bool:
+        return not math.isnan(self.variance)
 
 
 @dataclass(frozen=True)
 class Interval:
-    value: float  # a mean, or a difference (lower row minus upper row)
+    value: float
     low: float
     high: float
-    kind: str  # what it comes from, in words: "t over 3 seeds", "FID sampling noise only (1 seed)", ...
-    spread: float | None = None  # per-seed standard deviation behind it (of the FIDs, or of paired differences)
-    paired: bool = False
+    kind: str
 
     @property
     def known(self) -> bool:
@@ -44,78 +103,222 @@ class Interval:
         return self.known and (self.low > 0 or self.high < 0)
 
 
-UNKNOWN = Interval(math.nan, math.nan, math.nan,
-                   "no noise estimate (one seed, and its record has no FID sampling noise)")
+@dataclass(frozen=True)
+class Comparison:
+    """Row b's mean best FID minus row a's, with its 95% interval and two-sided p-value."""
+
+    gap: float
+    low: float
+    high: float
+    p: float
+    kind: str
+    sd: float  # the per-seed SD the power calculation uses (of paired differences, or of one row's FIDs)
+    paired: bool = False
+
+    @property
+    def known(self) -> bool:
+        return not math.isnan(self.p)
 
 
-def mean_interval(values: list[float], sampling_std: float | None) -> Interval:
-    """95% interval of the mean of one row's best FIDs (one per seed)."""
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return UNKNOWN
-    mean = float(np.mean(values))
-    if len(values) >= 2:
-        sd = float(np.std(values, ddof=1))
-        half = float(stats.t.ppf(0.5 + LEVEL / 2, len(values) - 1)) * sd / math.sqrt(len(values))
-        return Interval(mean, mean - half, mean + half, f"t over {len(values)} seeds", sd)
-    if sampling_std is None or math.isnan(sampling_std):
-        return Interval(mean, math.nan, math.nan, UNKNOWN.kind)
-    half = Z * sampling_std
-    return Interval(mean, mean - half, mean + half, "FID sampling noise only (1 seed; seed-to-seed spread unknown)")
+def _sampling_var(row: Row) -> float:
+    return 0.0 if row.sampling_std is None or math.isnan(row.sampling_std) else float(row.sampling_std) ** 2
 
 
-def _standard_error(values: list[float], sampling_std: float | None) -> float:
-    if len(values) >= 2:
-        return float(np.std(values, ddof=1)) / math.sqrt(len(values))
-    return math.nan if sampling_std is None else float(sampling_std)
+def pooled_variance(rows: list[Row]) -> tuple[float, int, int]:
+    """The pooled within-row variance of the rows with two or more seeds: (variance, its df, rows pooled)."""
+    sums, df, count = 0.0, 0, 0
+    for row in rows:
+        if row.n >= 2:
+            sums += float(np.var(list(row.fids.values()), ddof=1)) * (row.n - 1)
+            df, count = df + row.n - 1, count + 1
+    return (sums / df if df else math.nan), df, count
 
 
-def difference(upper: dict, lower: dict) -> Interval:
-    """95% interval of ``lower``'s mean best FID minus ``upper``'s. Each argument holds ``fids`` (seed ->
-    best FID), ``streams`` (seed -> stream_sha256 or None) and ``sampling_std`` (one seed's FID noise)."""
-    shared = sorted(set(upper["fids"]) & set(lower["fids"]))
-    same_draws = all(upper["streams"].get(s) and upper["streams"].get(s) == lower["streams"].get(s) for s in shared)
-    a, b = list(upper["fids"].values()), list(lower["fids"].values())
-    gap = float(np.mean(b) - np.mean(a))
-    if len(shared) >= 2 and same_draws:
-        d = np.array([lower["fids"][s] - upper["fids"][s] for s in shared])
-        sd = float(np.std(d, ddof=1))
-        half = float(stats.t.ppf(0.5 + LEVEL / 2, len(d) - 1)) * sd / math.sqrt(len(d))
-        mean = float(d.mean())
-        return Interval(mean, mean - half, mean + half, f"paired over {len(d)} shared seeds", sd, paired=True)
-    if len(a) >= 2 and len(b) >= 2:
-        va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
-        se = math.sqrt(va + vb)
-        df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se > 0 else len(a) + len(b) - 2
-        half = float(stats.t.ppf(0.5 + LEVEL / 2, df)) * se
-        pooled = math.sqrt((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)
-        return Interval(gap, gap - half, gap + half, f"Welch t, {len(a)} and {len(b)} seeds", pooled)
-    se = math.hypot(_standard_error(a, upper["sampling_std"]), _standard_error(b, lower["sampling_std"]))
-    if math.isnan(se):
-        return Interval(gap, math.nan, math.nan, UNKNOWN.kind)
-    kind = "normal, from FID sampling noise" + (" and seeds" if max(len(a), len(b)) >= 2 else " only (1 seed each)")
-    return Interval(gap, gap - Z * se, gap + Z * se, kind)
+def seed_noise(row: Row, pool: tuple[float, int, int], seed_cv: float | None) -> SeedNoise:
+    """Where ``row``'s per-seed variance comes from: its seeds, the board's pool, an assumed CV, or nowhere."""
+    if row.n >= 2:
+        return SeedNoise(float(np.var(list(row.fids.values()), ddof=1)), row.n - 1, "measured",
+                         f"measured over {row.n} seeds")
+    variance, df, count = pool
+    if df >= 1:
+        return SeedNoise(variance, df, "borrowed", f"1 seed; spread borrowed from {count} other row(s) "
+                         f"(pooled, {df} df)")
+    if seed_cv is not None and row.n == 1:
+        return SeedNoise((seed_cv * row.mean) ** 2 + _sampling_var(row), math.inf, "assumed",
+                         f"1 seed; seed CV {seed_cv:.1%} assumed")
+    return SeedNoise(math.nan, math.nan, "unknown", "1 seed: rank not established (seed spread unknown)")
 
 
-def seeds_to_separate(gap: float, interval: Interval, limit: int = 1000) -> int | None:
-    """Roughly how many seeds per architecture would make a gap of this size exclude zero at the observed
-    per-seed spread: the least n whose t interval half-width is below |gap|. None when no spread is known."""
-    sd = interval.spread
-    if sd is None or math.isnan(sd) or gap == 0:
+def _t(df: float) -> float:
+    return float(stats.norm.ppf(1 - ALPHA / 2) if math.isinf(df) else stats.t.ppf(1 - ALPHA / 2, df))
+
+
+def _p(statistic: float, df: float) -> float:
+    tail = stats.norm.sf(abs(statistic)) if math.isinf(df) else stats.t.sf(abs(statistic), df)
+    return float(min(1.0, 2 * tail))
+
+
+def mean_interval(row: Row, noise: SeedNoise) -> Interval:
+    """95% interval of the row's mean best FID from its per-seed variance (none when that is unknown)."""
+    if row.n == 0 or not noise.known:
+        return Interval(row.mean if row.n else math.nan, math.nan, math.nan, noise.label)
+    half = _t(noise.df) * math.sqrt(noise.variance / row.n)
+    return Interval(row.mean, row.mean - half, row.mean + half, noise.label)
+
+
+def variance_split(row: Row, noise: SeedNoise) -> tuple[float, float]:
+    """(seed-to-seed SD, FID sampling SD) of one run's best FID: the sampling part is the bootstrap's,
+    the seed part the rest of the per-seed variance (nan when that is unknown)."""
+    sampling = _sampling_var(row)
+    seed = max(noise.variance - sampling, 0.0) if noise.known else math.nan
+    return math.sqrt(seed) if not math.isnan(seed) else math.nan, (
+        math.sqrt(sampling) if row.sampling_std is not None else math.nan)
+
+
+def _paired_seeds(a: Row, b: Row) -> list[int]:
+    shared = sorted(set(a.fids) & set(b.fids))
+    same = all(a.streams.get(s) and a.streams.get(s) == b.streams.get(s) for s in shared)
+    return shared if len(shared) >= 2 and same else []
+
+
+def compare(a: Row, noise_a: SeedNoise, b: Row, noise_b: SeedNoise) -> Comparison:
+    """b's mean best FID minus a's: paired t over shared seeds with identical draws, else Welch t."""
+    shared = _paired_seeds(a, b)
+    if shared:
+        d = np.array([b.fids[s] - a.fids[s] for s in shared])
+        sd, n = float(np.std(d, ddof=1)), len(d)
+        gap = float(d.mean())
+        kind = f"paired over {n} shared seeds"
+        if sd == 0:
+            return Comparison(gap, gap, gap, 1.0 if gap == 0 else 0.0, kind, 0.0, paired=True)
+        half = _t(n - 1) * sd / math.sqrt(n)
+        return Comparison(gap, gap - half, gap + half, _p(gap / (sd / math.sqrt(n)), n - 1), kind, sd, paired=True)
+    gap = b.mean - a.mean
+    if not (noise_a.known and noise_b.known):
+        return Comparison(gap, math.nan, math.nan, math.nan, "not tested: a row's seed spread is unknown", math.nan)
+    va, vb = noise_a.variance / a.n, noise_b.variance / b.n
+    if "borrowed" in (noise_a.source, noise_b.source):
+        # a borrowed spread is pooled from the board's measured rows, so it is not independent of theirs (or of
+        # another row borrowing it): the test takes the smaller degrees of freedom, not Welch-Satterthwaite's
+        df = min(noise_a.df, noise_b.df)
+    else:
+        parts = [(v, n.df) for v, n in ((va, noise_a), (vb, noise_b)) if v > 0 and not math.isinf(n.df)]
+        denominator = sum(v * v / d for v, d in parts)
+        df = (va + vb) ** 2 / denominator if denominator > 0 else math.inf
+    se = math.sqrt(va + vb)
+    sources = sorted({noise_a.source, noise_b.source})
+    kind = ("Welch t" if sources == ["measured"] else "t") + f", {a.n} and {b.n} seeds" + (
+        "" if sources == ["measured"] else f" ({' and '.join(sources)} spread)")
+    sd = math.sqrt((noise_a.variance + noise_b.variance) / 2)
+    if se == 0:
+        return Comparison(gap, gap, gap, 1.0 if gap == 0 else 0.0, kind, 0.0)
+    half = _t(df) * se
+    return Comparison(gap, gap - half, gap + half, _p(gap / se, df), kind, sd)
+
+
+def holm(pvalues: list[float], alpha: float = ALPHA) -> list[bool]:
+    """Which hypotheses Holm's step-down rejects: the k-th smallest p against alpha / (m - k + 1), stopping
+    at the first that fails. The chance of any false rejection is at most alpha."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    rejected = [False] * len(pvalues)
+    for k, i in enumerate(order):
+        if pvalues[i] > alpha / (len(pvalues) - k):
+            break
+        rejected[i] = True
+    return rejected
+
+
+@dataclass
+class Verdict:
+    rank: int  # 1 + the rows separated from this one and ahead of it
+    rank_high: int  # (rows) - the rows separated from this one and behind it
+    ahead_of: list[str]
+    behind: list[str]
+    tied_with: list[str]  # tested and not separated
+    untested: list[str]  # no test possible (a seed spread unknown)
+
+    @property
+    def rank_text(self) -> str:
+        return str(self.rank) if self.rank == self.rank_high else f"{self.rank}–{self.rank_high}"
+
+    @property
+    def text(self) -> str:
+        """e.g. "behind standard; tied with no_attn, adm; ahead of 2"."""
+        def names(label, items, most=3):
+            return f"{label} {', '.join(items) if len(items) <= most else f'{len(items)} rows'}" if items else ""
+
+        parts = [names("behind", self.behind), names("tied with", self.tied_with),
+                 names("ahead of", self.ahead_of), names("not tested against", self.untested)]
+        return "; ".join(p for p in parts if p) or "alone on the board"
+
+
+@dataclass
+class Judgement:
+    """A board's statistics: per row its noise, interval and verdict; per pair its comparison and decision."""
+
+    rows: list[Row]
+    noises: list[SeedNoise]
+    intervals: list[Interval]
+    comparisons: dict[tuple[int, int], Comparison]  # (i, j), i < j: row j minus row i
+    separated: set[tuple[int, int]]  # pairs Holm rejects
+    verdicts: list[Verdict]
+
+
+def judge(rows: list[Row], seed_cv: float | None = None) -> Judgement:
+    """Every statistic of one board. ``rows`` are in the board's order (by mean best FID)."""
+    pool = pooled_variance(rows)
+    noises = [seed_noise(r, pool, seed_cv) for r in rows]
+    intervals = [mean_interval(r, n) for r, n in zip(rows, noises)]
+    comparisons = {(i, j): compare(rows[i], noises[i], rows[j], noises[j])
+                   for i in range(len(rows)) for j in range(i + 1, len(rows))}
+    tested = [pair for pair, c in comparisons.items() if c.known]
+    separated = {pair for pair, yes in zip(tested, holm([comparisons[p].p for p in tested])) if yes}
+    verdicts = []
+    for i in range(len(rows)):
+        ahead, behind, tied, untested = [], [], [], []
+        for j in range(len(rows)):
+            if j == i:
+                continue
+            pair = (min(i, j), max(i, j))
+            c = comparisons[pair]
+            if not c.known:
+                untested.append(rows[j].name)
+            elif pair not in separated:
+                tied.append(rows[j].name)
+            elif (c.gap > 0) == (j > i):  # row j is worse than row i
+                ahead.append(rows[j].name)
+            else:
+                behind.append(rows[j].name)
+        verdicts.append(Verdict(1 + len(behind), len(rows) - len(ahead), ahead, behind, tied, untested))
+    return Judgement(rows, noises, intervals, comparisons, separated, verdicts)
+
+
+def power(n: int, gap: float, sd: float, paired: bool, alpha: float = ALPHA) -> float:
+    """The chance a two-sided t test at ``alpha`` separates a true gap with n seeds per row."""
+    df = n - 1 if paired else 2 * n - 2
+    se = sd / math.sqrt(n) if paired else sd * math.sqrt(2 / n)
+    crit = float(stats.t.ppf(1 - alpha / 2, df))
+    ncp = abs(gap) / se
+    value = float(stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp))
+    if not math.isfinite(value):  # scipy's nct fails far in the tail (ncp ~ 30): the normal limit is exact there
+        value = float(stats.norm.sf(crit - ncp) + stats.norm.cdf(-crit - ncp))
+    return value
+
+
+def seeds_for_power(gap: float, sd: float, paired: bool, target: float = POWER, limit: int = 1000) -> int | None:
+    """The least seeds per row that give ``target`` power to separate ``gap`` at a per-seed SD ``sd``
+    (of paired differences when ``paired``); None when no spread is known, limit + 1 past ``limit``."""
+    if sd is None or math.isnan(sd) or gap == 0 or math.isnan(gap):
         return None
     if sd == 0:
         return 2
-    for n in range(2, limit + 1):
-        df = n - 1 if interval.paired else 2 * n - 2
-        se = sd / math.sqrt(n) if interval.paired else sd * math.sqrt(2 / n)
-        if float(stats.t.ppf(0.5 + LEVEL / 2, df)) * se < abs(gap):
-            return n
-    return limit + 1
-
-
-def shared_ranks(tied_with_above: list[bool]) -> list[int]:
-    """Ranks 1, 2, ...; a row tied with the row above takes its rank."""
-    ranks: list[int] = []
-    for i, tied in enumerate(tied_with_above):
-        ranks.append(ranks[-1] if i and tied else i + 1)
-    return ranks
+    low, high = 2, limit + 1
+    if power(limit, gap, sd, paired) < target:
+        return limit + 1
+    while low < high:  # power grows with n: the least n that reaches the target
+        middle = (low + high) // 2
+        if power(middle, gap, sd, paired) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    return low

@@ -27,6 +27,33 @@ def _save(fig, path: Path, dpi: int = SAVE["dpi"]) -> Path:
     return path
 
 
+def forest(board: pd.DataFrame, title: str, path: Path) -> Path:
+    """Each row's mean best FID with its 95% interval, best at the top; the rows no test separates from the
+    best are shaded, and a row with no interval (one seed, spread unknown) is a hollow point."""
+    height = 1.1 + 0.32 * len(board)
+    fig, ax = plt.subplots(figsize=(6.4, height))
+    y = np.arange(len(board))[::-1]  # the best row at the top
+    for yi, shade in zip(y, board["with_best"]):
+        if shade:
+            ax.axhspan(yi - 0.45, yi + 0.45, color="#e3f4e6", zorder=0)
+    known = board["ci_low"].notna().to_numpy()
+    means = board["best_fid_mean"].to_numpy(float)
+    ax.errorbar(means[known], y[known], xerr=[means[known] - board["ci_low"].to_numpy(float)[known],
+                                              board["ci_high"].to_numpy(float)[known] - means[known]],
+                fmt="o", color="#1f77b4", ecolor="#1f77b4", capsize=3, ms=5, label="mean, 95% interval")
+    if (~known).any():
+        ax.plot(means[~known], y[~known], "o", mfc="white", color="#1f77b4", ms=5,
+                label="1 seed: no interval (rank not established)")
+    ax.set_yticks(y, [f"{a}  (rank {r})" for a, r in zip(board["arch"], board["rank_text"])], fontsize=8)
+    ax.set_xlabel("best FID, mean over seeds (lower is better)")
+    ax.set_ylim(-0.6, len(board) - 0.4)
+    _title(ax, title + " — shaded: not separated from the best")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.5 / height - 0.12), ncol=2, frameon=False)
+    ax.grid(alpha=0.3, axis="x")
+    ax.margins(x=0.08)
+    return _save(fig, path)
+
+
 def fid_vs_gflops(board: pd.DataFrame, title: str, path: Path) -> Path:
     """Mean best FID (± std over seeds) against GFLOPs per image, the Pareto front as a line."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))

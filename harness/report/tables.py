@@ -3,8 +3,9 @@
 A group is what may be averaged over seeds: the same task and task version, tier, architecture
 file (name and sha256), every protocol setting that changes a result, and the conditions the run
 really had: training and sampling precision, device type, FID reference source and Inception
-weights. Settings that do not change a result (seed, logging and checkpoint intervals, evaluation
-points, batch sizes of sampling and feature extraction, torch.compile) are left out of the key;
+weights. Settings that do not change a result (protocol/spec.py declares which: seed, logging and
+checkpoint intervals, batch sizes of sampling and feature extraction, torch.compile) are left out of the
+key; evaluation points are in it (best FID is the minimum over them);
 ``--steps``, ``--fid-samples`` and ``--set`` overrides are in it, and shown as the group's
 ``variant`` (what differs from the tier's settings, which the record keeps). A leaderboard ranks the
 groups that share everything but the architecture; its title says the conditions.
@@ -19,33 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.protocol.tasks import complete_config
+from harness.protocol.tasks import complete_config, flatten, result_settings
 from harness.report import noise
 from harness.run.records import RECORD_FILE, why_unreadable
 
-# config fields that change neither what is trained nor what an FID means
-NOT_RESULT_FIELDS = ("seed", "tier", "description", "reference_results", "training.log_every",
-                     "training.checkpoint_every", "training.compile", "training.channels_last",
-                     "training.gpu_required", "evaluation.eval_points", "evaluation.feature_batch_size",
-                     "evaluation.fid_bootstrap", "sampling.batch_size",
-                     # where bf16 may autocast and AdamW's kernels: what a run used is its precision and recipe
-                     "training.autocast_devices", "optimizer.implementation",
-                     "training.log_with")  # where the curves are also sent
 BASELINE = "standard"  # the architecture every FID difference is taken to
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def result_settings(config: dict) -> dict:
-    return {k: v for k, v in flatten(complete_config(config)).items() if k not in NOT_RESULT_FIELDS}
 
 
 def variant(config: dict, tier_default: dict | None) -> str:
@@ -210,11 +189,9 @@ def groups(runs: pd.DataFrame, include_incomplete: bool = False) -> pd.DataFrame
         best_mean, best_std = _mean_std(g["best_fid"])
         final_mean, final_std = _mean_std(g["final_fid"])
         sampling = g["best_fid_sampling_std"].dropna()
-        interval = noise.mean_interval(g["best_fid"].tolist(), float(sampling.iloc[0]) if len(sampling) else None)
         rows.append({**dict(zip(GROUP_KEY, key)), "seeds": len(g), "seed_list": ",".join(map(str, sorted(g["seed"]))),
                      "incomplete": int((g["status"] != "completed").sum()),
                      "best_fid_mean": best_mean, "best_fid_std": best_std, "best_fid_min": g["best_fid"].min(),
-                     "ci_low": interval.low, "ci_high": interval.high, "ci_kind": interval.kind,
                      "sampling_std": sampling.mean() if len(sampling) else np.nan,
                      "seed_fids": json.dumps({int(s): float(f) for s, f in zip(g["seed"], g["best_fid"])
                                               if pd.notna(f)}),
@@ -232,30 +209,54 @@ def groups(runs: pd.DataFrame, include_incomplete: bool = False) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def noise_inputs(row: pd.Series) -> dict:
-    """What noise.difference needs of a leaderboard row."""
-    return {"fids": {int(k): v for k, v in json.loads(row["seed_fids"]).items()},
-            "streams": {int(k): v for k, v in json.loads(row["seed_streams"]).items()},
-            "sampling_std": None if pd.isna(row["sampling_std"]) else float(row["sampling_std"])}
+def noise_row(row: pd.Series, unique: bool = True) -> noise.Row:
+    """A leaderboard row as noise.judge reads it (named by its file's hash too where ``unique`` is False: two
+    versions of one architecture on a board)."""
+    return noise.Row(row["arch"] if unique else f"{row['arch']} ({row['arch_sha256'][:8]})",
+                     {int(k): v for k, v in json.loads(row["seed_fids"]).items()},
+                     {int(k): v for k, v in json.loads(row["seed_streams"]).items()},
+                     None if pd.isna(row["sampling_std"]) else float(row["sampling_std"]))
 
 
-def leaderboards(grouped: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
-    """BOARD_KEY values -> its ranked leaderboard: ordered by mean best FID; each row's difference from the
-    row above with its 95% interval, a row within noise of the one above sharing its rank (``tied``); the
-    FID difference to ``standard`` in the same table; whether the row is on the Pareto front of FID vs GFLOPs."""
+def leaderboards(grouped: pd.DataFrame, seed_cv: float | None = None) -> dict[tuple, pd.DataFrame]:
+    """BOARD_KEY values -> its ranked leaderboard, ordered by mean best FID. noise.judge gives each row its
+    per-seed noise (measured, borrowed from the board, assumed from ``seed_cv``, or unknown) and 95% interval,
+    tests every pair and ranks under Holm's correction (``rank``: 1 + rows separated ahead; ``rank_high``);
+    each row's gap to the row above is shown with its interval and whether that pair is separated. Also the
+    FID difference to ``standard`` and whether the row is on the Pareto front of FID vs GFLOPs."""
     boards = {}
     if grouped.empty:
         return boards
     for key, g in grouped.groupby(BOARD_KEY, sort=True, dropna=False):
         g = g.sort_values(["best_fid_mean", "arch"], kind="stable").reset_index(drop=True)
-        gaps = [None] + [noise.difference(noise_inputs(g.iloc[i - 1]), noise_inputs(g.iloc[i]))
-                         for i in range(1, len(g))]
-        g["gap_to_above"] = [np.nan if d is None else d.value for d in gaps]
-        g["gap_low"] = [np.nan if d is None else d.low for d in gaps]
-        g["gap_high"] = [np.nan if d is None else d.high for d in gaps]
-        g["gap_kind"] = ["" if d is None else d.kind for d in gaps]
-        g["tied"] = [False if d is None else (d.known and not d.excludes_zero) for d in gaps]
-        g.insert(0, "rank", noise.shared_ranks(g["tied"].tolist()))
+        unique = ~g["arch"].duplicated(keep=False)
+        judged = noise.judge([noise_row(r, u) for (_, r), u in zip(g.iterrows(), unique)], seed_cv)
+        splits = [noise.variance_split(r, n) for r, n in zip(judged.rows, judged.noises)]
+        g["ci_low"] = [i.low for i in judged.intervals]
+        g["ci_high"] = [i.high for i in judged.intervals]
+        g["ci_kind"] = [i.kind for i in judged.intervals]
+        g["noise_source"] = [n.source for n in judged.noises]
+        g["seed_sd"], g["sampling_sd"] = [s[0] for s in splits], [s[1] for s in splits]
+        above = [None] + [judged.comparisons[i - 1, i] for i in range(1, len(g))]
+        g["gap_to_above"] = [np.nan if d is None else d.gap for d in above]
+        g["gap_low"] = [np.nan if d is None else d.low for d in above]
+        g["gap_high"] = [np.nan if d is None else d.high for d in above]
+        g["gap_p"] = [np.nan if d is None else d.p for d in above]
+        g["gap_kind"] = ["" if d is None else d.kind for d in above]
+        g["separated_from_above"] = [False if d is None else (i - 1, i) in judged.separated
+                                     for i, d in enumerate(above)]
+        g["tied"] = [i > 0 and not g["separated_from_above"].iloc[i] for i in range(len(g))]
+        verdicts = judged.verdicts
+        g.insert(0, "rank", [v.rank for v in verdicts])
+        g.insert(1, "rank_high", [v.rank_high for v in verdicts])
+        g["rank_text"] = ["not established" if n.source == "unknown" else v.rank_text
+                          for v, n in zip(verdicts, judged.noises)]
+        g["with_best"] = [(0, i) not in judged.separated for i in range(len(g))]  # no test separates it from row 1
+        g["verdict"] = [v.text for v in verdicts]
+        g["ahead_of"] = [", ".join(v.ahead_of) for v in verdicts]
+        g["behind"] = [", ".join(v.behind) for v in verdicts]
+        g["tied_with"] = [", ".join(v.tied_with) for v in verdicts]
+        g["not_tested_against"] = [", ".join(v.untested) for v in verdicts]
         base = g.loc[g["arch"] == BASELINE, "best_fid_mean"]
         g["fid_vs_standard"] = g["best_fid_mean"] - base.iloc[0] if len(base) == 1 else np.nan
         g["pareto"] = pareto_front(g["gflops"].to_numpy(float), g["best_fid_mean"].to_numpy(float))
@@ -263,29 +264,41 @@ def leaderboards(grouped: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
     return boards
 
 
-def top_gap(board: pd.DataFrame) -> str | None:
-    """One sentence on the two best rows: their difference with its interval, and whether it is a finding."""
+def top_gap(board: pd.DataFrame, seed_cv: float | None = None) -> str | None:
+    """One sentence on the two best rows: their gap with its interval, whether the board separates them, and
+    if not, how many seeds of each would give 80% power to separate a gap of that size."""
     if len(board) < 2:
         return None
     first, second = board.iloc[0], board.iloc[1]
-    d = noise.difference(noise_inputs(first), noise_inputs(second))
-    names = f"{first['arch']} ({first['source'].split()[-1]})", f"{second['arch']} ({second['source'].split()[-1]})"
-    if first["arch"] != second["arch"]:
-        names = first["arch"], second["arch"]
-    head = f"Top two: {names[0]} leads {names[1]} by {d.value:.2f} FID"
-    if not d.known:
-        return head + " with no noise estimate (one seed each and no FID sampling noise in the records): not a finding."
-    head += f" (95% interval {d.low:+.2f} to {d.high:+.2f}; {d.kind})"
-    if d.excludes_zero:
-        return head + ": separated from noise."
-    needed = noise.seeds_to_separate(d.value, d)
+    names = (first["arch"], second["arch"]) if first["arch"] != second["arch"] else tuple(
+        f"{r['arch']} ({r['arch_sha256'][:8]})" for r in (first, second))
+    gap = second["gap_to_above"]
+    head = f"Top two: {names[0]} leads {names[1]} by {gap:.2f} FID"
+    if pd.isna(second["gap_low"]):
+        cv_low, cv_high = noise.FIELD_SEED_CV
+        mean = float(first["best_fid_mean"])
+        fewest, most = (noise.seeds_for_power(gap, cv * mean, paired=False) for cv in (cv_low, cv_high))
+        seeds = str(fewest) if fewest == most else f"{fewest} to {most}"
+        return (head + ": not tested, since a row has one seed and no seed-to-seed spread to borrow or assume "
+                "(rank not established). At the seed-to-seed CV the literature reports for FID (1-2%, an assumption, "
+                f"not measured here), about {seeds} seeds of each would give "
+                "80% power to separate a gap this size; or pass --seed-cv to assume one.")
+    head += f" (95% interval {second['gap_low']:+.2f} to {second['gap_high']:+.2f}; {second['gap_kind']})"
+    if second["separated_from_above"]:
+        return head + ": separated from noise (Holm over the board's pairs)."
+    judged = noise.judge([noise_row(first), noise_row(second)], seed_cv)
+    c = judged.comparisons[0, 1]
+    needed = noise.seeds_for_power(gap, c.sd, c.paired)
+    excludes_zero = second["gap_low"] > 0 or second["gap_high"] < 0
+    within = "within noise" if not excludes_zero else (
+        "not separated once the board's other pairs are counted (Holm)")
     if needed is None:
-        return (head + ": within noise. With one seed per row the seed-to-seed spread is unknown (it is usually "
-                "larger than the FID's sampling noise): run at least 2 seeds of each.")
+        return head + f": {within}."
     more = f"more than {needed - 1}" if needed > 1000 else f"about {needed}"
-    return (head + f": within noise. At the observed spread ({d.spread:.2f} FID per seed"
-            + (" in the paired differences" if d.paired else "")
-            + f"), {more} seeds of each would separate a gap this size.")
+    return (head + f": {within}. At the spread seen ({c.sd:.2f} FID per seed"
+            + (" in the paired differences" if c.paired else "")
+            + f"), {more} seeds of each would give 80% power to separate a gap this size (the observed gap; the top "
+              "gap is biased upward by being the top, so that is a lower bound).")
 
 
 def pareto_front(cost: np.ndarray, fid: np.ndarray) -> np.ndarray:

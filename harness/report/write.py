@@ -16,10 +16,12 @@ from harness.report.markdown import markdown
 from harness.report.model import Filters, Report, board_slug, board_title, collect
 
 
-def build_report(results_dir: str | Path, out: str | Path, filters: Filters | None = None) -> tuple[Report, dict]:
+def build_report(results_dir: str | Path, out: str | Path, filters: Filters | None = None,
+                 seed_cv: float | None = None) -> tuple[Report, dict]:
     """Read every record under ``results_dir`` (as ``filters`` select) and write the report into ``out``:
-    what ``harness report`` and ``harness.report()`` do. Returns the report and its files by name."""
-    report = collect(Path(results_dir), filters or Filters())
+    what ``harness report`` and ``harness.report()`` do; ``seed_cv`` is the seed-to-seed CV assumed for a
+    one-seed row with no spread to borrow (labelled "assumed"). Returns the report and its files by name."""
+    report = collect(Path(results_dir), filters or Filters(), seed_cv)
     return report, write_report(report, Path(out))
 
 
@@ -48,7 +50,8 @@ def make_figures(report: Report, out: Path) -> dict:
     for key, board in report.boards.items():
         index = seen[key.task, key.tier] = seen.get((key.task, key.tier), -1) + 1  # 0 for the first board of a tier
         slug, title = board_slug(key, index), board_title(key)
-        paths = [plots.fid_vs_gflops(board, title, out / f"{slug}-fid-vs-gflops.png"),
+        paths = [plots.forest(board, title, out / f"{slug}-forest.png"),
+                 plots.fid_vs_gflops(board, title, out / f"{slug}-fid-vs-gflops.png"),
                  plots.fid_vs_step(board, report.runs, report.records, title, out / f"{slug}-fid-vs-step.png"),
                  plots.loss_curves(board, report.runs, report.records, title, out / f"{slug}-loss.png")]
         grid = plots.sample_grids(board, report.runs, title, out / f"{slug}-samples.png")

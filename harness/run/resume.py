@@ -7,16 +7,8 @@ import torch
 
 from harness.errors import HarnessError
 from harness.protocol import registry
-from harness.protocol.spec import TaskSpec
+from harness.protocol.spec import TaskSpec, fields_where
 from harness.protocol.tasks import field_defaults
-
-# Fields that may change between a checkpoint and its resumption: they change neither what was
-# trained nor what an FID means, so evaluations before and after stay comparable (a trailing "."
-# would cover a whole section). Everything else, evaluation and sampling settings included, is fixed.
-_RESUMABLE_CHANGES = ("training.steps", "training.log_every", "training.checkpoint_every", "training.compile",
-                      "training.gpu_required", "training.log_with", "evaluation.eval_points",
-                      "evaluation.feature_batch_size", "evaluation.fid_bootstrap", "sampling.batch_size", "description",
-                      "reference_results")
 
 
 def run_fingerprint(spec: TaskSpec, device: torch.device, precision: str) -> dict:
@@ -26,12 +18,14 @@ def run_fingerprint(spec: TaskSpec, device: torch.device, precision: str) -> dic
 
 
 def _training_fingerprint(config: dict, prefix: str = "") -> dict:
-    """The resolved config minus the fields in _RESUMABLE_CHANGES, flattened to dotted keys."""
+    """The resolved config minus the fields a resume may change (spec.py declares them ``resumable``: they
+    change neither what was trained nor what an FID means, so evaluations before and after stay comparable),
+    flattened to dotted keys. Everything else, evaluation and sampling settings included, is fixed."""
+    resumable = set(fields_where(resumable=True))
     out = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
-        if any(name == c or (c.endswith(".") and name.startswith(c)) or name.startswith(c + ".")
-               for c in _RESUMABLE_CHANGES):
+        if name in resumable:
             continue
         if isinstance(value, dict):
             out.update(_training_fingerprint(value, f"{name}."))
