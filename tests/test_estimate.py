@@ -3,15 +3,21 @@
 How close its predictions come to real runs is measured, not tested: docs/estimate.md (docs/estimate/accuracy.py).
 """
 import json
+import math
+import shutil
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import FAST
 
+from harness.cli.estimate import estimate_text
 from harness.measure.estimate import PIECES, counts, makespan, predict, study_totals
 from harness.protocol.tasks import resolve_task
+from harness.report.noise import seeds_for_power
 
 # measured costs, made up so that every product can be checked by hand
 COSTS = {"startup_seconds": 4.0, "build_seconds": 0.5, "profile_seconds": 0.25, "data_load_seconds": 3.0,
@@ -112,3 +118,119 @@ def test_bad_estimate_input_is_a_clear_error(capsys):
     assert main(["estimate", "--task", "shapes", "--tier", "smoke", "--arch", "standrd", "--device", "cpu"]) == 1
     out = capsys.readouterr().out
     assert "not measured: standrd/smoke" in out and "Did you mean 'standard'?" in out
+
+
+# --resolve: the fixture's records are real runs (tests/fixtures/make_report_records.py); their task file is read in
+# place (its include is relative to it), the records from a copy so that no test can change them
+REPORT_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report"
+
+
+@pytest.fixture
+def fixture_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_TASKS_DIR", str(REPORT_FIXTURE / "tasks"))
+    shutil.copytree(REPORT_FIXTURE / "results", tmp_path / "results")
+    return tmp_path / "results"
+
+
+def _estimate_json(*args):
+    done = subprocess.run([sys.executable, "-m", "harness", "estimate", "--device", "cpu", "--burst-seconds", "0.2",
+                           *args, "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _priced_as_the_estimate_predicts(tier: dict, runs: list[dict]) -> None:
+    """A tier's --resolve study is its seeds of every measured architecture, each at the estimate's own
+    prediction of one run, with the shared FID reference paid once (as the study totals of --seed are)."""
+    assert {r["reference_file"] for r in runs} and len({r["reference_file"] for r in runs}) == 1
+    seeds, reference = tier["seeds"], runs[0]["predicted"]["reference"]
+    assert tier["runs"] == seeds * len(runs) and tier["architectures"] == [r["arch"] for r in runs]
+    one_of_each = sum(r["predicted"]["total"] for r in runs)
+    assert tier["device_seconds"] == pytest.approx(seeds * one_of_each - (tier["runs"] - 1) * reference, abs=0.1)
+    assert tier["device_hours"] == pytest.approx(tier["device_seconds"] / 3600, abs=1e-3)
+
+
+def fixture_seed_cv(results: Path, tier: str) -> tuple[float, int, int]:
+    """The pooled seed CV of best FID at ``tier``, by hand from the records: (cv, df, groups). Every record of the
+    tier is one fp32 CPU run at the tier's settings except the copies and the --steps/--fid-samples variants of
+    standard/smoke, which are their own groups (one seed each) and so drop out of the pool."""
+    fids: dict[str, list[float]] = {}
+    for path in results.rglob("record.json"):
+        record = json.loads(path.read_text())
+        config = record["config"]
+        if (record["tier"] == tier and record["status"] == "completed" and "copy" not in str(path.relative_to(results))
+                and config["training"]["steps"] == record["tier_config"]["training"]["steps"]
+                and config["evaluation"]["num_samples"] == record["tier_config"]["evaluation"]["num_samples"]):
+            fids.setdefault(record["arch"], []).append(record["best_fid"])
+    several = [f for f in fids.values() if len(f) >= 2]
+    df = sum(len(f) - 1 for f in several)
+    variance = sum(statistics.variance(f) * (len(f) - 1) for f in several) / df
+    return math.sqrt(variance) / statistics.mean(x for f in several for x in f), df, len(several)
+
+
+def test_resolve_prices_the_seeds_an_assumed_seed_cv_needs(tiny_arch, fixture_results):
+    result = _estimate_json("--task", "shapesref", "--tier", "smoke", "--arch", f"standard,{tiny_arch}",
+                            "--resolve", "2%", "--seed-cv", "2.5%", "--results-dir", str(fixture_results))
+    plan = result["resolve"]
+    assert plan["gap"] == 0.02 and plan["power"] == 0.8 and plan["alpha"] == pytest.approx(0.05)
+    (tier,) = plan["tiers"]
+    # --seed-cv wins; what the results measure is kept beside it
+    assert tier["spread"]["source"] == "assumed" and tier["spread"]["cv"] == 0.025
+    cv, df, groups = fixture_seed_cv(fixture_results, "smoke")
+    measured = tier["spread"]["measured"]
+    assert measured["cv"] == pytest.approx(cv) and (measured["df"], measured["groups"]) == (df, groups) == (3, 3)
+    assert tier["seeds"] == seeds_for_power(0.02, 0.025, paired=False) == 26
+    _priced_as_the_estimate_predicts(tier, result["runs"])
+    text = estimate_text(result)
+    assert (f"To separate a 2% gap at smoke (assumed seed CV 2.5%): 26 seeds per architecture (80% power, "
+            f"two-sided 5%, unpaired) = 52 runs of 2 architecture(s), {tier['device_hours']:.2f} device-hours on "
+            f"{result['device']['name']}") in text
+    assert f"--results-dir: measured seed CV {measured['cv'] * 100:.3g}%" in text and "compared paired" in text
+
+
+def test_resolve_measures_the_seed_cv_from_completed_runs_of_the_same_settings(fixture_results):
+    result = _estimate_json("--task", "shapesref", "--tier", "noise", "--arch", "standard", "--resolve", "5%",
+                            "--results-dir", str(fixture_results))
+    (tier,) = result["resolve"]["tiers"]
+    spread = tier["spread"]
+    cv, df, groups = fixture_seed_cv(fixture_results, "noise")  # 3 architectures x 3 seeds
+    assert spread["source"] == "measured" and spread["same_settings"] and spread["runs"] == 9
+    assert spread["cv"] == pytest.approx(cv) and (spread["df"], spread["groups"]) == (df, groups) == (6, 3)
+    assert tier["seeds"] == seeds_for_power(0.05, cv, paired=False)
+    _priced_as_the_estimate_predicts(tier, result["runs"])
+    assert (f"(measured seed CV {cv * 100:.3g}%: pooled within 3 group(s) of shapesref/noise runs in "
+            f"{fixture_results}, 6 df, at these settings): {tier['seeds']} seeds per architecture"
+            ) in estimate_text(result)
+
+
+def test_resolve_pools_other_settings_only_when_its_own_have_no_spread(fixture_results):
+    from harness.cli.estimate import measured_seed_cv
+
+    # at 4 steps, standard/smoke has one seed: the spread comes from the tier's groups at its default settings
+    spread = measured_seed_cv(str(fixture_results), resolve_task("shapesref", "smoke", {"training.steps": 4}))
+    assert not spread["same_settings"] and "at other settings than these" in spread["label"]
+    assert spread["cv"] == pytest.approx(fixture_seed_cv(fixture_results, "smoke")[0])
+    assert "no group of completed shapesref/mini runs" in measured_seed_cv(str(fixture_results),
+                                                                           resolve_task("shapesref", "mini"))
+
+
+def test_resolve_without_a_seed_spread_is_a_clear_error_before_anything_is_measured(tmp_path, capsys):
+    from harness.cli.main import main
+
+    smoke = ["estimate", "--task", "shapes", "--tier", "smoke", "--device", "cpu", "--resolve", "2%"]
+    start = time.perf_counter()
+    assert main(smoke) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--seed-cv 2%" in err and "the field measures 1-2%" in err and "--results-dir DIR" in err
+    (tmp_path / "empty").mkdir()
+    assert main([*smoke, "--results-dir", str(tmp_path / "empty")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "holds no completed runs" in err and "--seed-cv 2%" in err
+    assert main([*smoke, "--results-dir", str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main([*smoke[:-2], "--seed-cv", "2%"]) == 2
+    assert "add --resolve GAP" in " ".join(capsys.readouterr().err.split())
+    assert main([*smoke[:-1], "two", "--seed-cv", "2%"]) == 2
+    err = capsys.readouterr().err
+    assert "--resolve takes a fraction of the FID" in err and "Traceback" not in err
+    assert time.perf_counter() - start < 30  # no burst ran

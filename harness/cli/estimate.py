@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
+from pathlib import Path
 
-from harness.cli.options import RAW, comma_list, overrides
+from harness.cli.options import RAW, comma_list, fraction, overrides
+from harness.errors import HarnessError
 
 
 def add_parser(sub) -> None:
@@ -21,7 +24,8 @@ def add_parser(sub) -> None:
                "  python -m harness estimate --task shapes --arch standard --tier smoke,demo\n"
                "  python -m harness estimate --arch all --tier small,medium,large --device cuda --json\n"
                "  python -m harness estimate --arch standard,full_attn --tier small --seed 42,43,44 --gpus 8\n"
-               "  python -m harness estimate --tier small --trials 64 --gpus 8   # a search's 64 trials",
+               "  python -m harness estimate --tier small --trials 64 --gpus 8   # a search's 64 trials\n"
+               "  python -m harness estimate --arch standard,full_attn --tier small --resolve 2% --seed-cv 1.5%",
     )
     p.add_argument("--arch", default="standard",
                    help="comma list of architectures or `all` (default: standard; with --trials: the baselines)")
@@ -39,6 +43,17 @@ def add_parser(sub) -> None:
                                             "1 on a CPU)")
     p.add_argument("--burst-seconds", type=float, default=1.0, help="seconds of timed training steps per (arch, "
                                                                      "tier), after warm-up (default: 1)")
+    p.add_argument("--resolve", metavar="GAP",
+                   help="size a study before running it: the seeds per architecture that separate a gap of GAP in "
+                        "best FID, as a share of it (2%% or 0.02), with 80%% power (two-sided 5%% t test, unpaired), "
+                        "and their device-hours here; needs --seed-cv or --results-dir (docs/estimate.md)")
+    p.add_argument("--seed-cv", metavar="CV",
+                   help="with --resolve: the seed-to-seed CV of best FID to assume, e.g. 2%% (the field measures "
+                        "1-2%%); the output calls it assumed")
+    p.add_argument("--results-dir", metavar="DIR",
+                   help="with --resolve: measure the seed-to-seed CV from the completed runs here of the same task "
+                        "and tier (pooled within groups of 2+ seeds; --seed-cv wins when both are given) "
+                        "(default: none)")
     p.add_argument("--json", action="store_true", help="print the whole estimate as JSON (progress goes to stderr)")
 
 
@@ -47,6 +62,139 @@ def _clock(seconds: float) -> str:
     days, rest = divmod(seconds, 86400)
     text = f"{rest // 3600}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
     return f"{days}d {text}" if days else text
+
+
+# --resolve: the seeds per architecture that separate a gap, at a seed-to-seed CV given or measured, and their cost
+
+SEED_LIMIT = 1000  # seeds past which a gap is called out of reach rather than priced
+UNPAIRED = ("unpaired; rows sharing seeds with identical draws are compared paired, which needs fewer "
+            "(docs/protocol.md#noise)")
+
+
+def _percent(share: float) -> str:
+    return f"{share * 100:.3g}%"
+
+
+def measured_seed_cv(results_dir: str, spec) -> dict | str:
+    """The seed-to-seed CV of best FID in the completed runs under ``results_dir`` of ``spec``'s task and tier:
+    the within-group variance pooled over the groups (harness.report.tables.GROUP_KEY) with 2+ seeds, over the
+    square of those runs' mean best FID; only groups at ``spec``'s own settings where any of them has 2+ seeds.
+    A sentence saying why not where no group has."""
+    from harness.report import noise
+    from harness.report.tables import groups, load_runs, result_settings
+
+    if not Path(results_dir).is_dir():
+        raise HarnessError(f"--results-dir {results_dir} is not a folder: give the folder holding run records "
+                           f"(results by default for `run`), or --seed-cv 2% to assume the spread instead.")
+    runs, _, unreadable = load_runs(results_dir)
+    for damaged in unreadable:  # as `report` does: a damaged record is named, never silently left out
+        print(f"warning: {damaged['path']} {damaged['reason']}; it is left out of the measured seed CV.",
+              file=sys.stderr)
+    where = f"{spec.name}/{spec.tier} runs in {results_dir}"
+    grouped = groups(runs) if not runs.empty else runs
+    if grouped.empty:
+        return f"{results_dir} holds no completed runs"
+    same = grouped[(grouped["task"] == spec.name) & (grouped["tier"] == spec.tier)]
+    fids = [{int(seed): fid for seed, fid in json.loads(text).items()} for text in same["seed_fids"]]
+    several = [(f, key) for f, key in zip(fids, same["settings_key"]) if len(f) >= 2]
+    if not several:
+        return f"no group of completed {where} has 2 or more seeds"
+    ours = json.dumps(result_settings(spec.to_dict()), sort_keys=True, default=str)
+    at_ours = [f for f, key in several if key == ours]  # settings change the spread too: prefer the same ones
+    pooled = at_ours or [f for f, _ in several]
+    variance, df, count = noise.pooled_variance([noise.Row(str(i), f) for i, f in enumerate(pooled)])
+    values = [fid for f in pooled for fid in f.values()]
+    mean = sum(values) / len(values)
+    cv = math.sqrt(variance) / mean
+    settings = "at these settings" if at_ours else "at other settings than these (none at these has 2+ seeds)"
+    return {"cv": cv, "source": "measured", "df": df, "groups": count, "runs": len(values),
+            "mean_best_fid": round(mean, 4), "same_settings": bool(at_ours), "results_dir": str(results_dir),
+            "label": f"measured seed CV {_percent(cv)}: pooled within {count} group(s) of {where}, {df} df, "
+                     f"{settings}"}
+
+
+def seed_spread(args, spec) -> dict:
+    """The seed-to-seed CV --resolve sizes ``spec``'s tier with: --seed-cv (assumed) wins over --results-dir
+    (measured); with both, the measured one is kept beside it."""
+    measured = measured_seed_cv(args.results_dir, spec) if args.results_dir else None
+    if args.seed_cv:
+        cv = fraction(args.seed_cv, "seed-cv")
+        spread = {"cv": cv, "source": "assumed", "label": f"assumed seed CV {_percent(cv)}"}
+        if measured is not None:
+            spread["measured"] = measured if isinstance(measured, dict) else {"reason": measured}
+        return spread
+    if isinstance(measured, dict):
+        return measured
+    if measured is None:
+        raise HarnessError("--resolve needs the seed-to-seed spread of best FID: pass --seed-cv 2% to assume one "
+                           "(the field measures 1-2%), or --results-dir DIR to measure it from completed runs of "
+                           "the same task and tier with 2 or more seeds.")
+    raise HarnessError(f"--resolve cannot measure the seed-to-seed spread at {spec.tier}: {measured}. Pass "
+                       f"--seed-cv 2% to assume one (the field measures 1-2%), or run 2 or more seeds of an "
+                       f"architecture at this tier first.")
+
+
+def resolve_spreads(args, tiers: list[str]) -> dict[str, dict] | None:
+    """Each tier's seed spread for --resolve (None without it), checked before anything is measured."""
+    if not args.resolve:
+        if args.seed_cv or args.results_dir:
+            raise HarnessError("--seed-cv and --results-dir give --resolve its seed-to-seed spread: add --resolve "
+                               "GAP (e.g. --resolve 2%), or leave them out.")
+        return None
+    if args.trials:
+        raise HarnessError("--resolve sizes the seeds of the --arch architectures; a search's --trials has no "
+                           "seeds to size: leave out one of the two.")
+    fraction(args.resolve, "resolve")
+    from harness.protocol.tasks import resolve_task
+
+    return {tier: seed_spread(args, resolve_task(args.task, tier, overrides(args))) for tier in tiers}
+
+
+def resolve_tier(runs: list[dict], tier: str, gap: float, spread: dict, slots: int) -> dict:
+    """The seeds that separate ``gap`` at ``spread`` (both shares of FID, so their ratio is exact at any FID), and
+    those seeds of every architecture measured at ``tier`` as a study: the estimate's own per-run predictions."""
+    from harness.measure.estimate import study_totals
+    from harness.report.noise import seeds_for_power
+
+    measured = [run for run in runs if run["tier"] == tier and "predicted" in run]
+    seeds = seeds_for_power(gap, spread["cv"], paired=False, limit=SEED_LIMIT)
+    out = {"tier": tier, "spread": spread, "architectures": [run["arch"] for run in measured]}
+    if seeds > SEED_LIMIT:
+        return {**out, "seeds": None, "more_than": SEED_LIMIT}
+    return {**out, "seeds": seeds,
+            **study_totals([(run, run["predicted"]) for _ in range(seeds) for run in measured], slots)}
+
+
+def resolve(runs: list[dict], gap: float, spreads: dict[str, dict], slots: int) -> dict:
+    from harness.report.noise import ALPHA, POWER
+
+    return {"gap": gap, "power": POWER, "alpha": ALPHA, "test": "two-sided t, unpaired", "note": UNPAIRED,
+            "tiers": [resolve_tier(runs, tier, gap, spread, slots) for tier, spread in spreads.items()]}
+
+
+def resolve_text(plan: dict, device: dict) -> list[str]:
+    """Per tier: the seeds a gap needs and what they cost here."""
+    test = f"{plan['power']:.0%} power, two-sided {plan['alpha']:.0%}, unpaired"
+    hours = "device-hours (GPU-hours)" if device["type"] == "cuda" else "device-hours"
+    lines = []
+    for tier in plan["tiers"]:
+        head = f"To separate a {_percent(plan['gap'])} gap at {tier['tier']} ({tier['spread']['label']}): "
+        if tier["seeds"] is None:
+            lines.append(head + f"more than {tier['more_than']} seeds per architecture ({test}): a gap this small "
+                                f"is out of reach at this spread.")
+        elif not tier["architectures"]:
+            lines.append(head + f"{tier['seeds']} seeds per architecture ({test}); no architecture was measured "
+                                f"at this tier, so they are not priced.")
+        else:
+            lines.append(head + f"{tier['seeds']} seeds per architecture ({test}) = {tier['runs']} runs of "
+                                f"{len(tier['architectures'])} architecture(s), {tier['device_hours']:.2f} {hours} "
+                                f"on {device['name']}, {_clock(tier['wall_seconds'])} wall on {tier['slots']} at "
+                                f"once.")
+        measured = tier["spread"].get("measured")
+        if measured:
+            lines.append(f"  --results-dir: {measured.get('label') or 'not measured: ' + measured['reason']} "
+                         f"(--seed-cv is used instead)")
+    return lines + [f"note: {plan['note']}"]
 
 
 def estimate_text(result: dict) -> str:
@@ -79,6 +227,8 @@ def estimate_text(result: dict) -> str:
         lines.append(f"{study['runs']} runs" + (f" ({per_tier}; {study['note']})" if "trials" in study else "")
                      + f": {study['device_hours']:.2f} device-hours, {_clock(study['wall_seconds'])} wall on "
                        f"{study['slots']} at once.")
+    if "resolve" in result:
+        lines += resolve_text(result["resolve"], device)
     lines += [f"note: {n}" for n in result["notes"]]
     kinds = {run["memory"]["kind"] for run in result["runs"] if "memory" in run}
     lines.append(f"Measured for {result['measured_seconds']:.0f} s; peak memory is {', '.join(sorted(kinds))}. "
@@ -125,10 +275,14 @@ def execute(args) -> int:
         archs = ["standard", "full_attn", "no_attn"]
     slots = args.gpus or (torch.cuda.device_count() if device.type == "cuda" else 1)
     seeds = comma_list(args.seed, "seed", int) if args.seed else [None]
-    result = estimate(archs, comma_list(args.tier, "tier"), task=args.task, device=device, overrides=overrides(args),
+    tiers = comma_list(args.tier, "tier")
+    spreads = resolve_spreads(args, tiers)  # before anything is measured: a bad --resolve costs no bursts
+    result = estimate(archs, tiers, task=args.task, device=device, overrides=overrides(args),
                       data_dir=args.data_dir, repeats=len(seeds), trials=args.trials, slots=slots,
                       min_seconds=args.burst_seconds, startup=startup,
                       progress=lambda msg: print(msg, file=sys.stderr))
+    if spreads is not None:
+        result["resolve"] = resolve(result["runs"], fraction(args.resolve, "resolve"), spreads, slots)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
