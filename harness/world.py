@@ -98,3 +98,11 @@ def refuse_cpu_fallback(specs: list, device: str, device_type: str) -> None:
             f"harness estimate --device cpu` with the same options says how long they would take here). Pass "
             f"--device cpu to train on the CPU anyway, run on a machine with a GPU, or pick a tier made for CPUs "
             f"(smoke; demo for the shapes task).")
+
+
+def device_substitutions(device: str, device_type: str) -> list[dict]:
+    """The record's note when ``--device auto`` found no GPU and the run uses the CPU (none otherwise)."""
+    if device == "auto" and device_type == "cpu":
+        return [{"what": "device", "asked": "auto (a GPU if there is one)", "used": "cpu",
+                 "why": "PyTorch sees no usable GPU here (torch.cuda.is_available() is False)"}]
+    return []

@@ -94,3 +94,69 @@ def test_a_run_says_and_records_every_substitution(tiny_arch, tmp_path):
     assert record.reference["substitution"] and record.reference["asked"] == "cleanfid:no_such_set/train/32"
     log = (Path(tmp_path) / "shapes" / "tiny" / "smoke" / "seed1" / "run.log").read_text()
     assert all(line in log for line in said)
+
+
+@pytest.fixture
+def cleanfid_set():
+    """A data set name of this test's own in clean-fid's stats folder (where clean-fid keeps what it
+    downloads, and never fetches an existing file again): ``put(suffix, **arrays)`` places a file there
+    as a finished download would; every file of the name is removed afterwards."""
+    import uuid
+
+    import cleanfid
+
+    stats = Path(cleanfid.__file__).parent / "stats"
+    made = not stats.exists()
+    stats.mkdir(exist_ok=True)
+    if not os.access(stats, os.W_OK):
+        pytest.skip(f"clean-fid's stats folder {stats} is not writable here")
+    name = f"harness_test_{uuid.uuid4().hex[:8]}"
+
+    def put(suffix, **arrays):
+        np.savez(stats / f"{name}_clean_train_32{suffix}.npz", **arrays)
+
+    put.name, put.stats = name, stats
+    yield put
+    for path in stats.glob(f"{name}_*"):
+        path.unlink()
+    if made and not any(stats.iterdir()):
+        stats.rmdir()
+
+
+def test_kid_features_that_cannot_be_fetched_are_a_recorded_substitution_and_fetched_again(
+        cleanfid_set, tiny_arch, tmp_path):
+    from conftest import FAST
+
+    from harness.launch import run
+
+    # clean-fid's FID statistics are here, its KID features are not: offline their download fails, online
+    # it is a 404 (no such set on clean-fid's server); either way, not a file clean-fid has
+    rng = np.random.default_rng(0)
+    cleanfid_set("", mu=np.zeros(2048), sigma=np.eye(2048))
+    asked = f"cleanfid:{cleanfid_set.name}/train/32"
+    overrides = dict(FAST, **{"evaluation.reference": asked, "evaluation.reference_images": None})
+    lines = []
+    first = run("shapes", str(tiny_arch), "smoke", 1, device="cpu", results_dir=tmp_path / "first",
+                overrides=overrides, progress=False, log=lines.append)
+    (note,) = [n for n in first.substitutions if n["what"] == "kid"]
+    assert note["used"] == "none" and asked in note["asked"] and "could not be fetched" in note["why"]
+    assert "Error" in note["why"]  # the download's error, named (URLError offline, HTTPError online)
+    assert [line for line in lines if line.startswith("Substitution: ") and "KID" in line]  # said, not only kept
+    assert first.evaluations[-1]["kid"] is None and first.reference["source"] == f"clean-fid precomputed {asked}"
+    assert not [n for n in first.substitutions if n["what"] == "FID reference"]  # the FID's statistics were there
+    cache = Path(first.reference["cache_file"])
+    with np.load(cache) as z:
+        assert z["kid_features"].size == 0  # what was fetched (mu, sigma) is cached; no KID is not taken for final
+    # The next run asks again: the features are there now, so it has a KID, read from the file clean-fid fetched.
+    features = rng.standard_normal((200, 2048)).astype(np.float32)
+    cleanfid_set("_kid", feats=features)
+    second = run("shapes", str(tiny_arch), "smoke", 1, device="cpu", results_dir=tmp_path / "second",
+                 overrides=overrides, progress=False)
+    assert second.evaluations[-1]["kid"] is not None
+    assert not [n for n in second.substitutions if n["what"] == "kid"]
+    with np.load(cache) as z:
+        assert np.array_equal(z["kid_features"], features)  # now cached: clean-fid's file is no longer needed
+    (cleanfid_set.stats / f"{cleanfid_set.name}_clean_train_32_kid.npz").unlink()
+    spec = resolve_task("shapes", "smoke", overrides)
+    again = get_reference(spec.data, spec.evaluation, InceptionFeatures(torch.device("cpu")), lambda: None)
+    assert np.array_equal(again.kid_features, features) and again.kid_substitution is None

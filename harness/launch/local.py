@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from harness.errors import HarnessError, ProcessLost, RunFailed
 from harness.run.signals import StopOnSignal
-from harness.world import World, process_group_backend
+from harness.world import World, process_group_backend, refuse_cpu_fallback
 
 STORE_POLL_SECONDS = 0.5  # how often rank 0 looks for a stop request and the launcher for progress
 # Rank 0 alone computes the FID reference the first time (minutes on a CPU) while the others wait.
@@ -89,6 +89,9 @@ def prepare(options: dict, devices: int, *, local: bool = True):
     device = options.get("device", "auto")
     if local:
         kind = check_devices(devices, device, spec.training.batch_size)
+        # here, before any process starts or data is fetched, as one process refuses in Run; the
+        # workers are given the resolved kind, and Run records the substitution from ``asked_device``
+        refuse_cpu_fallback([spec], device, kind)
     else:
         check_batch(devices, spec.training.batch_size)
         kind = device.split(":")[0]  # "auto" stays: each process finds its own GPU (or none)
@@ -124,7 +127,8 @@ def launch(options: dict, devices: int, *, should_stop: Callable[[int], bool] | 
 
     spec, kind, directory = prepare(options, devices)
     threads = max(1, torch.get_num_threads() // devices)  # N processes share this process's CPU threads
-    worker_options = dict(options, device=kind, fresh=False, devices=None, echo=log is not None)
+    worker_options = dict(options, device=kind, asked_device=options.get("device", "auto"), fresh=False,
+                          devices=None, echo=log is not None)
     with held_run_folder(directory, options, log) as run_log:
         run_log.write(f"Starting {devices} processes ({process_group_backend(kind)} on {kind}, "
                       f"{threads} thread(s) each), global batch {spec.training.batch_size} = {devices} x "
@@ -333,7 +337,8 @@ def train_process(options: dict, rank: int, size: int, local_rank: int, threads:
     """Join the process group and run ``Run(**options)`` as rank ``rank`` of ``size``. The group
     meets in ``store`` (a TCPStore) when given, else where the environment says (torchrun's
     variables). ``options["device"]``: "cuda" (this process's GPU is ``local_rank``), "cpu", or
-    "auto" (the first visible GPU, where a scheduler gave the process one GPU, else the CPU)."""
+    "auto" (the first visible GPU, where a scheduler gave the process one GPU, else the CPU);
+    ``options["asked_device"]``: what the user asked for, when the launcher resolved it already."""
     import warnings
 
     from tqdm.auto import tqdm
@@ -345,6 +350,7 @@ def train_process(options: dict, rank: int, size: int, local_rank: int, threads:
 
     torch.set_num_threads(threads)
     device = options["device"]
+    asked = options.get("asked_device") or device
     if device == "auto":
         device, local_rank = ("cuda", 0) if torch.cuda.is_available() else ("cpu", 0)
     if device == "cuda":
@@ -361,7 +367,8 @@ def train_process(options: dict, rank: int, size: int, local_rank: int, threads:
     main = rank == 0
     run_options = {k: v for k, v in options.items() if k not in ("devices", "echo")}
     try:
-        Run(**dict(run_options, device=device, progress=run_options.get("progress", True) and main),
+        Run(**dict(run_options, device=device, asked_device=asked,
+                   progress=run_options.get("progress", True) and main),
             world=world, log=tqdm.write if main and options.get("echo") else None,
             should_stop=link.should_stop if main else None,
             on_evaluation=link.on_evaluation if main else None).execute()

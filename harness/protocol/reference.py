@@ -6,7 +6,8 @@ split, clean-fid's precomputed statistics are used when they can be downloaded; 
 the run's log and record) and always for shapes, or for a subset, they are computed with the same
 pipeline and cached under the harness cache directory. A cached reference is never recomputed: its
 file name is a hash of everything that defines it (dataset, image count, clean-fid mode, Inception
-weights).
+weights). Only clean-fid's KID features are fetched again, by each run asking for KID, while the
+cache file lacks them (their download failed): a missing KID is a recorded substitution, never a cached one.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class Reference:
     path: Path  # the cache file
     substitution: str | None = None  # why the reference the task asks for was not used, if it was not
     computed: bool = False  # made by this call (not read from the cache)
+    kid_substitution: str | None = None  # why there is no KID though evaluation.kid asks for it, if there is none
 
     @property
     def sigma_root(self) -> np.ndarray:
@@ -96,8 +98,9 @@ def _load(path: Path, substitution: str | None = None, computed: bool = False) -
 _DOWNLOAD_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
 
-def _download_cleanfid(spec: str) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray | None] | None, str]:
-    """(clean-fid's precomputed statistics for ``cleanfid:NAME/SPLIT/RES``, "") or (None, why not)."""
+def _fetch_cleanfid(spec: str, metric: str = "FID") -> tuple:
+    """(clean-fid's precomputed statistics for ``cleanfid:NAME/SPLIT/RES``, "") or (None, why not):
+    ``metric`` "FID" gives (mu, sigma), "KID" the features."""
     import socket
 
     import cleanfid
@@ -107,16 +110,12 @@ def _download_cleanfid(spec: str) -> tuple[tuple[np.ndarray, np.ndarray, np.ndar
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)  # an offline machine should fail fast, not hang
     try:
-        mu, sigma = get_reference_statistics(name, int(res), mode="clean", split=split)
-        try:
-            kid = get_reference_statistics(name, int(res), mode="clean", split=split, metric="KID")
-        except _DOWNLOAD_ERRORS:
-            kid = None
-        return (mu, sigma, kid), ""
+        return get_reference_statistics(name, int(res), mode="clean", split=split, metric=metric), ""
     except _DOWNLOAD_ERRORS as exc:
         # URLError, timeouts, DNS failures; or a file a broken earlier download left truncated: clean-fid
         # writes it in place and never fetches an existing file again, so a damaged one is removed here
-        stats = Path(cleanfid.__file__).parent / "stats" / f"{name}_clean_{split}_{res}.npz".lower()
+        suffix = "_kid" if metric == "KID" else ""
+        stats = Path(cleanfid.__file__).parent / "stats" / f"{name}_clean_{split}_{res}{suffix}.npz".lower()
         removed = ""
         if not isinstance(exc, OSError) and stats.is_file():
             stats.unlink(missing_ok=True)
@@ -124,6 +123,31 @@ def _download_cleanfid(spec: str) -> tuple[tuple[np.ndarray, np.ndarray, np.ndar
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{removed}"
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def _cleanfid_reference(path: Path, key: dict, evaluation: EvaluationSpec) -> tuple[Reference | None, str]:
+    """clean-fid's statistics from the cache file ``path``, else downloaded and cached there; (None, why)
+    when they cannot be fetched. The cache holds the KID features only once they were fetched: a file
+    without them (KID failed to download, or a run without KID made it) is never taken as "no KID", so
+    every run asking for KID tries again, and ``kid_substitution`` says why there is none this time."""
+    cached = _load(path) if path.is_file() else None
+    if cached is None:
+        stats, why = _fetch_cleanfid(evaluation.reference, "FID")
+        if stats is None:
+            return None, why
+        mu, sigma = stats
+    else:
+        mu, sigma = cached.mu, cached.sigma
+    kid, kid_why = (cached.kid_features if cached is not None else None), ""
+    if kid is None and evaluation.kid:
+        kid, kid_why = _fetch_cleanfid(evaluation.reference, "KID")
+    if cached is None or (kid is not None and cached.kid_features is None):
+        _save(path, key, mu, sigma, kid, f"clean-fid precomputed {evaluation.reference}", 0)
+    reference = _load(path, computed=cached is None)
+    if evaluation.kid and reference.kid_features is None:
+        reference.kid_substitution = (f"clean-fid's KID features for {evaluation.reference} could not be fetched "
+                                      f"({kid_why}): this evaluation has no KID; the next run tries again")
+    return reference, ""
 
 
 def reference_plan(data: DataSpec, evaluation: EvaluationSpec, weights_id: str) -> tuple[str, Path]:
@@ -158,20 +182,17 @@ def get_reference(
     or computed); the others wait and then read it, so a sweep whose runs reach their first evaluation
     together computes it once. When clean-fid's statistics are asked for but cannot be fetched, the
     reference is computed from the local data and cached under the key of a computed one (never under
-    clean-fid's), and ``substitution`` on the result says why."""
+    clean-fid's), and ``substitution`` on the result says why; when only their KID features cannot,
+    ``kid_substitution`` says why, and the next call tries them again."""
     wanted = evaluation.reference.startswith("cleanfid:") and evaluation.reference_images is None
     key = reference_key(data, evaluation, features.weights_id)
     substitution = None
     if wanted:
         path = _cache_path(key)
         with files.waiting(path.with_name(path.name + ".lock")):
-            if path.is_file():
-                return _load(path)
-            downloaded, why = _download_cleanfid(evaluation.reference)
-            if downloaded is not None:
-                mu, sigma, kid = downloaded
-                _save(path, key, mu, sigma, kid, f"clean-fid precomputed {evaluation.reference}", 0)
-                return _load(path, computed=True)
+            reference, why = _cleanfid_reference(path, key, evaluation)
+            if reference is not None:
+                return reference
         substitution = (f"clean-fid's precomputed statistics {evaluation.reference} could not be fetched ({why}): "
                         f"the FID reference is computed from the local training images with the same pipeline "
                         f"instead (cached as a computed reference)")

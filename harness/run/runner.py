@@ -51,7 +51,7 @@ from harness.run.records import (
 from harness.run.resume import check_resumable, run_fingerprint
 from harness.run.signals import StopOnSignal
 from harness.run.tracking import RunInfo, Trackers
-from harness.world import SINGLE, World, pick_device, refuse_cpu_fallback
+from harness.world import SINGLE, World, device_substitutions, pick_device, refuse_cpu_fallback
 
 
 class Run:
@@ -65,7 +65,8 @@ class Run:
 
     With a ``world`` of several processes (started by harness/launch/local.py) every rank runs these
     phases in step; a stop is agreed on by all ranks at the same step, and rank 0 alone writes
-    (log, checkpoints, record, grids): the launcher holds the folder's lock.
+    (log, checkpoints, record, grids): the launcher holds the folder's lock. ``asked_device``: what the
+    user asked for where a launcher resolved ``device`` already ("auto" -> "cpu"); the refusal and note go by it.
     """
 
     def __init__(self, task: str = "cifar10", arch: str = "standard", tier: str = "smoke", seed: int | None = None, *,
@@ -73,7 +74,7 @@ class Run:
                  overrides: dict[str, Any] | None = None, fresh: bool = False, progress: bool = True,
                  log: Callable[[str], None] | None = tqdm.write, should_stop: Callable[[int], bool] | None = None,
                  on_evaluation: Callable[[dict], None] | None = None, world: World = SINGLE,
-                 tags: dict | None = None):
+                 tags: dict | None = None, asked_device: str | None = None):
         self.started = time.perf_counter()
         overrides = dict(overrides or {})
         if seed is not None:
@@ -85,11 +86,9 @@ class Run:
         task_path = load_task_file(task)[1]
         self.task_file = {"path": str(task_path), "sha256": hashlib.sha256(task_path.read_bytes()).hexdigest()}
         self.device = pick_device(device)
-        refuse_cpu_fallback([self.spec], device, self.device.type)
-        self.substitutions: list[dict] = []  # every fallback: what was asked, what was used, why
-        if device == "auto" and self.device.type == "cpu":
-            self.substitutions.append({"what": "device", "asked": "auto (a GPU if there is one)", "used": "cpu",
-                                       "why": "PyTorch sees no usable GPU here (torch.cuda.is_available() is False)"})
+        refuse_cpu_fallback([self.spec], asked_device or device, self.device.type)
+        # every fallback: what was asked, what was used, why
+        self.substitutions: list[dict] = device_substitutions(asked_device or device, self.device.type)
         self.architecture = registry.find_architecture(arch)
         self.directory = run_dir(results_dir, self.spec.name, self.architecture.name, self.spec.tier, self.spec.seed)
         self.arch_name, self.data_dir, self.fresh, self.progress = arch, data_dir, fresh, progress
@@ -260,6 +259,9 @@ class Run:
                             "substitution": reference.substitution}
         if reference.substitution:
             self._substituted("FID reference", self.spec.evaluation.reference, reference.source, reference.substitution)
+        if reference.kid_substitution:
+            self._substituted("kid", f"KID against {self.spec.evaluation.reference} (evaluation.kid: true)", "none",
+                              reference.kid_substitution)
         save_grid(result.grid, self.directory / f"samples_step{self.trainer.step:06d}.png")
         save_grid(result.grid, self.directory / GRID_FILE)
         record.samples_png = GRID_FILE
