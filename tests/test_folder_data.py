@@ -135,3 +135,19 @@ def test_bad_data_is_one_clear_message(case, message, tmp_path, capsys):
     assert message in err, err
     if case == "not images":
         assert "a/cut.png, notes.txt" in err
+
+
+def test_runs_over_different_contents_of_one_folder_are_never_averaged():
+    """The report's conditions hold the folder's identity: its reference cache is keyed by the listing's hash
+    (a changed folder gets a new one, test above), so two runs over one data.path with other files differ."""
+    from harness.report.tables import conditions_label, run_conditions
+
+    def record(cache):
+        return {"config": {"data": {"dataset": "folder", "path": "/photos"}}, "precision": "fp32",
+                "device": {"type": "cpu"}, "reference": {"source": "computed from 12 training images",
+                                                         "cache_file": cache}}
+
+    before, after = (run_conditions(record(f"/cache/fid_refs/folder-{h}.npz")) for h in ("1a2b", "3c4d"))
+    assert before != after and "images: folder contents 1a2b" in conditions_label(before)
+    shapes = run_conditions({**record("/cache/fid_refs/shapes-1a2b.npz"), "config": {"data": {"dataset": "shapes"}}})
+    assert shapes["images"] is None and "images:" not in conditions_label(shapes)

@@ -128,3 +128,54 @@ def test_values_the_protocol_does_not_implement_are_refused_when_read(field, val
     # refused before any training, not at the first evaluation hours later
     with pytest.raises(HarnessError, match=message):
         resolve_task("cifar10", "smoke", {field: value})
+
+
+def test_one_declaration_decides_what_the_report_the_resume_and_the_sweep_treat_as_a_result(monkeypatch):
+    """spec.py declares once per field whether it changes a result and whether a resume may change it; redeclare
+    training.log_every as a result that a resume may not change and all three follow."""
+    import dataclasses
+    import types
+
+    import torch
+
+    from harness.protocol.spec import TrainingSpec
+    from harness.protocol.tasks import resolve_task
+    from harness.report import tables
+    from harness.run.resume import run_fingerprint
+    from harness.sweep import _same_config
+
+    every, often = resolve_task("shapes", "smoke"), resolve_task("shapes", "smoke", {"training.log_every": 1})
+    done = types.SimpleNamespace(config=every.to_dict())  # a completed run's record, as the sweep reads it
+    cpu = torch.device("cpu")
+
+    def follow() -> tuple[bool, bool, bool]:
+        return (tables.result_settings(every.to_dict()) == tables.result_settings(often.to_dict()),  # one group
+                run_fingerprint(every, cpu, "fp32") == run_fingerprint(often, cpu, "fp32"),  # resumable
+                _same_config(done, often))  # the sweep counts the cell as done
+
+    assert follow() == (True, True, True)  # as declared: where the loss is logged changes nothing
+    field = next(f for f in dataclasses.fields(TrainingSpec) if f.name == "log_every")
+    monkeypatch.setattr(field, "metadata", types.MappingProxyType({"result": True, "resumable": False}))
+    assert follow() == (False, False, False)
+    # eval_points is declared a result (best FID is the minimum over them): runs that differ in it are not averaged
+    points = resolve_task("shapes", "smoke", {"evaluation.eval_points": [10]})
+    assert tables.result_settings(points.to_dict()) != tables.result_settings(every.to_dict())
+
+
+def test_the_loaders_choices_are_the_declared_ones(monkeypatch):
+    import dataclasses
+    import types
+
+    from harness.errors import HarnessError
+    from harness.protocol.spec import SamplingSpec, declared_choices
+    from harness.protocol.tasks import resolve_task
+
+    assert declared_choices()["sampling.timestep_spacing"] == ("leading", "trailing", "linspace")
+    with pytest.raises(HarnessError, match="sampling.timestep_spacing must be 'leading' or 'trailing' or 'linspace'"):
+        resolve_task("shapes", "smoke", {"sampling.timestep_spacing": "middle"})
+    field = next(f for f in dataclasses.fields(SamplingSpec) if f.name == "timestep_spacing")
+    monkeypatch.setattr(field, "metadata", types.MappingProxyType({"choices": ("leading", "middle")}))
+    spec = resolve_task("shapes", "smoke", {"sampling.timestep_spacing": "middle"})
+    assert spec.sampling.timestep_spacing == "middle"
+    with pytest.raises(HarnessError, match="training.log_with must list values among 'tensorboard', 'wandb'"):
+        resolve_task("shapes", "smoke", {"training.log_with": ["tensorboard", "comet"]})

@@ -107,17 +107,28 @@ def run_conditions(record: dict) -> dict:
             "eval_precision": record.get("eval_precision") or record.get("precision"),
             "device_type": (record.get("device") or {}).get("type"),
             "fid_reference": (record.get("reference") or {}).get("source"),
-            "inception": (record.get("inception") or {}).get("weights_id")}
+            "inception": (record.get("inception") or {}).get("weights_id"), "images": _folder_identity(record)}
 
 
-CONDITIONS = ["precision", "eval_precision", "device_type", "fid_reference", "inception"]
+def _folder_identity(record: dict) -> str | None:
+    """For a folder task, which files it read: its FID reference's cache file is named by a hash of a key that
+    holds the folder's listing (every file's path, size and modification time; protocol/folder_data.py), so
+    two runs over different contents of one data.path never share it. None for the built-in datasets."""
+    if ((record.get("config") or {}).get("data") or {}).get("dataset") != "folder":
+        return None
+    cache = (record.get("reference") or {}).get("cache_file")
+    return f"folder contents {Path(cache).stem.split('-', 1)[-1]}" if cache else "folder contents unknown"
+
+
+CONDITIONS = ["precision", "eval_precision", "device_type", "fid_reference", "inception", "images"]
 
 
 def conditions_label(c: dict) -> str:
     """e.g. "trained in fp32, sampled in fp32, on cpu; FID reference computed from 256 training images;
     Inception inception-2015-12-05.pt:7ff4a85c3a6378f0"."""
     return (f"trained in {c['precision']}, sampled in {c['eval_precision']}, on {c['device_type']}; FID reference "
-            f"{c['fid_reference'] or 'not yet computed'}; Inception {c['inception'] or '?'}")
+            f"{c['fid_reference'] or 'not yet computed'}; Inception {c['inception'] or '?'}"
+            + (f"; images: {c['images']}" if c.get("images") else ""))
 
 
 # What published FIDs were measured with, unless a task's reference_results says otherwise (measured_with):
