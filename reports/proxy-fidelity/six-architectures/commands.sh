@@ -5,7 +5,7 @@
 # study continued from a fresh checkout: copy runs/* into $R first, and the sweeps skip every cell
 # whose completed record is there.
 #   mkdir -p $R && cp -r reports/proxy-fidelity/six-architectures/runs/* $R/    # continue
-#   python -m harness report reports/proxy-fidelity/six-architectures/runs --out reports/proxy-fidelity/six-architectures
+#   python -m harness report --results-dir reports/proxy-fidelity/six-architectures/runs --out reports/proxy-fidelity/six-architectures
 # 2026-12-04: stage 1 ran (6 runs, 1.9 h on the 2-core AMD EPYC VM); stages 2-4 are still to run.
 set -u
 cd "$(dirname "$0")/../../.."
