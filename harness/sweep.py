@@ -95,16 +95,28 @@ def expand(sweep: SweepSpec) -> list[Cell]:
     return cells
 
 
-def _same_config(record: RunRecord, spec: TaskSpec) -> bool:
-    """The same result settings (protocol/spec.py declares which fields change a result): a completed run
+def _same_config(record: RunRecord, spec: TaskSpec, device_type: str | None = None) -> bool:
+    """The same result settings (protocol/spec.py declares which fields change a result) and, on
+    ``device_type``, the same training and sampling precision (training.autocast_devices is no result
+    setting, since a record says the precision it used, but it decides that precision): a completed run
     that differs only in where its curves go or how often it logged is done."""
-    return result_settings(record.config) == result_settings(spec.to_dict())
+    if result_settings(record.config) != result_settings(spec.to_dict()):
+        return False
+    if device_type is None:
+        return True
+    import torch
+
+    from harness.protocol.trainer import precision_name, sampling_dtype
+
+    device = torch.device(device_type)
+    used = (record.precision, record.eval_precision or record.precision)
+    return used == (precision_name(spec, device), "bf16" if sampling_dtype(spec, device) else "fp32")
 
 
 def inspect(cell: Cell, device_type: str) -> None:
     """Set ``cell.action`` from what its folder holds."""
     record, cell.record_problem = read_record(cell.folder / RECORD_FILE)
-    if (record is not None and record.status == "completed" and _same_config(record, cell.spec)
+    if (record is not None and record.status == "completed" and _same_config(record, cell.spec, device_type)
             and record.arch_sha256 == registry.find_architecture(cell.arch_ref).sha256
             and (record.device or {}).get("type") == device_type):
         cell.action, cell.resume_step = "skip", record.step

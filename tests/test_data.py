@@ -146,10 +146,12 @@ def test_shape_variant_settings_are_checked_and_name_their_reference():
     assert key["image_size"] == 16 and key["shape_kinds"] == ["ring", "cross"] and key["background"] == "plain"
     default_key = reference_key(default.data, default.evaluation, "w")["data"]
     assert "shape_kinds" not in default_key and "background" not in default_key  # earlier caches keep their names
-    for overrides, words in [({"data.shape_kinds": ["ring", "star"]}, "data.shape_kinds must be distinct names"),
+    for overrides, words in [({"data.shape_kinds": ["ring", "star"]},
+                              "data.shape_kinds must list values among 'circle', 'square'.*not \\['ring', 'star'\\]"),
                              ({"data.shape_kinds": []}, "data.shape_kinds must be distinct names"),
                              ({"data.image_size": 24}, "data.image_size must be 8 or 16 or 32"),
-                             ({"data.background": "noise"}, "data.background must be gradient or plain")]:
+                             ({"data.background": "noise"},
+                              "data.background must be 'gradient' or 'plain', not 'noise'")]:
         with pytest.raises(HarnessError, match=words):
             resolve_task("shapes", "smoke", overrides)
     with pytest.raises(HarnessError, match="data.image_size must be 32 for the cifar10 dataset"):

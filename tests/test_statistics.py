@@ -54,11 +54,12 @@ def separation_rate(means, seeds, paired=False, seed_cv=None, seed=0) -> float:
     ("3 seeds each, paired", [3] * 5, True, None),
     ("5 seeds each, paired", [5] * 8, True, None),
 ])
-def test_with_equal_truth_at_most_one_board_in_ten_claims_a_separation(case, seeds, paired, seed_cv,
+def test_with_equal_truth_few_boards_claim_a_separation(case, seeds, paired, seed_cv,
                                                                         record_property):
     rate = separation_rate([MEAN] * len(seeds), seeds, paired, seed_cv)
     record_property("measured", f"equal truth, {case}: {rate:.1%} of {BOARDS} boards claim a separation")
-    assert rate <= 0.10, f"{case}: {rate:.1%} of boards separate architectures that are equal"
+    # Holm keeps it at 5% under the model; 7.5% is 3.5 standard errors of a 1,000-board rate above that
+    assert rate <= 0.075, f"{case}: {rate:.1%} of boards separate architectures that are equal"
     if case.startswith("1 seed each, spread unknown"):
         assert rate == 0.0  # nothing to test against: nothing is separated
 
@@ -120,11 +121,11 @@ def test_a_tie_never_chains_and_a_rank_claims_only_what_holm_supports():
 
 def test_two_seeds_against_one_uses_t_with_its_degrees_of_freedom_not_z():
     # the issue's case: rows {10, 14} against {20} with sampling SD 0.3; the 1-seed row borrows the pooled
-    # variance (8, 1 df): the gap's interval is t(1) wide, not z wide
+    # spread as a CV (variance 8 at mean 12, 1 df) scaled to its FID of 20: the gap's interval is t(1) wide
     a, b = noise.Row("a", {0: 10.0, 1: 14.0}, {}, 0.3), noise.Row("b", {2: 20.0}, {}, 0.3)
     judged = noise.judge([a, b])
     c = judged.comparisons[0, 1]
-    half = 12.706 * math.sqrt(8 / 2 + 8 / 1)
+    half = 12.706 * math.sqrt(8 / 2 + 8 * (20 / 12) ** 2 / 1)
     assert c.gap == 8.0 and c.low == pytest.approx(8 - half, abs=0.01) and c.high == pytest.approx(8 + half, abs=0.01)
     assert not judged.separated and judged.noises[1].source == "borrowed"
     # the row's own interval: t(1) over its 2 seeds, (-13.4, 37.4)
@@ -210,3 +211,56 @@ def test_the_fidelity_section_says_why_it_is_empty_when_no_measures_share_three_
     assert fidelity.pairs(measures) == []
     (line,) = fidelity.explain_missing(measures)
     assert "at most 2" in line and "smoke: best FID (4 architecture(s))" in line and "promotes 3 or more" in line
+
+
+def test_pairing_is_used_where_seeds_share_their_draws(record_property):
+    """Boards whose seeds share their effect across architectures: the paired test separates a gap of one
+    seed-SD with 4 seeds far more often than the same FIDs compared unpaired (their streams made distinct)."""
+    rng = np.random.default_rng(8)
+    paired = unpaired = 0
+    for _ in range(BOARDS):
+        rows, _ = draw_board(rng, [MEAN, MEAN + SEED_SD], [4, 4], paired=True, shared_share=0.9)
+        apart = [noise.Row(r.name, r.fids, {s: f"{r.name}-{s}" for s in r.fids}, r.sampling_std) for r in rows]
+        paired += bool(noise.judge(rows).separated)
+        unpaired += bool(noise.judge(apart).separated)
+    record_property("measured", f"gap of 1 seed-SD, 4 shared seeds: paired separates {paired / BOARDS:.1%} of boards, "
+                                f"the same FIDs unpaired {unpaired / BOARDS:.1%}")
+    assert paired / BOARDS > unpaired / BOARDS + 0.3
+
+
+def test_rows_with_other_seed_sets_are_not_paired_so_a_gap_keeps_the_sign_of_the_means():
+    # A's mean is lower only through a seed B did not run: pairing over the shared three would reverse it
+    a = noise.Row("A", {1: 10.0, 2: 10.0, 3: 10.1, 4: 3.0}, {1: "x", 2: "x", 3: "x", 4: "y"}, 0.01)
+    b = noise.Row("B", {1: 9.0, 2: 9.01, 3: 9.02}, {1: "x", 2: "x", 3: "x"}, 0.01)
+    judged = noise.judge([a, b])
+    c = judged.comparisons[0, 1]
+    assert not c.paired and c.gap == pytest.approx(b.mean - a.mean) and c.gap > 0
+    assert judged.verdicts[0].behind == [] and judged.verdicts[1].ahead_of == []
+
+
+def test_no_per_seed_variance_is_below_the_fid_sampling_variance():
+    # two seeds that happen to agree exactly: the row still varies by its sampling noise, so nothing separates
+    rows = [noise.Row("a", {0: 10.0, 1: 10.0}, {}, 0.3), noise.Row("b", {2: 10.1}, {}, 0.3),
+            noise.Row("c", {3: 10.2}, {}, 0.3)]
+    judged = noise.judge(rows)
+    assert not judged.separated and judged.noises[0].variance == pytest.approx(0.09)
+    assert noise.variance_split(rows[0], judged.noises[0]) == pytest.approx((0.0, 0.3))
+
+
+def test_seeds_sized_for_a_board_of_many_pairs_keep_their_power_under_holm(record_property):
+    """Five rows, the top two 2 apart at seed SD 1.5 and the rest close behind: the seeds sized at the board's
+    10 pairs separate the top pair on at least 80% of boards (power at alpha / 10 bounds Holm's from below)."""
+    gap, sd = 2.0, 1.5
+    n = noise.seeds_for_power(gap, sd, paired=False, pairs=10)
+    assert n > noise.seeds_for_power(gap, sd, paired=False)
+    rng = np.random.default_rng(9)
+    hits = 0
+    for _ in range(400):
+        rows = [noise.Row(f"r{i}", {s + 100 * i: float(v) for s, v in enumerate(rng.normal(mu, sd, n))})
+                for i, mu in enumerate([MEAN, MEAN + gap, MEAN + gap + 0.5, MEAN + gap + 1, MEAN + gap + 1.5])]
+        judged = noise.judge(rows)
+        first, second = (next(i for i, r in enumerate(judged.rows) if r.name == name) for name in ("r0", "r1"))
+        hits += (min(first, second), max(first, second)) in judged.separated
+    record_property("measured", f"seeds for 80% power at gap {gap} / seed SD {sd} on a 5-row board (10 pairs): {n} "
+                                f"each; top pair separated on {hits / 400:.1%} of boards")
+    assert hits / 400 >= 0.78

@@ -102,10 +102,10 @@ def measured_seed_cv(results_dir: str, spec) -> dict | str:
     ours = json.dumps(result_settings(spec.to_dict()), sort_keys=True, default=str)
     at_ours = [f for f, key in several if key == ours]  # settings change the spread too: prefer the same ones
     pooled = at_ours or [f for f, _ in several]
-    variance, df, count = noise.pooled_variance([noise.Row(str(i), f) for i, f in enumerate(pooled)])
+    cv2, df, count = noise.pooled_relative_variance([noise.Row(str(i), f) for i, f in enumerate(pooled)])
     values = [fid for f in pooled for fid in f.values()]
     mean = sum(values) / len(values)
-    cv = math.sqrt(variance) / mean
+    cv = math.sqrt(cv2)  # pooled as the report pools a borrowed spread: on the relative scale
     settings = "at these settings" if at_ours else "at other settings than these (none at these has 2+ seeds)"
     return {"cv": cv, "source": "measured", "df": df, "groups": count, "runs": len(values),
             "mean_best_fid": round(mean, 4), "same_settings": bool(at_ours), "results_dir": str(results_dir),
@@ -154,11 +154,13 @@ def resolve_tier(runs: list[dict], tier: str, gap: float, spread: dict, slots: i
     """The seeds that separate ``gap`` at ``spread`` (both shares of FID, so their ratio is exact at any FID), and
     those seeds of every architecture measured at ``tier`` as a study: the estimate's own per-run predictions."""
     from harness.measure.estimate import study_totals
-    from harness.report.noise import seeds_for_power
+    from harness.report.noise import ALPHA, seeds_for_power
 
     measured = [run for run in runs if run["tier"] == tier and "predicted" in run]
-    seeds = seeds_for_power(gap, spread["cv"], paired=False, limit=SEED_LIMIT)
-    out = {"tier": tier, "spread": spread, "architectures": [run["arch"] for run in measured]}
+    pairs = max(1, len(measured) * (len(measured) - 1) // 2)  # the board's Holm family: its pairs
+    seeds = seeds_for_power(gap, spread["cv"], paired=False, limit=SEED_LIMIT, pairs=pairs)
+    out = {"tier": tier, "spread": spread, "architectures": [run["arch"] for run in measured], "pairs": pairs,
+           "alpha": ALPHA / pairs}
     if seeds > SEED_LIMIT:
         return {**out, "seeds": None, "more_than": SEED_LIMIT}
     return {**out, "seeds": seeds,
@@ -174,10 +176,11 @@ def resolve(runs: list[dict], gap: float, spreads: dict[str, dict], slots: int) 
 
 def resolve_text(plan: dict, device: dict) -> list[str]:
     """Per tier: the seeds a gap needs and what they cost here."""
-    test = f"{plan['power']:.0%} power, two-sided {plan['alpha']:.0%}, unpaired"
     hours = "device-hours (GPU-hours)" if device["type"] == "cuda" else "device-hours"
     lines = []
     for tier in plan["tiers"]:
+        family = "" if tier["pairs"] == 1 else f" / {tier['pairs']} pairs, Holm's strictest step"
+        test = f"{plan['power']:.0%} power, two-sided {plan['alpha']:.0%}{family}, unpaired"
         head = f"To separate a {_percent(plan['gap'])} gap at {tier['tier']} ({tier['spread']['label']}): "
         if tier["seeds"] is None:
             lines.append(head + f"more than {tier['more_than']} seeds per architecture ({test}): a gap this small "

@@ -300,8 +300,10 @@ def _check_choices(spec: TaskSpec, path: Path) -> None:
     config = spec.to_dict()
 
     def get(dotted: str):
-        section, field = dotted.split(".")
-        return config[section][field]
+        node = config
+        for part in dotted.split("."):
+            node = node[part]
+        return node
 
     # the values the harness implements (spec.py declares them): refused when the task is read, not hours in
     for dotted, allowed in declared_choices().items():

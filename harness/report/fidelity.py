@@ -146,21 +146,25 @@ def fidelity(runs: pd.DataFrame, records: dict) -> pd.DataFrame:
     measures = collect_measures(runs, records) if not runs.empty else {}
     rows = []
     for cheap, costly, archs in pairs(measures):
-        x, y = _means(measures[cheap], archs, 0), _means(measures[costly], archs, 0)
+        proxy, target = measures[cheap], measures[costly]
+        # an earlier evaluation of the same runs: both measures over the seeds both hold, as the bootstrap draws
+        paired = cheap.setting == costly.setting and all(set(proxy[a]) & set(target[a]) for a in archs)
+        if paired:
+            proxy = {a: {s: v for s, v in proxy[a].items() if s in target[a]} for a in archs}
+            target = {a: {s: v for s, v in target[a].items() if s in proxy[a]} for a in archs}
+        x, y = _means(proxy, archs, 0), _means(target, archs, 0)
         rng = np.random.default_rng(BOOTSTRAP_SEED)
-        paired = cheap.setting == costly.setting  # an earlier evaluation of the same runs
-        (tau_low, tau_high), (rho_low, rho_high), dropped = bootstrap(measures[cheap], measures[costly], archs,
-                                                                      paired, rng)
+        (tau_low, tau_high), (rho_low, rho_high), dropped = bootstrap(proxy, target, archs, paired, rng)
         best = archs[int(np.argmin(y))]
         proxy_order = [archs[i] for i in np.argsort(x, kind="stable")]
-        seeds = {len(measures[m][a]) for m in (cheap, costly) for a in archs}
+        seeds = {len(m[a]) for m in (proxy, target) for a in archs}
         rows.append({
             "task": cheap.setting[0], "proxy": measure_name(cheap), "expensive": measure_name(costly),
             "archs": len(archs), "seeds per arch": "-".join(map(str, sorted({min(seeds), max(seeds)}))),
             "kendall_tau": kendalltau(x, y).statistic, "tau_low": tau_low, "tau_high": tau_high,
             "spearman_rho": spearmanr(x, y).statistic, "rho_low": rho_low, "rho_high": rho_high,
             "expensive_best": best, "best_rank_by_proxy": proxy_order.index(best) + 1,
-            "proxy_cost": _means(measures[cheap], archs, 1).mean() / _means(measures[costly], archs, 1).mean(),
+            "proxy_cost": _means(proxy, archs, 1).mean() / _means(target, archs, 1).mean(),
             "resamples_dropped": dropped, "paired": paired,
             "points": json.dumps({a: [round(float(u), 4), round(float(v), 4)] for a, u, v in zip(archs, x, y)}),
         })
@@ -185,6 +189,11 @@ def explain_missing(measures: dict) -> list[str]:
         most = max(len(set(mine[a]) & set(mine[b])) for a in bests for b in mine if a != b)
         listed = "; ".join(f"{measure_name(m)} ({len(v)} architecture(s))" for m, v in sorted(
             mine.items(), key=lambda kv: measure_name(kv[0])))
+        if most >= MINIMUM:  # shared enough, but no measure was cheaper by the records' timings
+            lines.append(f"Task {task}: its measures share up to {most} architectures, but their records' timings "
+                         f"show none cheaper than another (records without timings count as 0 s), so none is a "
+                         f"proxy: {listed}.")
+            continue
         lines.append(f"Task {task}: no two of its measures share {MINIMUM} architectures (at most {most}), so no proxy "
                      f"is compared with an expensive setting: {listed}. A comparison needs the same {MINIMUM} or more "
                      f"architectures measured under both, e.g. every architecture run at both settings, or, in a "

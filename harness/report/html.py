@@ -79,7 +79,7 @@ def page(report: Report, figures: dict) -> str:
                   table(headers, rows + quoted, best, row_class=[""] * len(rows) + ["quoted"] * len(quoted),
                         css="compact"),
                   figures_html(figures_of[:1])]  # the forest plot
-        parts += [f'<p class="note">{escape(line)}</p>' for line in (tables.top_gap(board, report.seed_cv),
+        parts += [f'<p class="note">{escape(line)}</p>' for line in (tables.top_gap(board),
                                                                       not_quoted_note(board, key.tier)) if line]
         refs = published_vs_reproduced(board, key.tier)
         if not refs.empty:

@@ -36,7 +36,7 @@ def markdown(report: Report, figures: dict) -> str:
         figures_of = figures.get(key, [])
         parts += [f"## {board_title(key)}", "", f"Conditions: {key.conditions}.", "", markdown_table(headers, rows), ""]
         parts += [f"![{p.name}]({p.name})" for p in figures_of[:1]] + [""]  # the forest plot
-        parts += [line for line in (tables.top_gap(board, report.seed_cv), not_quoted_note(board, key.tier)) if line]
+        parts += [line for line in (tables.top_gap(board), not_quoted_note(board, key.tier)) if line]
         refs = published_vs_reproduced(board, key.tier)
         if not refs.empty:
             parts += ["", PUBLISHED_NOTE, "", markdown_table(list(refs.columns), refs.astype(str).values.tolist())]

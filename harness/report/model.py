@@ -164,17 +164,20 @@ def collect(results_dir: Path, filters: Filters, seed_cv: float | None = None) -
     grouped = tables.groups(runs, filters.include_incomplete) if not runs.empty else pd.DataFrame()
     grouped = name_trials(grouped, study_trials(studies))
     boards = {BoardKey(*key): board for key, board in tables.leaderboards(grouped, seed_cv).items()}
+    assumed = sum((b["noise_source"] == "assumed").sum() for b in boards.values())
+    notes = [f"{assumed} one-seed row(s) have no seed spread measured on their board and assume a seed-to-seed CV "
+             f"of {seed_cv:.1%} (--seed-cv): their intervals and ranks rest on that assumption."] if assumed else []
     used = runs[runs["in_leaderboard"]] if not runs.empty else runs
     return Report(runs, records, grouped, boards, fidelity.fidelity(used, records),
                   fidelity.not_compared(used, records), studies, read_sweeps(results_dir, unreadable),
-                  provenance(runs, records), unreadable, seed_cv)
+                  provenance(runs, records, notes), unreadable, seed_cv)
 
 
-def provenance(runs: pd.DataFrame, records: dict) -> dict:
+def provenance(runs: pd.DataFrame, records: dict, notes: list[str] = ()) -> dict:
     if runs.empty:
         return {}
     commits = sorted(set(runs["git_commit"].dropna()))
-    warnings = []
+    warnings = list(notes)
     if len(commits) > 1:
         warnings.append(f"The runs come from {len(commits)} git commits ({', '.join(c[:12] for c in commits)}): "
                         f"code differences may explain result differences.")

@@ -7,22 +7,25 @@ variance*) holds both. A row's per-seed variance comes from, in this order:
 
 - **measured**: its own seeds (n >= 2): the sample variance, n - 1 degrees of freedom;
 - **borrowed**: one seed, and other rows of the same board (same task, tier, settings and
-  conditions) have two or more: the pooled within-row variance of those rows (one-way ANOVA's
-  sum((n_i - 1) s_i^2) / sum(n_i - 1), with sum(n_i - 1) degrees of freedom);
+  conditions) have two or more: their pooled within-row variance (one-way ANOVA's, with
+  sum(n_i - 1) degrees of freedom) on the relative scale, a seed CV, scaled to the row's FID (the
+  spread of FID grows with FID);
 - **assumed**: one seed, nothing to borrow, and the user gave a seed-to-seed CV (``report
   --seed-cv 0.02``; the field measures 1-2%): (cv x FID)^2 plus the record's FID sampling variance,
   treated as known (normal);
 - **unknown**: otherwise. The row has no interval and is separated from nothing.
 
-The split shown beside each row: the sampling part is the bootstrap variance of the FID of the
-row's best evaluation (``evaluations[].fid_std``); the seed part is the rest of the per-seed variance.
+No per-seed variance is taken below the FID's sampling variance, the bootstrap variance of the FID of the
+row's best evaluation (``evaluations[].fid_std``): a run varies at least that much from its samples alone.
+The split shown beside each row: that sampling part, and the rest, the seed part.
 
-Two rows are compared as a paired sample when they share two or more seeds whose first training step
-drew the same images and noise (``stream_sha256``): the difference of their FIDs per seed removes what
-the seed does to both, and the test is t over those differences. Otherwise the gap of the means has
-variance s_a^2/n_a + s_b^2/n_b and t with Welch-Satterthwaite degrees of freedom (an assumed variance has
-infinitely many). A borrowed variance is pooled from the measured rows, so it is not independent of theirs:
-a pair with a borrowing row takes the smaller of the two rows' degrees of freedom instead.
+Two rows are compared as a paired sample when both ran the same two or more seeds and each seed's
+first training step drew the same images and noise in both (``stream_sha256``): the difference of
+their FIDs per seed removes what the seed does to both, and the test is t over those differences.
+Otherwise the gap of the means has variance s_a^2/n_a + s_b^2/n_b and t with Welch-Satterthwaite
+degrees of freedom (an assumed variance has infinitely many). A borrowed variance is pooled from the
+measured rows, so it is not independent of theirs: a pair with a borrowing row takes the smaller of
+the two rows' degrees of freedom instead.
 
 Ranks. Every pair of rows with known noise is tested (two-sided); Holm's step-down over those tests
 keeps the chance that a board claims any false separation at 5% or less. A row's rank is 1 + the
@@ -30,8 +33,10 @@ number of rows separated from it and ahead of it; its range runs to (rows) - (ro
 and behind it). A tie never chains: rows A~B and B~C with A, C separated rank 1, 1, 2. These rules'
 false-separation rate, coverage and power are measured on simulated boards in tests/test_statistics.py.
 
-Power. The seeds needed to separate a gap are those giving 80% power to a two-sided 5% t test at the
-per-seed spread (noncentral t, scipy.stats.nct), paired or unpaired as the rows are.
+Power. The seeds needed to separate a gap are those giving 80% power to a two-sided t test at the
+per-seed spread (noncentral t, scipy.stats.nct), paired or unpaired as the rows are, at 5% divided by
+the board's number of pairs: a lower bound on the power under Holm's correction, so the count is
+enough on that board (with two rows, the plain 5% test).
 
 Written with scipy.stats' distributions; the choice of noise source, the pairing check, Holm's
 procedure (a dozen lines, so not worth statsmodels as a dependency) and the ranks are this harness's.
@@ -70,7 +75,7 @@ class Row:
 
     @property
     def mean(self) -> float:
-        return float(np.mean(list(self.fids.values())))
+        return float(np.mean(list(self.fids.values()))) if self.fids else math.nan
 
 
 @dataclass(frozen=True)
@@ -124,27 +129,34 @@ def _sampling_var(row: Row) -> float:
     return 0.0 if row.sampling_std is None or math.isnan(row.sampling_std) else float(row.sampling_std) ** 2
 
 
-def pooled_variance(rows: list[Row]) -> tuple[float, int, int]:
-    """The pooled within-row variance of the rows with two or more seeds: (variance, its df, rows pooled)."""
+def pooled_relative_variance(rows: list[Row]) -> tuple[float, int, int]:
+    """The squared seed CV pooled over the rows with two or more seeds: sum((n_i - 1) s_i^2 / m_i^2) /
+    sum(n_i - 1), one-way ANOVA's pooled variance on the relative scale (a row's spread grows with its FID,
+    so it is borrowed as a CV and scaled to the borrowing row's FID). Returns (CV^2, its df, rows pooled)."""
     sums, df, count = 0.0, 0, 0
     for row in rows:
-        if row.n >= 2:
-            sums += float(np.var(list(row.fids.values()), ddof=1)) * (row.n - 1)
+        if row.n >= 2 and row.mean > 0:
+            sums += float(np.var(list(row.fids.values()), ddof=1)) / row.mean**2 * (row.n - 1)
             df, count = df + row.n - 1, count + 1
     return (sums / df if df else math.nan), df, count
 
 
 def seed_noise(row: Row, pool: tuple[float, int, int], seed_cv: float | None) -> SeedNoise:
-    """Where ``row``'s per-seed variance comes from: its seeds, the board's pool, an assumed CV, or nowhere."""
+    """Where ``row``'s per-seed variance comes from: its seeds, the board's pool, an assumed CV, or nowhere.
+    Never below the record's FID sampling variance: a run's FID varies at least that much from the
+    generated samples alone, whatever a few seeds happened to show."""
+    floor = _sampling_var(row)
     if row.n >= 2:
-        return SeedNoise(float(np.var(list(row.fids.values()), ddof=1)), row.n - 1, "measured",
+        return SeedNoise(max(float(np.var(list(row.fids.values()), ddof=1)), floor), row.n - 1, "measured",
                          f"measured over {row.n} seeds")
-    variance, df, count = pool
+    cv2, df, count = pool
+    if row.n == 0:  # no usable best FID (an unfinished run without an evaluation)
+        return SeedNoise(math.nan, math.nan, "unknown", "no best FID")
     if df >= 1:
-        return SeedNoise(variance, df, "borrowed", f"1 seed; spread borrowed from {count} other row(s) "
-                         f"(pooled, {df} df)")
-    if seed_cv is not None and row.n == 1:
-        return SeedNoise((seed_cv * row.mean) ** 2 + _sampling_var(row), math.inf, "assumed",
+        return SeedNoise(max(cv2 * row.mean**2, floor), df, "borrowed",
+                         f"1 seed; seed CV {math.sqrt(cv2):.1%} borrowed from {count} other row(s) (pooled, {df} df)")
+    if seed_cv is not None:
+        return SeedNoise((seed_cv * row.mean) ** 2 + floor, math.inf, "assumed",
                          f"1 seed; seed CV {seed_cv:.1%} assumed")
     return SeedNoise(math.nan, math.nan, "unknown", "1 seed: rank not established (seed spread unknown)")
 
@@ -176,9 +188,11 @@ def variance_split(row: Row, noise: SeedNoise) -> tuple[float, float]:
 
 
 def _paired_seeds(a: Row, b: Row) -> list[int]:
-    shared = sorted(set(a.fids) & set(b.fids))
-    same = all(a.streams.get(s) and a.streams.get(s) == b.streams.get(s) for s in shared)
-    return shared if len(shared) >= 2 and same else []
+    """The seeds two rows are paired over: all of them, when both ran the same 2+ seeds with identical draws.
+    Rows whose seed sets differ are not paired: a gap over the shared seeds alone could have the other
+    sign than the gap of the means the board is ordered by."""
+    same = all(a.streams.get(s) and a.streams.get(s) == b.streams.get(s) for s in a.fids)
+    return sorted(a.fids) if set(a.fids) == set(b.fids) and a.n >= 2 and same else []
 
 
 def compare(a: Row, noise_a: SeedNoise, b: Row, noise_b: SeedNoise) -> Comparison:
@@ -186,7 +200,9 @@ def compare(a: Row, noise_a: SeedNoise, b: Row, noise_b: SeedNoise) -> Compariso
     shared = _paired_seeds(a, b)
     if shared:
         d = np.array([b.fids[s] - a.fids[s] for s in shared])
-        sd, n = float(np.std(d, ddof=1)), len(d)
+        # floored at the two FIDs' sampling variances: two seeds that agree by chance are not certainty (where
+        # the rows share sampling seeds their sampling errors correlate and the floor is conservative)
+        sd, n = math.sqrt(max(float(np.var(d, ddof=1)), _sampling_var(a) + _sampling_var(b))), len(d)
         gap = float(d.mean())
         kind = f"paired over {n} shared seeds"
         if sd == 0:
@@ -266,7 +282,7 @@ class Judgement:
 
 def judge(rows: list[Row], seed_cv: float | None = None) -> Judgement:
     """Every statistic of one board. ``rows`` are in the board's order (by mean best FID)."""
-    pool = pooled_variance(rows)
+    pool = pooled_relative_variance(rows)
     noises = [seed_noise(r, pool, seed_cv) for r in rows]
     intervals = [mean_interval(r, n) for r, n in zip(rows, noises)]
     comparisons = {(i, j): compare(rows[i], noises[i], rows[j], noises[j])
@@ -294,7 +310,9 @@ def judge(rows: list[Row], seed_cv: float | None = None) -> Judgement:
 
 
 def power(n: int, gap: float, sd: float, paired: bool, alpha: float = ALPHA) -> float:
-    """The chance a two-sided t test at ``alpha`` separates a true gap with n seeds per row."""
+    """The chance a two-sided t test at ``alpha`` separates a true gap with n seeds per row. On a board of m
+    pairs, power at alpha / m is a lower bound on the power under Holm: a p-value below alpha / m is
+    rejected at whatever step it comes (every smaller one is below its own threshold too)."""
     df = n - 1 if paired else 2 * n - 2
     se = sd / math.sqrt(n) if paired else sd * math.sqrt(2 / n)
     crit = float(stats.t.ppf(1 - alpha / 2, df))
@@ -305,19 +323,22 @@ def power(n: int, gap: float, sd: float, paired: bool, alpha: float = ALPHA) -> 
     return value
 
 
-def seeds_for_power(gap: float, sd: float, paired: bool, target: float = POWER, limit: int = 1000) -> int | None:
-    """The least seeds per row that give ``target`` power to separate ``gap`` at a per-seed SD ``sd``
-    (of paired differences when ``paired``); None when no spread is known, limit + 1 past ``limit``."""
+def seeds_for_power(gap: float, sd: float, paired: bool, target: float = POWER, limit: int = 1000,
+                    pairs: int = 1) -> int | None:
+    """The least seeds per row that give ``target`` power to separate ``gap`` at a per-seed SD ``sd`` (of
+    paired differences when ``paired``) on a board of ``pairs`` tested pairs (at alpha / pairs: see power);
+    None when no spread is known or the gap is 0, limit + 1 past ``limit``."""
+    alpha = ALPHA / max(pairs, 1)
     if sd is None or math.isnan(sd) or gap == 0 or math.isnan(gap):
         return None
     if sd == 0:
         return 2
     low, high = 2, limit + 1
-    if power(limit, gap, sd, paired) < target:
+    if power(limit, gap, sd, paired, alpha) < target:
         return limit + 1
     while low < high:  # power grows with n: the least n that reaches the target
         middle = (low + high) // 2
-        if power(middle, gap, sd, paired) >= target:
+        if power(middle, gap, sd, paired, alpha) >= target:
             high = middle
         else:
             low = middle + 1

@@ -70,9 +70,20 @@ def load_runs(results_dir: str | Path) -> tuple[pd.DataFrame, dict[str, dict], l
     return runs, records, unreadable
 
 
+def as_evaluated(record: dict) -> dict:
+    """A record's config with, for a completed run, the steps it was really evaluated at as its evaluation
+    points: best FID is the minimum over those, and a resumed run's config lists only the points it had
+    when it was last started (an extended run's earlier evaluations count in its best FID too)."""
+    config = record.get("config") or {}
+    steps = sorted({e["step"] for e in record.get("evaluations") or []})
+    if record.get("status") != "completed" or not steps:
+        return config
+    return {**config, "evaluation": {**(config.get("evaluation") or {}), "eval_points": steps}}
+
+
 def _row(path: Path, record: dict, defaults: dict) -> dict:
     """One run's row of the tidy frame (KeyError when a field every record has is missing)."""
-    config, profile = record.get("config") or {}, record.get("profile") or {}
+    config, profile = as_evaluated(record), record.get("profile") or {}
     timings, evaluation = record.get("timings") or {}, config.get("evaluation") or {}
     settings = json.dumps(result_settings(config), sort_keys=True, default=str)
     tier_default = record.get("tier_config") or _tier_default(record["task"], record["tier"], defaults)
@@ -200,7 +211,8 @@ def groups(runs: pd.DataFrame, include_incomplete: bool = False) -> pd.DataFrame
         best_mean, best_std = _mean_std(g["best_fid"])
         final_mean, final_std = _mean_std(g["final_fid"])
         sampling = g["best_fid_sampling_std"].dropna()
-        rows.append({**dict(zip(GROUP_KEY, key)), "seeds": len(g), "seed_list": ",".join(map(str, sorted(g["seed"]))),
+        rows.append({**dict(zip(GROUP_KEY, key)), "seeds": int(g["best_fid"].notna().sum()),
+                     "seed_list": ",".join(map(str, sorted(g["seed"]))),
                      "incomplete": int((g["status"] != "completed").sum()),
                      "best_fid_mean": best_mean, "best_fid_std": best_std, "best_fid_min": g["best_fid"].min(),
                      "sampling_std": sampling.mean() if len(sampling) else np.nan,
@@ -249,6 +261,9 @@ def leaderboards(grouped: pd.DataFrame, seed_cv: float | None = None) -> dict[tu
         g["noise_source"] = [n.source for n in judged.noises]
         g["seed_sd"], g["sampling_sd"] = [s[0] for s in splits], [s[1] for s in splits]
         above = [None] + [judged.comparisons[i - 1, i] for i in range(1, len(g))]
+        g["gap_sd"] = [np.nan if d is None else d.sd for d in above]  # what the seeds-needed sentence sizes with
+        g["gap_paired"] = [d is not None and d.paired for d in above]
+        g["pairs_tested"] = sum(c.known for c in judged.comparisons.values())
         g["gap_to_above"] = [np.nan if d is None else d.gap for d in above]
         g["gap_low"] = [np.nan if d is None else d.low for d in above]
         g["gap_high"] = [np.nan if d is None else d.high for d in above]
@@ -258,10 +273,11 @@ def leaderboards(grouped: pd.DataFrame, seed_cv: float | None = None) -> dict[tu
                                      for i, d in enumerate(above)]
         g["tied"] = [i > 0 and not g["separated_from_above"].iloc[i] for i in range(len(g))]
         verdicts = judged.verdicts
-        g.insert(0, "rank", [v.rank for v in verdicts])
-        g.insert(1, "rank_high", [v.rank_high for v in verdicts])
-        g["rank_text"] = ["not established" if n.source == "unknown" else v.rank_text
-                          for v, n in zip(verdicts, judged.noises)]
+        # no rank is claimed for these (a row alone on its board is first of one)
+        unknown = [n.source == "unknown" and len(g) > 1 for n in judged.noises]
+        g.insert(0, "rank", [np.nan if u else v.rank for v, u in zip(verdicts, unknown)])
+        g.insert(1, "rank_high", [np.nan if u else v.rank_high for v, u in zip(verdicts, unknown)])
+        g["rank_text"] = ["not established" if u else v.rank_text for v, u in zip(verdicts, unknown)]
         g["with_best"] = [(0, i) not in judged.separated for i in range(len(g))]  # no test separates it from row 1
         g["verdict"] = [v.text for v in verdicts]
         g["ahead_of"] = [", ".join(v.ahead_of) for v in verdicts]
@@ -275,41 +291,42 @@ def leaderboards(grouped: pd.DataFrame, seed_cv: float | None = None) -> dict[tu
     return boards
 
 
-def top_gap(board: pd.DataFrame, seed_cv: float | None = None) -> str | None:
+def top_gap(board: pd.DataFrame) -> str | None:
     """One sentence on the two best rows: their gap with its interval, whether the board separates them, and
-    if not, how many seeds of each would give 80% power to separate a gap of that size."""
+    if not, how many seeds of each would give 80% power to separate a gap of that size on this board."""
     if len(board) < 2:
         return None
     first, second = board.iloc[0], board.iloc[1]
     names = (first["arch"], second["arch"]) if first["arch"] != second["arch"] else tuple(
         f"{r['arch']} ({r['arch_sha256'][:8]})" for r in (first, second))
-    gap = second["gap_to_above"]
+    gap = float(second["gap_to_above"])
+    if not gap > 0:
+        return (f"Top two: {names[0]} and {names[1]} have the same mean best FID ({first['best_fid_mean']:.2f}): "
+                f"no gap to separate.")
     head = f"Top two: {names[0]} leads {names[1]} by {gap:.2f} FID"
+    pairs = max(1, len(board) * (len(board) - 1) // 2)
+    board_note = "" if pairs == 1 else f" on this board of {pairs} pairs (at Holm's strictest level)"
     if pd.isna(second["gap_low"]):
-        cv_low, cv_high = noise.FIELD_SEED_CV
         mean = float(first["best_fid_mean"])
-        fewest, most = (noise.seeds_for_power(gap, cv * mean, paired=False) for cv in (cv_low, cv_high))
+        fewest, most = (noise.seeds_for_power(gap, cv * mean, False, pairs=pairs) for cv in noise.FIELD_SEED_CV)
         seeds = str(fewest) if fewest == most else f"{fewest} to {most}"
         return (head + ": not tested, since a row has one seed and no seed-to-seed spread to borrow or assume "
                 "(rank not established). At the seed-to-seed CV the literature reports for FID (1-2%, an assumption, "
-                f"not measured here), about {seeds} seeds of each would give "
-                "80% power to separate a gap this size; or pass --seed-cv to assume one.")
+                f"not measured here), about {seeds} seeds of each would give 80% power to separate a gap this size"
+                f"{board_note}; or pass --seed-cv to assume one.")
     head += f" (95% interval {second['gap_low']:+.2f} to {second['gap_high']:+.2f}; {second['gap_kind']})"
     if second["separated_from_above"]:
         return head + ": separated from noise (Holm over the board's pairs)."
-    judged = noise.judge([noise_row(first), noise_row(second)], seed_cv)
-    c = judged.comparisons[0, 1]
-    needed = noise.seeds_for_power(gap, c.sd, c.paired)
     excludes_zero = second["gap_low"] > 0 or second["gap_high"] < 0
-    within = "within noise" if not excludes_zero else (
-        "not separated once the board's other pairs are counted (Holm)")
+    within = "within noise" if not excludes_zero else "not separated once the board's other pairs are counted (Holm)"
+    needed = noise.seeds_for_power(gap, float(second["gap_sd"]), bool(second["gap_paired"]), pairs=pairs)
     if needed is None:
         return head + f": {within}."
     more = f"more than {needed - 1}" if needed > 1000 else f"about {needed}"
-    return (head + f": {within}. At the spread seen ({c.sd:.2f} FID per seed"
-            + (" in the paired differences" if c.paired else "")
-            + f"), {more} seeds of each would give 80% power to separate a gap this size (the observed gap; the top "
-              "gap is biased upward by being the top, so that is a lower bound).")
+    return (head + f": {within}. At the spread seen ({second['gap_sd']:.2f} FID per seed"
+            + (" in the paired differences" if second["gap_paired"] else "")
+            + f"), {more} seeds of each would give 80% power to separate a gap this size{board_note} (the observed "
+              "gap; the top gap is biased upward by being the top, so that is a lower bound).")
 
 
 def pareto_front(cost: np.ndarray, fid: np.ndarray) -> np.ndarray:

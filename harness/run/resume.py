@@ -41,8 +41,11 @@ def check_resumable(state: dict, fingerprint: dict, architecture: registry.Archi
             f"run cannot resume. Pass --fresh to start over (or restore the file)."
         )
     after = fingerprint
-    # a field added to the task since the checkpoint was written counts as its default there
-    before = {**{k: v for k, v in field_defaults().items() if k in after}, **state.get("fingerprint", {})}
+    # a field added to the task since the checkpoint was written counts as its default there; one declared
+    # resumable since then is left out of both sides, as it is of fingerprints written now
+    resumable = set(fields_where(resumable=True))
+    stored = {k: v for k, v in state.get("fingerprint", {}).items() if k not in resumable}
+    before = {**{k: v for k, v in field_defaults().items() if k in after}, **stored}
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     if "device type" in changed:
         raise HarnessError(

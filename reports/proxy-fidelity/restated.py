@@ -51,7 +51,8 @@ def main() -> None:
     top = judged.comparisons[0, 1]
     lines += ["", f"Top two: {rows[0].name} leads {rows[1].name} by {top.gap:.2f} ({top.kind}, 95% interval "
               f"{top.low:+.2f} to {top.high:+.2f}); seeds of each for 80% power at that spread: "
-              f"{noise.seeds_for_power(top.gap, top.sd, top.paired)}.", ""]
+              f"{noise.seeds_for_power(top.gap, top.sd, top.paired, pairs=len(judged.comparisons))} "
+              f"(on this board of {len(judged.comparisons)} pairs, at Holm's strictest level).", ""]
     target = {r.name: {s: (f, 1.0) for s, f in r.fids.items()} for r in rows}
     proxies = {500: {a: {int(s): (float(f), 1.0) for s, f in zip(g["seed"], g["early_fid"])}
                      for a, g in runs.groupby("arch")}}
