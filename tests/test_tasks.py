@@ -179,3 +179,34 @@ def test_the_loaders_choices_are_the_declared_ones(monkeypatch):
     assert spec.sampling.timestep_spacing == "middle"
     with pytest.raises(HarnessError, match="training.log_with must list values among 'tensorboard', 'wandb'"):
         resolve_task("shapes", "smoke", {"training.log_with": ["tensorboard", "comet"]})
+
+
+def test_a_checkpoint_from_before_a_field_became_resumable_still_resumes(tmp_path):
+    """Checkpoints written before training.channels_last was declared resumable hold it in their fingerprint;
+    a resume leaves it out of both sides, as fingerprints written now do."""
+    import torch
+
+    from harness.protocol import registry
+    from harness.run.resume import check_resumable, run_fingerprint
+
+    arch = registry.Architecture("standard", tmp_path / "standard.py", built_sha256="abc")
+    now = run_fingerprint(resolve_task("shapes", "smoke"), torch.device("cpu"), "fp32")
+    assert "training.channels_last" not in now
+    state = {"arch_sha256": "abc", "fingerprint": {**now, "training.channels_last": "cuda"}}
+    check_resumable(state, now, arch, tmp_path / "checkpoint.pt")  # no refusal
+    with pytest.raises(HarnessError, match="sampling.steps"):  # a result setting still refuses
+        check_resumable({**state, "fingerprint": {**now, "sampling.steps": 10}}, now, arch, tmp_path / "c.pt")
+
+
+def test_a_sweep_reruns_a_completed_cell_that_trained_at_another_precision():
+    """training.autocast_devices is no result setting (a record says the precision it used), but it decides the
+    precision: a completed fp32 CPU run is not the cell a bf16-on-CPU sweep asks for."""
+    import types
+
+    from harness.sweep import _same_config
+
+    on_gpu_only = resolve_task("shapes", "smoke", {"training.precision": "bf16"})
+    on_cpu_too = resolve_task("shapes", "smoke", {"training.precision": "bf16", "training.autocast_devices": ["cpu"]})
+    done = types.SimpleNamespace(config=on_gpu_only.to_dict(), precision="fp32", eval_precision="fp32")
+    assert _same_config(done, on_gpu_only, "cpu")  # bf16 autocasts on CUDA only: on a CPU it trained in fp32
+    assert not _same_config(done, on_cpu_too, "cpu")  # the same result settings, but this cell trains in bf16
