@@ -1,7 +1,7 @@
 """``harness export-model``: a run's trained weights as a folder diffusers loads."""
 from __future__ import annotations
 
-from harness.cli.options import RAW
+from harness.cli.options import RAW, add_trust_option
 
 
 def add_parser(sub) -> None:
@@ -23,11 +23,17 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="the folder to write (must not exist, unless --force)")
     p.add_argument("--raw", action="store_true", help="the trained weights instead of their EMA")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_trust_option(p, "the run's")
 
 
 def execute(args) -> int:
+    from pathlib import Path
+
+    from harness.run import checkpoints
     from harness.run.export_model import export_model
 
+    if args.trust_checkpoint:
+        checkpoints.trust(Path(args.run_folder), print)
     meta = export_model(args.run_folder, args.out, raw=args.raw, force=args.force)
     unfinished = "" if meta["status"] == "completed" else f" (the run is {meta['status']}: not its last step)"
     print(f"Wrote {args.out}: {meta['arch']}/{meta['tier']}/seed{meta['seed']}, {meta['weights']} weights at step "

@@ -29,6 +29,15 @@ def add_run_options(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_trust_option(p, whose: str) -> None:
+    """--trust-checkpoint (harness/run/checkpoints.py trust): run, sweep and export-model."""
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help=f"read {whose} checkpoint although it holds objects the safe loader refuses (the harness "
+                        f"says when): once, with Python's unrestricted unpickler, which runs any code the file names, "
+                        f"then rewritten in the safe form. Only for a file you trust, e.g. one an older harness "
+                        f"wrote (docs/running.md)")
+
+
 def add_pool_options(p, unit: str) -> None:
     """The options of a study over the Ray pool (sweep: ``unit`` run; search: trial)."""
     p.add_argument("--address", help="Ray cluster to join: auto (one started with `ray start --head`) or HOST:PORT "

@@ -1,7 +1,7 @@
 """``harness run``: train and evaluate one architecture at one tier, print its FIDs and record."""
 from __future__ import annotations
 
-from harness.cli.options import RAW, add_run_options, overrides
+from harness.cli.options import RAW, add_run_options, add_trust_option, overrides
 
 
 def add_parser(sub) -> None:
@@ -21,11 +21,28 @@ def add_parser(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model for training (same as --set training.compile=true)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
+    add_trust_option(p, "the run's")
+
+
+def trust_run_folder(args) -> None:
+    """--trust-checkpoint: the run folder's checkpoints rewritten in the safe form before any process of
+    the run reads them (the folder as Run names it)."""
+    from harness.protocol import registry
+    from harness.protocol.tasks import resolve_task
+    from harness.run import checkpoints
+    from harness.run.records import run_dir
+
+    seed = {"seed": args.seed} if args.seed is not None else {}
+    spec = resolve_task(args.task, args.tier, {**overrides(args), **seed})
+    folder = run_dir(args.results_dir, spec.name, registry.find_architecture(args.arch).name, spec.tier, spec.seed)
+    checkpoints.trust(folder, print)
 
 
 def execute(args) -> int:
     from harness.launch import run
 
+    if args.trust_checkpoint and not args.fresh:  # --fresh removes the checkpoints unread
+        trust_run_folder(args)
     record = run(args.task, args.arch, args.tier, args.seed, device=args.device, results_dir=args.results_dir,
                  data_dir=args.data_dir, overrides=overrides(args), fresh=args.fresh, progress=not args.no_progress,
                  devices=args.devices)

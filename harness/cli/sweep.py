@@ -5,7 +5,7 @@ import json
 import sys
 
 from harness.cli.estimate import before_study, estimate_text
-from harness.cli.options import RAW, add_pool_options, add_run_options, comma_list, overrides
+from harness.cli.options import RAW, add_pool_options, add_run_options, add_trust_option, comma_list, overrides
 from harness.run.signals import interrupt_exit_code
 
 
@@ -31,6 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", help="comma list of seeds (default: the task's, 42)")
     add_run_options(p)
     add_pool_options(p, "run")
+    add_trust_option(p, "each run's")
     p.add_argument("--dry-run", action="store_true", help="print the cells, which are skipped or resumed, the "
                                                           "resources asked for and the estimate; start no run")
     p.add_argument("--no-estimate", action="store_true", help="with --dry-run: do not measure what the cells will "
@@ -93,6 +94,11 @@ def execute(args) -> int:
             estimate = plan["estimate"]
             print(estimate_text(estimate) if "runs" in estimate else f"No estimate: {estimate['skipped']}.")
         return 0
+    if args.trust_checkpoint:  # here, before any worker reads one
+        from harness.run import checkpoints
+
+        for cell in sweep.cells:
+            checkpoints.trust(cell.folder, lambda line: print(line, file=out))
     try:
         manifest = sweep.execute()
     except KeyboardInterrupt as interrupt:

@@ -4,23 +4,53 @@ A run folder holds ``checkpoint.pt`` (the latest) and ``checkpoint.prev.pt`` (th
 A checkpoint that cannot be read (truncated by a full disk, a half-finished copy between
 machines) is set aside as ``checkpoint.pt.corrupt`` and the run resumes from the previous one,
 saying so; with no readable one left, the error names the file and what to do.
+
+A checkpoint is data, never code: it is read with torch's restricted unpickler (``weights_only``),
+which builds tensors, numbers, strings and their containers and imports nothing, because run folders
+travel (a shared results folder, a colleague's copy, a downloaded run given to export-model) and a
+crafted pickle runs any code it names when read the ordinary way. ``save`` holds to that form, a file
+that needs more is refused naming ``--trust-checkpoint``, and ``trust`` (that option) rewrites a file
+the user vouches for in the safe form.
 """
 from __future__ import annotations
 
 import os
 import pickle
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from harness.errors import HarnessError
 from harness.files import atomic_torch_save
+from harness.run.locks import RunLock
 from harness.run.records import CHECKPOINT_FILE
 
 PREVIOUS_FILE = "checkpoint.prev.pt"
 NEXT_FILE = f".{CHECKPOINT_FILE}.next"  # complete, not yet in place
+TRUST_OPTION = "--trust-checkpoint"
+
+# What the restricted unpickler builds besides tensors and containers (exact types: a subclass, a
+# namedtuple say, is a class it would have to import)
+_LEAVES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
+_CONTAINERS = (dict, OrderedDict, list, tuple, set)
+
+
+class UntrustedCheckpoint(HarnessError):
+    """A checkpoint that names classes or functions the restricted unpickler refuses: only Python's own
+    unpickler reads it, and that one runs whatever the file names."""
+
+    def __init__(self, path: Path, names: list[str]):
+        named = f" (it names {', '.join(sorted(names)[:4])}{', ...' if len(names) > 4 else ''})" if names else ""
+        super().__init__(
+            f"The checkpoint {path} holds objects that only Python's unrestricted unpickler can read{named}, and "
+            f"reading it that way could run any code the file contains, so the harness does not read it. If you "
+            f"trust where it comes from (your own run, written by an older version of the harness), pass "
+            f"{TRUST_OPTION} once: the file is read that way and rewritten in the safe form, and the command goes "
+            f"on. Otherwise delete the run's checkpoints (or run it with --fresh) to start it over.")
 
 
 def save(directory: Path, state: dict) -> None:
@@ -29,7 +59,7 @@ def save(directory: Path, state: dict) -> None:
     Between the two renames ``checkpoint.pt`` is missing; ``load`` then puts the complete new one
     in place."""
     path, previous, pending = directory / CHECKPOINT_FILE, directory / PREVIOUS_FILE, directory / NEXT_FILE
-    atomic_torch_save(pending, state)
+    atomic_torch_save(pending, safe_form(state, "the checkpoint's state"))
     if path.exists():
         os.replace(path, previous)
     os.replace(pending, path)
@@ -44,15 +74,101 @@ def remove(directory: Path) -> None:
         (directory / name).unlink(missing_ok=True)
 
 
+def safe_form(obj: Any, where: str) -> Any:
+    """``obj`` as the restricted unpickler reads it back: numpy scalars become Python numbers and numpy
+    arrays tensors; containers are copied only where something inside them changed (a module's state
+    dict keeps its ``_metadata``). Anything else is a TypeError naming where it is: a programming error
+    at ``save``, an old checkpoint's content at ``trust``."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray) and obj.dtype != object:
+        return torch.from_numpy(obj)
+    if type(obj) in (torch.Tensor, torch.nn.Parameter) or type(obj) in _LEAVES:
+        return obj
+    if type(obj) not in _CONTAINERS:
+        raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}")
+    if isinstance(obj, dict):
+        pairs = [(safe_form(k, f"a key of {where}"), safe_form(v, f"{where}[{k!r}]")) for k, v in obj.items()]
+        if all(k is old_k and v is old_v for (k, v), (old_k, old_v) in zip(pairs, obj.items())):
+            return obj
+        new = type(obj)(pairs)
+    else:
+        items = [safe_form(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        if all(v is old for v, old in zip(items, obj)):
+            return obj
+        new = type(obj)(items)
+    if getattr(obj, "__dict__", None):  # OrderedDict attributes (a state dict's _metadata) go along
+        new.__dict__.update(obj.__dict__)
+    return new
+
+
 def _read(path: Path) -> Any:
-    # on the CPU first: RNG states must stay CPU tensors; load_state_dict moves the rest
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only (see the module's docstring); on the CPU first: RNG states must stay CPU tensors,
+    # load_state_dict moves the rest
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        names = _unsafe_names(path)
+        if names is None:  # nothing it names is refused: the pickle itself is damaged
+            raise
+        raise UntrustedCheckpoint(path, names) from None
+
+
+def _unsafe_names(path: Path) -> list[str] | None:
+    """The classes and functions ``path`` names that the restricted unpickler refuses, found by reading
+    the pickle's opcodes (nothing is imported or called); None where it names none or cannot be parsed."""
+    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if scan is None:  # torch < 2.5 cannot list them: a refusal is taken as one
+        return []
+    try:
+        return scan(path) or None
+    except (*DAMAGE, ValueError, KeyError):
+        return None
 
 
 # What torch.load raises for a file that is not a whole checkpoint: the zip reader's RuntimeError
-# ("failed finding central directory"), or a pickle cut short. OSError (permissions, a stale NFS
-# handle) is not damage to the file and propagates as it is.
-DAMAGE = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
+# ("failed finding central directory"), a pickle cut short or garbled (one that names classes the
+# restricted unpickler refuses is UntrustedCheckpoint instead), or the KeyError of the legacy reader
+# on a file that is no zip at all. OSError (permissions, a stale NFS handle) is not damage to the
+# file and propagates as it is.
+DAMAGE = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError)
+
+
+def trust(directory: Path, log: Callable[[str], None]) -> None:
+    """``--trust-checkpoint``: each checkpoint in ``directory`` that only the unrestricted unpickler reads is
+    read that way (the user vouches for it) and rewritten, atomically, in the safe form; then everything
+    reads it as usual. A damaged one is left for ``load`` to explain; another process's run folder is
+    refused (RunLocked) rather than rewritten under it."""
+    untrusted = []
+    for path in (directory / name for name in (CHECKPOINT_FILE, PREVIOUS_FILE, NEXT_FILE)):
+        try:
+            if path.exists():
+                _read(path)
+        except UntrustedCheckpoint:
+            untrusted.append(path)
+        except DAMAGE:
+            pass
+    if not untrusted:
+        return
+    with RunLock(directory):
+        for path in untrusted:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False)  # the user's word: see above
+            except DAMAGE:
+                continue
+            except (ImportError, AttributeError) as exc:  # a class of a module (or version) not installed here
+                raise HarnessError(f"The checkpoint {path} cannot be read even with {TRUST_OPTION}: {exc}. It was "
+                                   f"written with code this Python does not have; delete the run's checkpoints "
+                                   f"(or run it with --fresh) to start it over.") from None
+            try:
+                converted = safe_form(state, "its content")
+            except TypeError as exc:
+                raise HarnessError(f"The checkpoint {path} cannot be rewritten in the safe form: {exc}, which is "
+                                   f"not data the harness stores. Delete the run's checkpoints (or run it with "
+                                   f"--fresh) to start it over.") from None
+            atomic_torch_save(path, converted)
+            log(f"{TRUST_OPTION}: {path} was read with Python's unrestricted unpickler and rewritten in the safe "
+                f"form; it is read safely from now on.")
 
 
 def load(directory: Path, log: Callable[[str], None]) -> dict | None:
