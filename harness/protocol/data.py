@@ -3,7 +3,9 @@ folder of your own images (harness/protocol/folder_data.py).
 
 Each ends as one uint8 tensor ``[N,3,S,S]`` on the training device (CIFAR-10 train is 150 MB),
 and ``ImageBatches`` draws shuffled, flipped, [-1,1]-scaled batches from it with device ops
-only: no DataLoader workers and no per-step host work.
+only: no DataLoader workers and no per-step host work. A dataset larger than ``HOST_SHARE`` of the
+GPU's memory (a large folder) stays in host memory instead, and each batch is gathered there into
+pinned memory and copied to the GPU asynchronously (``keep_on_host``).
 """
 from __future__ import annotations
 
@@ -185,16 +187,44 @@ def load_images(spec: DataSpec, data_dir: str | Path | None = None) -> np.ndarra
     raise HarnessError(f"Unknown dataset '{spec.dataset}': use 'cifar10', 'shapes' or 'folder'.")
 
 
+# A dataset above this share of the GPU's memory stays on the host: the model, its optimizer state, the
+# activations and the sampler need the rest (64 px: 200,000 images are 2.5 GB, 1.28 million 15.7 GB).
+HOST_SHARE = 0.25
+
+
+def keep_on_host(nbytes: int, device_memory: int | None, share: float = HOST_SHARE) -> bool:
+    """Whether a dataset of ``nbytes`` stays in host memory rather than going to a device of ``device_memory``
+    bytes in all (None: the device is the host's own memory, a CPU or Apple's unified memory: nothing to decide)."""
+    return device_memory is not None and nbytes > share * device_memory
+
+
+def _device_memory(device: torch.device) -> int | None:
+    return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+
+
 class ImageBatches:
-    """Epoch-shuffled batches from a uint8 image tensor that lives on the training device.
+    """Epoch-shuffled batches from a uint8 image tensor that lives on the training device (or, above
+    ``HOST_SHARE`` of a GPU's memory or with ``on_host``, in host memory: see ``keep_on_host``).
 
     ``next(gen)`` -> float32 ``[B,3,32,32]`` in [-1,1], each image flipped left-right with
     probability 1/2. Every random draw comes from ``gen`` (on the device), and the position in
-    the epoch is part of ``state_dict``, so a resumed run sees exactly the same batches.
+    the epoch is part of ``state_dict``, so a resumed run sees exactly the same batches; both
+    placements draw the same numbers and so give the same batches. ``placement`` says which was chosen.
     """
 
-    def __init__(self, images: np.ndarray | torch.Tensor, batch_size: int, device: torch.device, flip: bool = True):
-        self.images = torch.as_tensor(images).to(device)  # uint8 [N,3,32,32]
+    def __init__(self, images: np.ndarray | torch.Tensor, batch_size: int, device: torch.device, flip: bool = True,
+                 on_host: bool | None = None):
+        images = torch.as_tensor(images)  # uint8 [N,3,S,S]; shares a numpy array's memory
+        nbytes, memory = images.numel() * images.element_size(), _device_memory(device)
+        self.on_host = keep_on_host(nbytes, memory) if on_host is None else on_host
+        # not pinned as a whole: that would copy the data once more and lock it; each batch is (in _gather)
+        self.images = images if self.on_host else images.to(device)
+        self.placement = "on the device"
+        if self.on_host:
+            why = f"above {HOST_SHARE:.0%} of the GPU's {memory / 1e9:.1f} GB" if on_host is None else "as asked"
+            self.placement = (f"in host memory ({nbytes / 1e9:.2f} GB, {why}): each batch is gathered into pinned "
+                              f"memory and copied to the device asynchronously")
+        self.host_order = torch.empty(0, dtype=torch.int64)  # this epoch's permutation on the host, to gather there
         if batch_size > len(self.images):
             raise HarnessError(f"Batch size {batch_size} is larger than the dataset ({len(self.images)} images).")
         self.batch_size = batch_size
@@ -206,18 +236,31 @@ class ImageBatches:
     def next(self, gen: torch.Generator) -> torch.Tensor:
         if self.position + self.batch_size > len(self.order):  # new epoch; drop the ragged tail
             self.order = torch.randperm(len(self.images), generator=gen, device=self.device)
+            self.host_order = self.order.cpu() if self.on_host else self.host_order  # one sync an epoch
             self.position = 0
-        index = self.order[self.position : self.position + self.batch_size]
+        span = slice(self.position, self.position + self.batch_size)
         self.position += self.batch_size
-        x = self.images[index].float().div_(127.5).sub_(1.0)  # [B,3,32,32] in [-1,1]
+        batch = self._gather(self.host_order[span]) if self.on_host else self.images[self.order[span]]
+        x = batch.float().div_(127.5).sub_(1.0)  # [B,3,S,S] in [-1,1]
         if self.flip:
             flip = torch.rand(self.batch_size, 1, 1, 1, generator=gen, device=self.device) < 0.5
             x = torch.where(flip, x.flip(3), x)
         return x
+
+    def _gather(self, index: torch.Tensor) -> torch.Tensor:
+        """The host-held images at ``index`` (int64 [B], on the host), uint8 [B,3,S,S] on the device. A CUDA
+        copy from pinned memory with non_blocking returns at once (the host goes on queueing the step's
+        kernels); torch's pinned-memory cache keeps the buffer from reuse until that copy has run. Untested
+        on a GPU here: tests/test_folder_data.py checks on the CPU that it gives the device path's batches."""
+        pin = self.device.type == "cuda"
+        staging = torch.empty((len(index), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+        torch.index_select(self.images, 0, index, out=staging)
+        return staging.to(self.device, non_blocking=pin)
 
     def state_dict(self) -> dict:
         return {"order": self.order.cpu(), "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
         self.order = state["order"].to(self.device)
+        self.host_order = state["order"].cpu() if self.on_host else self.host_order
         self.position = state["position"]

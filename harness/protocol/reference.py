@@ -26,7 +26,7 @@ from harness.errors import HarnessError
 from harness.files import atomic_write_bytes
 from harness.protocol.data import cache_dir
 from harness.protocol.fid import InceptionFeatures, mean_cov, symmetric_sqrt
-from harness.protocol.folder_data import folder_identity
+from harness.protocol.folder_data import SUBSET_RULE, folder_identity, sample_indices
 from harness.protocol.spec import SHAPE_KINDS, DataSpec, EvaluationSpec
 
 KID_FEATURES = 10_000  # features kept for KID (clean-fid's KID draws subsets of at most 1000)
@@ -71,7 +71,8 @@ def reference_key(data: DataSpec, evaluation: EvaluationSpec, weights_id: str, r
         if data.background != "gradient":
             dataset.update(background=data.background)
     elif data.dataset == "folder":  # the folder's listing: a changed folder gets a new reference
-        dataset.update(folder_identity(data))
+        # and the rule that draws the reference's images and KID's features from it (a new rule: a new cache)
+        dataset.update(folder_identity(data), reference_subset=SUBSET_RULE, seed=data.seed)
     elif data.num_images:
         dataset.update(num_images=data.num_images)
     return {"data": dataset, "reference": reference or evaluation.reference, "images": evaluation.reference_images,
@@ -203,19 +204,33 @@ def get_reference(
             return _load(path, substitution)
         images = load_images()
         check_reference_size(data, evaluation, len(images))
-        if evaluation.reference_images:
-            images = images[: evaluation.reference_images]
+        images, sampled = reference_subset(data, evaluation, images)
         bar = progress_factory(len(images)) if progress_factory else None
         feats = features.of_array(images, evaluation.feature_batch_size, progress=bar)
         if bar is not None:
             bar.close()
         mu, sigma = mean_cov(feats)
-        _save(path, key, mu, sigma, feats, f"computed from {len(images)} training images", len(images))
+        _save(path, key, mu, sigma, feats, f"computed from {len(images)} training images{sampled}", len(images))
         return _load(path, substitution, computed=True)
 
 
+def reference_subset(data: DataSpec, evaluation: EvaluationSpec, images: np.ndarray) -> tuple[np.ndarray, str]:
+    """The images the reference is computed from (uint8 [n,3,S,S]) and how they were chosen, for its source.
+    A folder's are a seeded uniform sample (a folder sorted by class would give its first classes); CIFAR-10's
+    and shapes' stay the first n, so that their cached references keep their keys and their meaning."""
+    count = evaluation.reference_images
+    if not count or count >= len(images):
+        return images, ""
+    if data.dataset == "folder":
+        return (images[sample_indices(len(images), count, data.seed, "reference")],
+                f" (a uniform random sample of the {len(images)}, seeded by data.seed={data.seed})")
+    return images[:count], ""  # their source text as before: the report's fixtures and records hold it
+
+
 def _save(path: Path, key: dict, mu, sigma, kid, source: str, count: int) -> None:
-    if kid is not None and len(kid) > KID_FEATURES:
-        kid = kid[np.linspace(0, len(kid) - 1, KID_FEATURES).astype(int)]
+    if kid is not None and len(kid) > KID_FEATURES:  # a folder's by its subset rule; the others' strided, as cached
+        folder = key["data"]["dataset"] == "folder"
+        kid = kid[sample_indices(len(kid), KID_FEATURES, key["data"]["seed"], "kid") if folder
+                  else np.linspace(0, len(kid) - 1, KID_FEATURES).astype(int)]
     _save_atomic(path, mu=mu, sigma=sigma, kid_features=kid if kid is not None else np.zeros((0, 2048), np.float32),
                  source=np.array(source), num_images=np.array(count), key=np.array(json.dumps(key)))

@@ -42,8 +42,9 @@ class DataSpec:
     # pixels per side: cifar10 32; shapes 32, or 16 or 8 (drawn at 32, area-averaged); folder 32 or 64
     image_size: int = 32
     horizontal_flip: bool = True  # random left-right flip of each training image
-    num_images: int | None = None  # shapes: how many to generate; cifar10: None = the whole split
-    seed: int = 0  # shapes: generator seed (the dataset, not the run)
+    # shapes: how many to generate; cifar10: None = the whole split; folder: a seeded uniform sample of the files
+    num_images: int | None = None
+    seed: int = 0  # shapes: generator seed; folder: seeds its subsets (the dataset, not the run)
     max_shapes: int = 3  # shapes: each image has 1 to this many shapes (at most 3)
     shape_radius: tuple[float, ...] = (4.0, 10.0)  # shapes: [min, max] size in pixels, drawn uniformly
     shape_kinds: tuple[str, ...] = setting(SHAPE_KINDS, choices=SHAPE_KINDS)  # shapes: the kinds drawn from, uniformly
