@@ -156,3 +156,28 @@ def test_shape_variant_settings_are_checked_and_name_their_reference():
             resolve_task("shapes", "smoke", overrides)
     with pytest.raises(HarnessError, match="data.image_size must be 32 for the cifar10 dataset"):
         resolve_task("cifar10", "smoke", {"data.image_size": 16})
+
+
+class _TouchOnLoad:
+    """Unpickling it calls Path.touch: what a crafted file could do instead."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return Path.touch, (Path(self.marker),)
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_unrun(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar_folder(folder)
+    marker = tmp_path / "ran"
+    (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": _TouchOnLoad(marker)}, protocol=2))
+    refusal = r"data_batch_3 is not a CIFAR-10 batch: it names __builtin__.getattr.*could run code"
+    with pytest.raises(HarnessError, match=refusal):
+        data.load_cifar10(tmp_path, download=False)
+    assert not marker.exists()
+    pickle.loads((folder / "data_batch_3").read_bytes())  # the same bytes, unpickled plainly, do run it
+    assert marker.exists()

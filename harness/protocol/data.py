@@ -9,6 +9,7 @@ pinned memory and copied to the GPU asynchronously (``keep_on_host``).
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tarfile
@@ -35,8 +36,27 @@ def cache_dir() -> Path:
 # ----------------------------------------------------------------------------- CIFAR-10
 
 
+# What a CIFAR-10 batch's pickle may name: numpy's array rebuilding (under numpy 1's and 2's module names) and
+# the codec Python 3 uses for bytes in protocol 2. Anything else could run code when unpickled, and a real batch
+# never holds it (a downloaded or copied file is data, not code).
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}")
+        return super().find_class(module, name)
+
+
 def _decode_cifar_batch(blob: bytes, name: str) -> np.ndarray:
-    batch = pickle.loads(blob, encoding="bytes")
+    try:
+        batch = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except pickle.UnpicklingError as exc:
+        raise HarnessError(f"CIFAR-10 file {name} is not a CIFAR-10 batch: {exc}, which a batch never holds and which "
+                           f"could run code if it were unpickled, so it was not. Delete it and download CIFAR-10 again "
+                           f"(or pass --data-dir with a copy you trust).") from None
     data = np.asarray(batch[b"data"], dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise HarnessError(f"CIFAR-10 file {name} has data of shape {data.shape}; expected [N, 3072].")
