@@ -105,7 +105,7 @@ def prepare(options: dict, devices: int, *, local: bool = True):
 def held_run_folder(directory: Path, options: dict, log):
     """The run folder's lock and log, held by the launcher for all its processes; a fresh start
     is made here, not in the processes (one could read a file that another removes)."""
-    from harness.run import checkpoints, locks
+    from harness.run import checkpoints, locks, tracking
     from harness.run.folder import LOG_FILE, RunLog
     from harness.run.records import RECORD_FILE
 
@@ -113,6 +113,7 @@ def held_run_folder(directory: Path, options: dict, log):
         if options.get("fresh"):
             checkpoints.remove(directory)
             (directory / RECORD_FILE).unlink(missing_ok=True)
+            tracking.clear(directory)  # TensorBoard's files; W&B and MLflow start new runs
         yield run_log
 
 

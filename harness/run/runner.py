@@ -189,7 +189,7 @@ class Run:
         self.record.substitutions = self.substitutions
         info = RunInfo(spec.name, self.architecture.name, spec.tier, spec.seed, self.directory, spec.to_dict(),
                        self.tags)
-        self.trackers = Trackers(list(spec.training.log_with) if self.world.is_main else [], info, self.log)
+        self.trackers = Trackers(list(spec.training.log_with) if self.world.is_main else [], info, self.log, self.fresh)
 
     def resume(self) -> None:
         """Continue from the newest readable checkpoint, if there is one and its settings match."""
