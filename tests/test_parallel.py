@@ -225,14 +225,43 @@ def test_device_auto_without_a_gpu_refuses_a_gpu_tier_as_one_process_does(tmp_pa
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
 
 
+# Loaded by every Python process of a run through PYTHONPATH: counts each rank's stop collectives
+# (World.any across processes), the one the training loop makes to agree on a stop.
+COUNT_STOP_COLLECTIVES = """
+import os
+
+import harness.world as world
+
+_any = world.World.any
+
+
+def counted(self, flag):
+    if self.distributed:
+        with open(os.path.join(os.environ["STOP_COLLECTIVES"], f"rank{self.rank}"), "a") as f:
+            f.write("1 ")
+    return _any(self, flag)
+
+
+world.World.any = counted
+"""
+
+
 @pytest.mark.slow  # two processes load torch and Inception (about 35 s on 2 cores)
 def test_device_auto_without_a_gpu_is_a_recorded_substitution_with_two_processes(tmp_path, tiny_arch):
+    """Also: the ranks agree on a stop once per log interval, not after every step (a collective each time)."""
     from conftest import FAST
 
+    site, counts = tmp_path / "site", tmp_path / "counts"
+    site.mkdir(), counts.mkdir()
+    (site / "sitecustomize.py").write_text(COUNT_STOP_COLLECTIVES)
     done = cli("run", "--task", "shapes", "--arch", str(tiny_arch), "--tier", "smoke", "--device", "auto",
                "--devices", "2", "--results-dir", str(tmp_path), "--no-progress", *sets(FAST),
-               env=dict(NO_GPU, OMP_NUM_THREADS="2"))
+               env=dict(NO_GPU, OMP_NUM_THREADS="2", PYTHONPATH=str(site), STOP_COLLECTIVES=str(counts)))
     assert done.returncode == 0, done.stdout + done.stderr
+    # 6 steps logged every 2: asked at steps 2, 4 and 6 (the last also ends the segment), 3 times per rank, not 6
+    asked = {p.name: len(p.read_text().split()) for p in counts.iterdir()}
+    per_rank = FAST["training.steps"] // FAST["training.log_every"]
+    assert asked == {"rank0": per_rank, "rank1": per_rank} and per_rank == 3
     record = RunRecord.load(folder(tmp_path, "tiny") / "record.json")
     assert record.processes["count"] == 2 and record.device["type"] == "cpu"
     (note,) = [n for n in record.substitutions if n["what"] == "device"]

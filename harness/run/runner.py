@@ -59,15 +59,14 @@ class Run:
     ``train_to`` (one training segment up to an evaluation point), ``evaluate``, ``finish``.
     ``execute`` strings them together; ``run()`` is ``Run(...).execute()``.
 
-    ``should_stop(step)`` is asked after every step: True checkpoints and raises RunInterrupted
-    (as Ctrl-C does). ``on_evaluation(evaluation)`` is told of every evaluation once it is saved
-    (a sweep or a search reads FID from it as the run goes).
+    ``should_stop(step)`` is asked after every step (with several processes, at each log interval): True
+    checkpoints and raises RunInterrupted (as Ctrl-C does). ``on_evaluation(evaluation)`` is told of every
+    evaluation once it is saved (a sweep or a search reads FID from it as the run goes).
 
     With a ``world`` of several processes (started by harness/launch/local.py) every rank runs these
-    phases in step; a stop is agreed on by all ranks at the same step, and rank 0 alone writes
-    (log, checkpoints, record, grids): the launcher holds the folder's lock. ``asked_device``: what the
-    user asked for where a launcher resolved ``device`` already ("auto" -> "cpu"); the refusal and note go by it.
-    """
+    phases in step; a stop is agreed on by all ranks at the same step, and rank 0 alone writes (log, checkpoints,
+    record, grids): the launcher holds the folder's lock. ``asked_device``: what the user asked for where a
+    launcher resolved ``device`` already ("auto" -> "cpu"); the refusal and note go by it."""
 
     def __init__(self, task: str = "cifar10", arch: str = "standard", tier: str = "smoke", seed: int | None = None, *,
                  device: str = "auto", results_dir: str | Path = "results", data_dir: str | Path | None = None,
@@ -202,9 +201,8 @@ class Run:
             record.created_at = state.get("created_at", record.created_at)
             record.reference = state.get("reference", record.reference)
             record.samples_png = state.get("samples_png", record.samples_png)
-            for note in state.get("substitutions", []):  # what the earlier process of this run fell back to
-                if note not in self.substitutions:
-                    self.substitutions.append(note)
+            # what the earlier process of this run fell back to
+            self.substitutions += [n for n in state.get("substitutions", []) if n not in self.substitutions]
             for evaluation in list(record.evaluations):
                 record.add_evaluation(evaluation)
             self.log(f"Resuming {self.spec.name}/{self.architecture.name}/{self.spec.tier}/seed{self.spec.seed} from "
@@ -227,7 +225,9 @@ class Run:
             self.bar.update(1)
             at_log = trainer.step % training.log_every == 0
             at_ckpt = trainer.step % training.checkpoint_every == 0
-            stopping = self._stop_requested()
+            # under DDP asking is a collective (over the network across nodes): at logs, checkpoints, a segment's end
+            asks = not self.world.distributed or at_log or at_ckpt or trainer.step == point
+            stopping = asks and self._stop_requested()
             if at_log or at_ckpt or stopping or trainer.step == point:
                 # the loss curve gets a point every log_every steps and at the last step,
                 # wherever a run was interrupted
