@@ -235,3 +235,94 @@ def test_resolve_without_a_seed_spread_is_a_clear_error_before_anything_is_measu
     err = capsys.readouterr().err
     assert "--resolve takes a fraction of the FID" in err and "Traceback" not in err
     assert time.perf_counter() - start < 30  # no burst ran
+
+
+def test_successive_halving_waits_for_each_promotion_and_is_simulated_as_the_search_promotes():
+    from harness.measure.estimate import halving_makespan
+
+    hour = 3600.0
+    plan = [[1 * hour] * 27, [4 * hour] * 9, [16 * hour] * 3]
+    # 39 slots hold every run at once, but a promotion waits for the tier below: 1 h, then 4 h, then 16 h;
+    # a makespan of independent runs said 16 h
+    assert makespan([d for tier in plan for d in tier], 39) == 16 * hour
+    assert halving_makespan(plan, 39, 3) == 21 * hour
+    assert halving_makespan(plan, 39) == 21 * hour  # the reduction inferred from the counts, 27 / 9
+    assert halving_makespan(plan, 1, 3) == (27 + 36 + 48) * hour  # one slot: every run after the other
+    # 2 slots, 10 trials, reduction 3: ASHA promotes after the 3rd, 6th and 9th first-tier finish; a free slot
+    # takes a promotion before a new trial: t=2: 4 done, the first promoted (2..6) beside trial 5 (2..3);
+    # t=4: 6 done, the second (4..8); trials 7, 8 on the slot free at 6; t=8: trials 9, 10 (8..9); t=9: 10 done,
+    # the third (9..13); t=13: 3 done at tier 1, the 16 s run: 29
+    assert halving_makespan([[1.0] * 10, [4.0] * 3, [16.0]], 2, 3) == 29.0
+    # a resumed search whose first tier has 2 runs left (of 10, 8 finished): 2 promotions start at once (0..4), the
+    # third waits for the last first-tier run (2..6), then the 16 s run: 22, not the 36 of waiting for 9 more
+    assert halving_makespan([[1.0] * 2, [4.0] * 3, [16.0]], 3, 3) == 22.0
+    for slots in (1, 2, 5, 39):  # never under the chain of one run per tier, nor under device time / slots
+        wall = halving_makespan(plan, slots, 3)
+        assert wall >= 21 * hour and wall >= sum(map(sum, plan)) / slots
+
+
+def test_the_estimate_command_plans_several_tiers_as_the_search_does(monkeypatch, capsys):
+    from harness.cli import estimate as cli
+
+    seen = {}
+
+    def fake(archs, tiers, **kwargs):  # the arithmetic after the bursts, at made-up per-tier costs
+        seen.update(kwargs)
+        return {"device": {"name": "cpu", "type": "cpu"}, "task": "shapes", "runs": [], "notes": [],
+                "measured_seconds": 0.0, "study": {"runs": 0, "slots": 1, "device_hours": 0.0, "wall_seconds": 0.0}}
+
+    monkeypatch.setattr("harness.measure.estimate.estimate", fake)
+    from harness.cli.main import main
+
+    assert main(["estimate", "--task", "shapes", "--tier", "smoke,demo,small", "--trials", "27", "--device",
+                 "cpu", "--reduction", "3"]) == 0
+    assert seen["trials"] == {"smoke": 27, "demo": 9, "small": 3} and seen["reduction"] == 3
+    assert main(["estimate", "--task", "shapes", "--tier", "smoke", "--trials", "27", "--device", "cpu"]) == 0
+    assert seen["trials"] == 27
+    capsys.readouterr()
+    assert cli.devices_note(1) == [] and cli.devices_note(None) == []
+    (note,) = cli.devices_note(4)
+    assert "one process" in note and "--devices 4" in note and "not modelled" in note
+
+
+def test_a_search_over_tiers_prices_every_promotion_and_waits_for_it(monkeypatch):
+    from harness.measure import estimate as est
+
+    costs = {"smoke": 100.0, "demo": 400.0}
+
+    def measure(self, arch, tier):
+        predicted = {p: 0.0 for p in PIECES}
+        predicted.update(training=costs[tier], total=costs[tier])
+        return {"arch": arch, "tier": tier, "predicted": predicted, "reference_file": "ref"}
+
+    monkeypatch.setattr(est.Estimator, "measure", measure)
+    result = est.estimate(["standard"], ["smoke", "demo"], task="shapes", trials={"smoke": 9, "demo": 3}, slots=12,
+                          reduction=3)
+    study = result["study"]
+    assert study["runs"] == 12 and study["device_seconds"] == 9 * 100 + 3 * 400
+    assert study["wall_seconds"] == 100 + 400 and "promoted in finishing order" in study["schedule"]
+    text = __import__("harness.cli.estimate", fromlist=["x"]).estimate_text(
+        dict(result, runs=[], device={"name": "cpu", "type": "cpu"}, measured_seconds=0.0))
+    assert "9 at smoke, 3 at demo as planned by successive halving" in text and "0:08:20 wall on 12" in text
+
+
+def test_the_sampling_burst_splits_a_batch_into_fixed_and_per_step_costs(tiny_arch):
+    """The burst times 2 and 6 DDIM steps: the slope is a step, the intercept the batch's fixed cost (generators,
+    noise, scheduler, to_uint8), and a batch at the task's steps is fixed + steps x step, not a 3-step timing
+    scaled by steps/3. How close that is to a timed whole batch is a measurement, not a test (timings on a shared
+    VM): docs/estimate/sampling_burst.py prints it, and docs/estimate.md gives the figures."""
+    import types
+
+    import torch
+
+    from harness.measure import bursts
+    from harness.protocol import registry
+
+    spec = resolve_task("shapes", "smoke", {"sampling.steps": 50})
+    device = torch.device("cpu")
+    _, model = registry.load(str(tiny_arch), {"BLOCK_OUT_CHANNELS": "16"}, device, 0, spec.data.image_size)
+    burst = bursts.sampling_burst(types.SimpleNamespace(ema_model=lambda: model), spec, device)
+    assert burst["sampling_steps_timed"] == [2, 6] and burst["sampling_fixed_seconds"] >= 0
+    assert burst["sampling_step_seconds"] > 0
+    assert burst["sampling_batch_seconds"] == pytest.approx(
+        burst["sampling_fixed_seconds"] + 50 * burst["sampling_step_seconds"])

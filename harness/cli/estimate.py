@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
                "  python -m harness estimate --arch all --tier small,medium,large --device cuda --json\n"
                "  python -m harness estimate --arch standard,full_attn --tier small --seed 42,43,44 --gpus 8\n"
                "  python -m harness estimate --tier small --trials 64 --gpus 8   # a search's 64 trials\n"
+               "  python -m harness estimate --tier smoke,small,medium --trials 27 --gpus 8   # 27, 9, 3 promoted\n"
                "  python -m harness estimate --arch standard,full_attn --tier small --resolve 2% --seed-cv 1.5%",
     )
     p.add_argument("--arch", default="standard",
@@ -37,8 +38,12 @@ def add_parser(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any task field")
     p.add_argument("--data-dir", help="folder holding CIFAR-10 (its loading is timed when it is there)")
     p.add_argument("--seed", help="comma list of seeds: each is one more run of every (arch, tier)")
-    p.add_argument("--trials", type=int, help="a search: this many trials per tier, each at the mean of the "
-                                              "measured architectures (default: the three baselines)")
+    p.add_argument("--trials", type=int, help="a search: this many trials, each at the mean of the measured "
+                                              "architectures (default: the three baselines); over several tiers "
+                                              "the first tier's, the rest promoted as `search` promotes them")
+    p.add_argument("--reduction", type=int, default=3,
+                   help="with --trials and several tiers: each tier promotes the best 1/REDUCTION of the one below, "
+                        "as `search --reduction` (default: 3)")
     p.add_argument("--gpus", type=int, help="runs at once for the study's wall time (default: this machine's GPUs; "
                                             "1 on a CPU)")
     p.add_argument("--burst-seconds", type=float, default=1.0, help="seconds of timed training steps per (arch, "
@@ -229,7 +234,7 @@ def estimate_text(result: dict) -> str:
                     if isinstance(trials, dict) else f"{trials} trials per tier")
         lines.append(f"{study['runs']} runs" + (f" ({per_tier}; {study['note']})" if "trials" in study else "")
                      + f": {study['device_hours']:.2f} device-hours, {_clock(study['wall_seconds'])} wall on "
-                       f"{study['slots']} at once.")
+                       f"{study['slots']} at once" + (f" ({study['schedule']})." if "schedule" in study else "."))
     if "resolve" in result:
         lines += resolve_text(result["resolve"], device)
     lines += [f"note: {n}" for n in result["notes"]]
@@ -239,11 +244,23 @@ def estimate_text(result: dict) -> str:
     return "\n".join(lines)
 
 
+def devices_note(devices: int | None) -> list[str]:
+    """What an estimate does not model about ``run --devices N`` (N processes per run)."""
+    if not devices or devices <= 1:
+        return []
+    return [f"each run is estimated as one process: the {devices} processes per run (--devices {devices}) are not "
+            f"modelled, so a run's training may take up to {devices}x less than this (less the gradient all-reduce "
+            f"and the launcher: `python -m harness bench --scaling {devices}` measures that) and its slots count "
+            f"runs, not devices"]
+
+
 def before_study(task: str, allocation: dict, overrides_: dict, data_dir, runs: list[tuple[str, str, int]],
-                 trials: int | dict | None = None) -> dict:
+                 trials: int | dict | None = None, reduction: int | None = None) -> dict:
     """The estimate a sweep's dry run and a search print for ``runs`` (arch, tier, step each resumes from),
     measured here on the device type and with the threads the allocation gives each run, for its slots (a
-    reason instead where this machine lacks that device: a plan made on a laptop for a GPU cluster)."""
+    reason instead where this machine lacks that device: a plan made on a laptop for a GPU cluster).
+    ``trials`` per tier over several tiers is successive halving with ``reduction`` (inferred from the
+    counts when not given)."""
     import torch
 
     from harness.measure.estimate import estimate
@@ -255,9 +272,11 @@ def before_study(task: str, allocation: dict, overrides_: dict, data_dir, runs: 
     archs = list(dict.fromkeys(arch for arch, _, _ in runs))
     tiers = list(dict.fromkeys(tier for _, tier, _ in runs))
     threads = allocation.get("torch_threads_per_run") if device == "cpu" else None
-    return estimate(archs, tiers, task=task, device=torch.device(device), overrides=overrides_, data_dir=data_dir,
-                    trials=trials, left=None if trials else runs, slots=allocation["max_parallel"],
-                    threads=threads, progress=lambda msg: print(msg, file=sys.stderr))
+    result = estimate(archs, tiers, task=task, device=torch.device(device), overrides=overrides_, data_dir=data_dir,
+                      trials=trials, left=None if trials else runs, slots=allocation["max_parallel"],
+                      threads=threads, progress=lambda msg: print(msg, file=sys.stderr), reduction=reduction)
+    result["notes"] += devices_note(allocation.get("devices_per_run"))
+    return result
 
 
 def execute(args) -> int:
@@ -280,10 +299,15 @@ def execute(args) -> int:
     seeds = comma_list(args.seed, "seed", int) if args.seed else [None]
     tiers = comma_list(args.tier, "tier")
     spreads = resolve_spreads(args, tiers)  # before anything is measured: a bad --resolve costs no bursts
+    trials = args.trials
+    if trials and len(tiers) > 1:  # several tiers: the search's successive halving, e.g. 27, 9, 3
+        from harness.search.rungs import check_reduction, planned
+
+        trials = dict(zip(tiers, planned(trials, len(tiers), check_reduction(args.reduction))))
     result = estimate(archs, tiers, task=args.task, device=device, overrides=overrides(args),
-                      data_dir=args.data_dir, repeats=len(seeds), trials=args.trials, slots=slots,
+                      data_dir=args.data_dir, repeats=len(seeds), trials=trials, slots=slots,
                       min_seconds=args.burst_seconds, startup=startup,
-                      progress=lambda msg: print(msg, file=sys.stderr))
+                      progress=lambda msg: print(msg, file=sys.stderr), reduction=args.reduction)
     if spreads is not None:
         result["resolve"] = resolve(result["runs"], fraction(args.resolve, "resolve"), spreads, slots)
     if args.json:

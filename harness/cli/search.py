@@ -73,7 +73,8 @@ def _estimate_printer(args, out):
             return
         runs = [(arch, tier, 0) for tier in left for arch in ("standard", "full_attn", "no_attn")]
         trials = left if "," in args.tier else next(iter(left.values()))  # per tier, named, with several
-        estimate = before_study(args.task, allocation, overrides(args), args.data_dir, runs, trials=trials)
+        estimate = before_study(args.task, allocation, overrides(args), args.data_dir, runs, trials=trials,
+                                reduction=args.reduction)
         print(estimate_text(estimate) if "runs" in estimate else f"No estimate: {estimate['skipped']}.", file=out)
     return print_estimate
 

@@ -6,8 +6,11 @@ a warm-up and with the device synchronised before every clock read. It returns s
 training step, per sampling batch, per image, per evaluation); ``estimate.py`` multiplies them by the
 counts of a whole run. What is scaled rather than run whole, and why:
 
-- sampling: a batch runs ``SAMPLING_STEPS`` of its DDIM steps, times steps / SAMPLING_STEPS (each step
-  is one forward pass and one scheduler update of the same shape);
+- sampling: a batch is timed at 2 and 6 DDIM steps (``SAMPLING_STEPS``): the slope is a step's cost (one
+  forward pass and one scheduler update of the same shape), the intercept the batch's fixed cost (its
+  per-sample generators and noise, the scheduler's set-up, to_uint8), paid once per batch whatever the
+  steps. Scaling a 3-step batch by steps / 3 counted the fixed cost 50/3 times (about 0.24 s a batch too
+  much on the project's CPU at cifar10/small);
 - features: one whole feature batch (a part of one under-predicted the demo tier's 128-image batches on a
   CPU: 0.075 s per image timed on 64 of them, 0.10 s per image in the run);
 - scoring: above ``SCORING_ROWS`` generated images the FID's matrix products grow linearly with the
@@ -43,7 +46,7 @@ from harness.protocol.spec import TaskSpec
 from harness.protocol.trainer import Trainer, sampling_dtype
 from harness.run import checkpoints
 
-SAMPLING_STEPS = 3
+SAMPLING_STEPS = (2, 6)  # the two step counts a sampling batch is timed at
 SCORING_ROWS = 4096
 
 
@@ -105,23 +108,35 @@ def train_burst(model: torch.nn.Module, spec: TaskSpec, device: torch.device, mi
 
 
 def sampling_burst(trainer: Trainer, spec: TaskSpec, device: torch.device) -> dict:
-    """One sampling batch of the evaluation (its size and precision) through SAMPLING_STEPS DDIM steps."""
+    """One sampling batch of the evaluation (its size and precision): a batch's seconds are its fixed cost plus
+    a step's cost times the task's steps, both from timings at SAMPLING_STEPS (a task with no more steps
+    than the larger is timed whole)."""
     batch = min(spec.sampling.batch_size, spec.evaluation.num_samples)
-    steps = min(SAMPLING_STEPS, spec.sampling.steps)
-    short = dataclasses.replace(spec.sampling, steps=steps)
     seeds = sample_seeds(spec.seed, batch)
     amp = sampling_dtype(spec, device)
     model = trainer.ema_model()
 
-    def sample(sampling) -> None:
+    def sample(steps: int) -> None:
+        sampling = dataclasses.replace(spec.sampling, steps=steps)
         to_uint8(ddim_sample(model, spec.diffusion, sampling, seeds, device, amp, spec.data.image_size))
 
-    sample(dataclasses.replace(spec.sampling, steps=2))  # warm-up: the first no-grad forwards at this batch
+    sample(1)  # warm-up: the first no-grad forwards at this batch
+    low, high = SAMPLING_STEPS
     with PeakMemory(device) as memory:
-        took = seconds(lambda: sample(short), device)
-    batch_seconds = took / steps * spec.sampling.steps
-    return {"sampling_batch": batch, "sampling_steps_timed": steps, "sampling_batch_seconds": batch_seconds,
-            "sampling_images_per_sec": batch / batch_seconds, "sampling_peak_memory_mb": memory.peak_mb}
+        if spec.sampling.steps <= high:
+            batch_seconds = seconds(lambda: sample(spec.sampling.steps), device)
+            per_step, fixed = batch_seconds / spec.sampling.steps, None
+        else:
+            short, long = seconds(lambda: sample(low), device), seconds(lambda: sample(high), device)
+            per_step = (long - short) / (high - low)
+            if per_step <= 0:  # the timings' noise exceeded 4 steps: no split, the longer timing scaled whole
+                per_step, fixed = long / high, 0.0
+            fixed = max(0.0, short - low * per_step)
+            batch_seconds = fixed + per_step * spec.sampling.steps
+    return {"sampling_batch": batch, "sampling_steps_timed": [spec.sampling.steps] if fixed is None else [low, high],
+            "sampling_step_seconds": per_step, "sampling_fixed_seconds": fixed,
+            "sampling_batch_seconds": batch_seconds, "sampling_images_per_sec": batch / batch_seconds,
+            "sampling_peak_memory_mb": memory.peak_mb}
 
 
 def inception_burst(spec: TaskSpec, device: torch.device) -> tuple[dict, InceptionFeatures]:

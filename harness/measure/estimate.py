@@ -90,6 +90,40 @@ def makespan(durations: list[float], slots: int) -> float:
     return max(free)
 
 
+def halving_makespan(tiers: list[list[float]], slots: int, reduction: int | None = None) -> float:
+    """Wall time of a successive-halving search on ``slots`` workers: ``tiers[k]`` the durations of tier k's
+    runs in launch order. It simulates the asynchronous schedule harness/search/rungs.py drives: when n
+    distinct points of a tier have finished, the top n // reduction are promoted; a free slot takes a
+    promotion (the highest tier first) before a new first-tier trial. FIDs are unknown here, so a point is
+    assumed to rank among the top as soon as it finishes: the j-th promotion to tier k+1 waits for j x
+    reduction finishes at tier k (or, when tier k has fewer runs left than that, as a resumed search
+    has, for all but (promotions left - j) x reduction of them). Without ``reduction`` it is the ratio of
+    the tiers' counts. A promotion waits for the tier below, so no tier's runs overlap the whole of it."""
+    counts = [len(t) for t in tiers]
+    slots = max(1, slots)
+
+    def needed(k: int, j: int) -> int:  # finishes at tier k before the j-th (1-based) promotion to tier k+1
+        r = reduction or max(1, counts[k] // max(1, counts[k + 1]))
+        return max(0, min(j * r, counts[k] - (counts[k + 1] - j) * r))
+
+    started, finished = [0] * len(tiers), [0] * len(tiers)
+    running: list[tuple[float, int]] = []  # (finish time, tier)
+    clock = 0.0
+    while True:
+        while len(running) < slots:  # fill the free slots: promotions, the highest tier first, then tier 0
+            ready = [k for k in range(len(tiers) - 1, 0, -1)
+                     if started[k] < counts[k] and finished[k - 1] >= needed(k - 1, started[k] + 1)]
+            k = ready[0] if ready else (0 if started[0] < counts[0] else None)
+            if k is None:
+                break
+            heapq.heappush(running, (clock + tiers[k][started[k]], k))
+            started[k] += 1
+        if not running:
+            return clock
+        clock, k = heapq.heappop(running)
+        finished[k] += 1
+
+
 def study_totals(runs: list[tuple[dict, dict]], slots: int) -> dict:
     """Device-hours and wall time of runs in queue order, each an estimated (arch, tier) entry and the
     prediction of what it has to do. A reference is computed once per machine: only the first run that
@@ -220,11 +254,14 @@ class Estimator:
 def estimate(archs: list[str], tiers: list[str], task: str = "cifar10", device: torch.device | None = None,
              overrides: dict | None = None, data_dir=None, repeats: int = 1, trials: int | dict | None = None,
              left: list[tuple[str, str, int]] | None = None, slots: int = 1, threads: int | None = None,
-             min_seconds: float = 1.0, startup: float = 0.0, progress: Callable[[str], None] | None = None) -> dict:
+             min_seconds: float = 1.0, startup: float = 0.0, progress: Callable[[str], None] | None = None,
+             reduction: int | None = None) -> dict:
     """Measure every (arch, tier) and predict each run, and the study of them: ``repeats`` runs of each
     (seeds); or ``left``, the runs in queue order as (arch, tier, step it resumes from), as a sweep's plan
     has them; or with ``trials`` that many runs per tier at the mean cost of the measured architectures
-    (a search). ``threads``: the torch threads each run will have (a CPU sweep's share of the cores)."""
+    (a search; a dict of counts per tier over several tiers is successive halving, its wall time simulated
+    with ``reduction``: ``halving_makespan``). ``threads``: the torch threads each run will have (a CPU
+    sweep's share of the cores)."""
     device = device or torch.device("cpu")
     started, before = time.perf_counter(), torch.get_num_threads()
     torch.set_num_threads(threads or before)
@@ -239,15 +276,32 @@ def estimate(archs: list[str], tiers: list[str], task: str = "cifar10", device: 
               "device": device_info(device), "versions": library_versions(), "task": task,
               "overrides": dict(overrides or {}), "threads": threads or before, "runs": list(measured.values())}
     if trials:
-        per_tier = []
+        per_tier, by_tier = [], {}
         for tier in tiers:
             done = [r for (_, t), r in measured.items() if t == tier and "predicted" in r]
             if done:  # trials: a count per tier, or (successive halving) each tier's own count
                 mean = {p: sum(r["predicted"][p] for r in done) / len(done) for p in (*PIECES, "total")}
                 count = trials.get(tier, 0) if isinstance(trials, dict) else trials
-                per_tier += [({"predicted": mean, "reference_file": done[0]["reference_file"]}, mean)] * count
-        result["study"] = dict(study_totals(per_tier, slots), trials=trials,
-                               note="every trial run to the end: pruned trials stop early and cost less")
+                by_tier[tier] = [({"predicted": mean, "reference_file": done[0]["reference_file"]}, mean)] * count
+                per_tier += by_tier[tier]
+        study = dict(study_totals(per_tier, slots), trials=trials,
+                     note="every trial run to the end: pruned trials stop early and cost less")
+        if isinstance(trials, dict) and len(trials) > 1:
+            # successive halving: a tier's runs wait for promotions from the tier below, so its wall time is
+            # the simulated schedule, not a makespan of independent runs (that was under the chain itself)
+            durations, paid = [], set()
+            for tier in trials:
+                durations.append([])
+                for run, predicted in by_tier.get(tier, []):
+                    reference = predicted["reference"] if run["reference_file"] in paid else 0.0
+                    paid.add(run["reference_file"])
+                    durations[-1].append(predicted["total"] - reference)
+            study["wall_seconds"] = round(halving_makespan(durations, slots, reduction), 1)
+            study["reduction"] = reduction
+            study["schedule"] = ("successive halving simulated: a promotion waits for the tier below (ASHA, top "
+                                 f"1/{reduction or 'count ratio'} of the finished, promoted in finishing order: "
+                                 "FIDs are unknown before the runs)")
+        result["study"] = study
     else:
         def rest(arch: str, tier: str, from_step: int) -> tuple[dict, dict]:
             entry = measured[arch, tier]
