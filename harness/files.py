@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -131,15 +131,21 @@ def now() -> str:
 
 
 @contextlib.contextmanager
-def waiting(path: str | Path) -> Iterator[None]:
+def waiting(path: str | Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold an exclusive POSIX lock on ``path`` for the block, waiting for it as long as another process
     has it: one writer of a shared file (an FID reference) at a time, on one machine or over NFS. The
-    lock file is opened once and never by anyone else in this process, so the lock is not dropped early."""
+    lock file is opened once and never by anyone else in this process, so the lock is not dropped early.
+    ``on_wait`` is called once if another process holds it (a wait that may take minutes is said)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held elsewhere
+            if on_wait is not None:
+                on_wait()
+            fcntl.lockf(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock

@@ -296,6 +296,8 @@ class Sweep:
                          f"died; it resumes from its checkpoint")
         elif event["kind"] == "evaluation":
             self._set(cell, last_fid=event["fid"], last_eval_step=event["step"])
+        elif event["kind"] == "note":  # long work that is not training (an FID reference): said, not silent
+            self.say(f"note       {cell.key}: {event['text']}")
 
     def _on_outcome(self, cell: Cell, outcome: Outcome) -> None:
         self._finished.add(cell.key)

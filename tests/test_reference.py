@@ -33,8 +33,9 @@ barrier, me, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[4])
 (barrier / me).touch()
 while len(list(barrier.iterdir())) < count:
     time.sleep(0.01)
-ref = get_reference(spec.data, spec.evaluation, features, lambda: load_images(spec.data, None))
-print(json.dumps({"computed": ref.computed, "path": str(ref.path), "mu": ref.mu[:4].tolist()}))
+notes = []
+ref = get_reference(spec.data, spec.evaluation, features, lambda: load_images(spec.data, None), None, notes.append)
+print(json.dumps({"computed": ref.computed, "path": str(ref.path), "mu": ref.mu[:4].tolist(), "notes": notes}))
 """
 
 
@@ -50,6 +51,15 @@ def test_many_processes_needing_one_reference_compute_it_once(tmp_path):
     assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in outputs]
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     assert sum(r["computed"] for r in results) == 1  # one writer; the others waited and read its file
+    # the long work is announced, never silent: the writer says what it computes and when it is done, a process
+    # that finds another one computing says it waits
+    (writer,) = [r for r in results if r["computed"]]
+    assert [n.split(" (")[0] for n in writer["notes"][:1]] == [
+        "FID reference: computing the Inception features of 48 training images"]
+    assert writer["notes"][1].startswith("FID reference: computed from 48 images in ")
+    waited = [r for r in results if not r["computed"] and r["notes"]]
+    assert waited and all(r["notes"] == [f"FID reference: waiting for another process that is computing "
+                                         f"{Path(r['path']).name}"] for r in waited)
     assert len({r["path"] for r in results}) == 1 and len({json.dumps(r["mu"]) for r in results}) == 1
     leftovers = [p.name for p in (cache / "fid_refs").iterdir() if not p.name.endswith((".npz", ".lock"))]
     assert leftovers == []  # no temporary file left behind

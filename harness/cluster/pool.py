@@ -103,6 +103,17 @@ class Channel:
             self.stop_keys.add(key)
 
 
+def _notes(channel, key: str):
+    """A run's log lines go to its run.log only, but for the ones announcing long work that is not training (an
+    FID reference being computed: minutes), which the driver prints too, so that a run never looks hung."""
+    from harness.protocol.reference import NOTE
+
+    def forward(line: str) -> None:
+        if line.startswith(NOTE):
+            channel.report.remote(key, {"kind": "note", "text": line})
+    return forward
+
+
 def _start_channel():
     """The Channel actor, on the driver's node (it lives as long as the driver does), restarted by Ray
     whenever its process is lost, with calls to it retried meanwhile: a run never fails because the
@@ -162,8 +173,8 @@ def _execute(job: Job, channel, threads: int) -> Outcome:
         with _output_into(folder / LOG_FILE):
             record = _run_past_dead_holders(
                 lambda: run(job.task, job.arch, job.tier, job.seed, device=job.device, devices=job.devices,
-                            placement=job.placement, results_dir=job.results_dir,
-                            data_dir=job.data_dir, overrides=job.overrides, progress=False, log=None,
+                            placement=job.placement, results_dir=job.results_dir, data_dir=job.data_dir,
+                            overrides=job.overrides, progress=False, log=_notes(channel, job.key),
                             should_stop=should_stop, tags=job.tags,
                             on_evaluation=lambda e: channel.report.remote(job.key, {"kind": "evaluation", **e})))
         outcome.status = "completed"

@@ -48,12 +48,14 @@ def _sync(device: torch.device) -> None:
 
 class Evaluator:
     def __init__(self, spec: TaskSpec, device: torch.device, load_images: Callable[[], np.ndarray],
-                 autocast_dtype: torch.dtype | None = None, progress_factory=None):
+                 autocast_dtype: torch.dtype | None = None, progress_factory=None,
+                 announce: Callable[[str], None] | None = None):
         self.spec = spec
         self.device = device
         self.load_images = load_images
         self.autocast_dtype = autocast_dtype
         self.progress_factory = progress_factory  # (total, description) -> a tqdm-like bar, or None
+        self.announce = announce  # told of the reference's long work (the run's log)
         self.features = InceptionFeatures(device, spec.evaluation.inception_weights)
         self._reference: Reference | None = None
 
@@ -63,7 +65,8 @@ class Evaluator:
             bar = None
             if self.progress_factory:
                 bar = lambda n: self.progress_factory(n, "FID reference (once, then cached)")  # noqa: E731
-            self._reference = get_reference(self.spec.data, self.spec.evaluation, self.features, self.load_images, bar)
+            self._reference = get_reference(self.spec.data, self.spec.evaluation, self.features, self.load_images, bar,
+                                            self.announce)
         return self._reference
 
     def evaluate(self, ema_model: torch.nn.Module, step: int, world: World = SINGLE) -> EvaluationResult | None:

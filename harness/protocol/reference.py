@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,12 +171,16 @@ def check_reference_size(data: DataSpec, evaluation: EvaluationSpec, count: int)
                            f"images, or ask for fewer: --set evaluation.reference_images={count}.")
 
 
+NOTE = "FID reference: "  # starts every line that announces its long work (a sweep's driver prints them)
+
+
 def get_reference(
     data: DataSpec,
     evaluation: EvaluationSpec,
     features: InceptionFeatures,
     load_images: Callable[[], np.ndarray],
     progress_factory=None,
+    announce: Callable[[str], None] | None = None,
 ) -> Reference:
     """The cached reference, else clean-fid's (when configured and reachable), else computed.
 
@@ -184,13 +189,18 @@ def get_reference(
     together computes it once. When clean-fid's statistics are asked for but cannot be fetched, the
     reference is computed from the local data and cached under the key of a computed one (never under
     clean-fid's), and ``substitution`` on the result says why; when only their KID features cannot,
-    ``kid_substitution`` says why, and the next call tries them again."""
+    ``kid_substitution`` says why, and the next call tries them again. ``announce`` is told, in a line starting
+    with NOTE, of every step that may take minutes: a download, a wait for another process, a computation."""
+    say = announce or (lambda line: None)
     wanted = evaluation.reference.startswith("cleanfid:") and evaluation.reference_images is None
     key = reference_key(data, evaluation, features.weights_id)
     substitution = None
     if wanted:
         path = _cache_path(key)
-        with files.waiting(path.with_name(path.name + ".lock")):
+        with files.waiting(path.with_name(path.name + ".lock"), lambda: say(f"{NOTE}waiting for another process "
+                                                                           f"that is making {path.name}")):
+            if not path.is_file():
+                say(f"{NOTE}fetching clean-fid's statistics {evaluation.reference} (once, then cached)")
             reference, why = _cleanfid_reference(path, key, evaluation)
             if reference is not None:
                 return reference
@@ -199,18 +209,23 @@ def get_reference(
                         f"instead (cached as a computed reference)")
         key = reference_key(data, evaluation, features.weights_id, reference="dataset")
     path = _cache_path(key)
-    with files.waiting(path.with_name(path.name + ".lock")):
+    with files.waiting(path.with_name(path.name + ".lock"), lambda: say(f"{NOTE}waiting for another process "
+                                                                       f"that is computing {path.name}")):
         if path.is_file():
             return _load(path, substitution)
         images = load_images()
         check_reference_size(data, evaluation, len(images))
         images, sampled = reference_subset(data, evaluation, images)
+        start = time.perf_counter()
+        say(f"{NOTE}computing the Inception features of {len(images):,} training images{sampled} (once: later "
+            f"runs read {path.name} from the cache); this can take minutes on a CPU")
         bar = progress_factory(len(images)) if progress_factory else None
         feats = features.of_array(images, evaluation.feature_batch_size, progress=bar)
         if bar is not None:
             bar.close()
         mu, sigma = mean_cov(feats)
         _save(path, key, mu, sigma, feats, f"computed from {len(images)} training images{sampled}", len(images))
+        say(f"{NOTE}computed from {len(images):,} images in {time.perf_counter() - start:.0f} s")
         return _load(path, substitution, computed=True)
 
 

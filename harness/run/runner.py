@@ -176,7 +176,7 @@ class Run:
         def bar_factory(total: int, desc: str):
             return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not self.progress, dynamic_ncols=True)
 
-        self.evaluator = Evaluator(spec, dev, lambda: images, sampling_dtype(spec, dev), bar_factory)
+        self.evaluator = Evaluator(spec, dev, lambda: images, sampling_dtype(spec, dev), bar_factory, self.log)
         features = self.evaluator.features
         self.record.inception = {"path": str(features.path), "source": features.source,
                                  "weights_id": features.weights_id}

@@ -1,19 +1,17 @@
 """A search: an Optuna study whose trials are harness runs, executed on Ray like sweep cells.
 
-The driver owns the study (ask and tell; nothing else writes it). Each trial is a point of the
-space, written as an ordinary architecture file ``RESULTS_DIR/studies/<study>/<study>_t<N>.py``
-and run by the Ray pool's ``RayPool`` (harness/cluster/pool.py): the same protocol, record and
-checkpoint as ``run``, in the run folder ``RESULTS_DIR/<task>/<study>_t<N>/<tier>/seed<seed>``. FID
-at each evaluation point comes back through the pool's channel as the trial's intermediate value; a
-pruned trial's run is stopped (it checkpoints) and told PRUNED.
+The driver owns the study (ask and tell; nothing else writes it). Each trial is a point of the space, written as
+an architecture file ``RESULTS_DIR/studies/<study>/<study>_t<N>.py`` and run by the Ray pool (cluster/pool.py) as
+``run`` runs it, in ``RESULTS_DIR/<task>/<study>_t<N>/<tier>/seed<seed>``. FID at each evaluation point comes back
+through the pool's channel as the trial's intermediate value (its long work as notes); a pruned trial's run is
+stopped (it checkpoints) and told PRUNED.
 
-Resume: a trial left RUNNING by a killed driver is run again under the same number and its run
-continues from its checkpoint; finished trials are never redone; the baselines are enqueued once.
+Resume: a trial left RUNNING by a killed driver is run again under the same number and its run continues from its
+checkpoint; finished trials are never redone; the baselines are enqueued once.
 
-Several tiers (``tier="smoke,small,medium"``): successive halving, one study per rung in the same
-storage (harness/search/rungs.py). Rung 0 is the search above at the first tier; whenever a rung's
-finished points rank one among its top 1/reduction, it is enqueued in the next rung's study and run
-there at the next tier from rung 0's architecture file, in ``RESULTS_DIR/<task>/<study>_t<N>/<tier>``.
+Several tiers (``tier="smoke,small,medium"``): successive halving, one study per rung in one storage (rungs.py).
+Rung 0 is the search above at the first tier; whenever a rung's finished points rank one among its top 1/reduction,
+it is enqueued in the next rung's study, run at the next tier from rung 0's file in ``.../<study>_t<N>/<tier>``.
 
     Search(SearchSpec(task="shapes", tier="smoke", trials=5, overrides={"training.steps": 20})).execute()
 """
@@ -250,6 +248,8 @@ class Search:
                     for key, event in events:
                         if key in slots and event["kind"] == "evaluation":
                             self._on_evaluation(slots[key], event, pool)
+                        elif key in slots and event["kind"] == "note":  # long work that is not training
+                            self.say(f"note       trial {self._trial_name(slots[key])}: {event['text']}")
                     for outcome in outcomes:
                         slot = slots.pop(outcome.key)
                         if outcome.status == "locked" and slot.locked_tries < LOCKED_RETRIES and not stopping:
