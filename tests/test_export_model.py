@@ -108,6 +108,30 @@ def test_any_other_model_exports_as_safetensors_and_its_file_and_the_readme_load
     assert not all(torch.equal(saved[k], v) for k, v in load_file(out / "model.safetensors").items())  # EMA != raw
 
 
+def test_export_reads_a_run_folder_without_renaming_or_moving_anything(write_arch, tmp_path):
+    """A run may be live while it is exported: a checkpoint between save()'s two renames (only the pending
+    .checkpoint.pt.next there) and a damaged latest one beside its previous are read where they are."""
+    import os
+
+    _, folder, _ = trained(write_arch("tiny", TINY_ARCH), tmp_path / "results")
+
+    def listing():
+        return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+    os.replace(folder / "checkpoint.pt", folder / ".checkpoint.pt.next")
+    before = listing()
+    assert main(["export-model", str(folder), "--out", str(tmp_path / "pending")]) == 0
+    assert listing() == before
+    os.replace(folder / ".checkpoint.pt.next", folder / "checkpoint.pt")
+    (folder / "checkpoint.prev.pt").write_bytes((folder / "checkpoint.pt").read_bytes())
+    (folder / "checkpoint.pt").write_bytes(b"cut short")
+    before = listing()
+    assert main(["export-model", str(folder), "--out", str(tmp_path / "damaged")]) == 0
+    assert listing() == before and not (folder / "checkpoint.pt.corrupt").exists()
+    assert (load_file(tmp_path / "pending" / "model.safetensors").keys()
+            == load_file(tmp_path / "damaged" / "model.safetensors").keys())
+
+
 def test_bad_input_is_one_clear_message(tiny_arch, tmp_path, capsys):
     def error(*args):
         assert main(["export-model", *map(str, args)]) == 2

@@ -171,11 +171,16 @@ def trust(directory: Path, log: Callable[[str], None]) -> None:
                 f"form; it is read safely from now on.")
 
 
-def load(directory: Path, log: Callable[[str], None]) -> dict | None:
-    """The newest readable checkpoint in ``directory``, or None if there is none."""
+def load(directory: Path, log: Callable[[str], None], read_only: bool = False) -> dict | None:
+    """The newest readable checkpoint in ``directory``, or None if there is none. ``read_only``: nothing in the
+    folder is renamed or moved (export-model reading a run that may be live): a pending checkpoint is read
+    where it is and a damaged one left in place."""
     path, previous, pending = directory / CHECKPOINT_FILE, directory / PREVIOUS_FILE, directory / NEXT_FILE
     if not path.exists() and pending.exists():  # stopped between save()'s renames; pending is always whole
-        os.replace(pending, path)
+        if read_only:
+            path = pending
+        else:
+            os.replace(pending, path)
     if not path.exists():
         return _read_previous(previous, log, why=None) if previous.exists() else None
     try:
@@ -189,9 +194,10 @@ def load(directory: Path, log: Callable[[str], None]) -> dict | None:
                 f"if it came from elsewhere, or delete it (or pass --fresh) to start the run over."
             ) from exc
         state = _read_previous(previous, log, why=f"{path} cannot be read ({damage})")
-        corrupt = path.with_name(CHECKPOINT_FILE + ".corrupt")
-        os.replace(path, corrupt)  # only once the previous one has loaded
-        log(f"The damaged checkpoint was moved to {corrupt}.")
+        if not read_only:
+            corrupt = path.with_name(CHECKPOINT_FILE + ".corrupt")
+            os.replace(path, corrupt)  # only once the previous one has loaded
+            log(f"The damaged checkpoint was moved to {corrupt}.")
         return state
 
 

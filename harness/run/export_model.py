@@ -68,7 +68,7 @@ def read_run(folder: Path) -> tuple[RunRecord, dict]:
     if record is None:
         raise HarnessError(problem or f"{folder} holds no {RECORD_FILE}: it is not a run folder. Pass the folder of "
                            f"one run (results/<task>/<arch>/<tier>/seed<N>; `python -m harness report` lists them).")
-    state = checkpoints.load(folder, log=lambda message: None)
+    state = checkpoints.load(folder, log=lambda message: None, read_only=True)  # the run may be live: touch nothing
     if state is None:
         raise HarnessError(f"{folder} has a record but no checkpoint (status {record.status!r}, step {record.step}), "
                            f"so there are no weights to export. Run it again to train them.")
