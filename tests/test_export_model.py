@@ -87,6 +87,12 @@ def test_any_other_model_exports_as_safetensors_and_its_file_and_the_readme_load
     assert main(["export-model", str(folder), "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "architecture.py", "scheduler", "README.md",
                                                "harness_export.json"}
+    # the FID beside the weights is the one measured with them, at their step; the run's best is named as such
+    meta = __import__("json").loads((out / "harness_export.json").read_text())
+    last = record.evaluations[-1]
+    assert (meta["step"], meta["fid"], meta["fid_of"]) == (last["step"], last["fid"], "the EMA weights at this step")
+    assert (meta["run_best_fid"], meta["run_best_step"]) == (record.best_fid, record.best_step)
+    assert f"FID {last['fid']:.2f} at this step" in (out / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S)
     scope = {}
     for block in blocks:  # the loader, the sampler, and eight images: every line as the README has it
@@ -102,6 +108,8 @@ def test_any_other_model_exports_as_safetensors_and_its_file_and_the_readme_load
 
     raw = tmp_path / "raw"
     assert main(["export-model", str(folder), "--out", str(raw), "--raw"]) == 0
+    raw_meta = __import__("json").loads((raw / "harness_export.json").read_text())
+    assert raw_meta["fid"] is None and raw_meta["fid_of"] == "raw weights are never evaluated"
     trained_weights = torch.load(folder / "checkpoint.pt", weights_only=False)["trainer"]["model"]
     saved = load_file(raw / "model.safetensors")
     assert saved.keys() == trained_weights.keys() and all(torch.equal(saved[k], trained_weights[k]) for k in saved)

@@ -93,6 +93,16 @@ def trained_model(record: RunRecord, state: dict, spec: TaskSpec, raw: bool) -> 
     return model.eval(), arch.path
 
 
+def exported_fid(record: RunRecord, step: int, raw: bool) -> dict:
+    """The FID that belongs to the exported weights, and the run's best beside it, each with its step: the
+    weights are the last checkpoint's, and the best evaluation may be an earlier step (its weights are gone)."""
+    at_step = [e["fid"] for e in record.evaluations if e["step"] == step]
+    fid = at_step[-1] if at_step and not raw else None  # the FIDs were measured with the EMA weights
+    why = ("the EMA weights at this step" if fid is not None else "raw weights are never evaluated" if raw
+           else f"no evaluation at step {step}")
+    return {"fid": fid, "fid_of": why, "run_best_fid": record.best_fid, "run_best_step": record.best_step}
+
+
 def export_model(folder: str | Path, out: str | Path, *, raw: bool = False, force: bool = False) -> dict:
     """Write the run in ``folder`` to ``out`` (a new folder; ``force`` replaces one). Returns what
     ``harness_export.json`` holds."""
@@ -110,7 +120,7 @@ def export_model(folder: str | Path, out: str | Path, *, raw: bool = False, forc
             "arch_sha256": record.arch_sha256, "image_size": spec.data.image_size,
             "sampling_steps": spec.sampling.steps, "eta": spec.sampling.eta,
             "layout": "diffusers DDIMPipeline" if is_diffusers else "safetensors + architecture.py",
-            "best_fid": record.best_fid, "exported_at": now()}
+            **exported_fid(record, state["trainer"]["step"], raw), "exported_at": now()}
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     try:
         _write(staging, out.name, model, scheduler, meta, arch_path, is_diffusers)
@@ -140,8 +150,10 @@ def _write(folder: Path, name: str, model, scheduler, meta: dict, arch_path: Pat
 
 
 def readme(name: str, meta: dict, is_diffusers: bool) -> str:
+    fid = f"FID {meta['fid']:.2f} at this step" if meta["fid"] is not None else f"FID not measured ({meta['fid_of']})"
     title = (f"# {meta['arch']} / {meta['tier']} / seed {meta['seed']}: {meta['weights']} weights at step "
-             f"{meta['step']} ({meta['task']} task)\n\n")
+             f"{meta['step']} ({meta['task']} task)\n\n{fid}; the run's best: {meta['run_best_fid']} at step "
+             f"{meta['run_best_step']}.\n\n")
     if is_diffusers:
         return title + textwrap.dedent(f'''\
             Exported by `python -m harness export-model`. Load and sample it with diffusers:
