@@ -82,9 +82,10 @@ def make_report(results_dir: str | Path = "results", out: str | Path = "reports/
     return build_report(results_dir, out, filters, seed_cv)[0]
 
 
-def export_model(run_folder: str | Path, out: str | Path, *, raw: bool = False, force: bool = False) -> dict:
+def export_model(run_folder: str | Path, out: str | Path, *, raw: bool = False, force: bool = False,
+                 which: str = "best") -> dict:
     """A run's EMA (``raw``: trained) weights as a folder ``DDIMPipeline.from_pretrained`` loads, as
     ``harness export-model`` writes it; returns what its harness_export.json says."""
     from harness.run.export_model import export_model as write
 
-    return write(run_folder, out, raw=raw, force=force)
+    return write(run_folder, out, raw=raw, force=force, which=which)

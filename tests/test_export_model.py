@@ -107,7 +107,7 @@ def test_any_other_model_exports_as_safetensors_and_its_file_and_the_readme_load
     assert (ours / 2 + 0.5).clamp(0, 1).sub(images).abs().max() < 1e-5
 
     raw = tmp_path / "raw"
-    assert main(["export-model", str(folder), "--out", str(raw), "--raw"]) == 0
+    assert main(["export-model", str(folder), "--out", str(raw), "--raw", "--which", "last"]) == 0
     raw_meta = __import__("json").loads((raw / "harness_export.json").read_text())
     assert raw_meta["fid"] is None and raw_meta["fid_of"] == "raw weights are never evaluated"
     trained_weights = torch.load(folder / "checkpoint.pt", weights_only=False)["trainer"]["model"]
@@ -138,6 +138,38 @@ def test_export_reads_a_run_folder_without_renaming_or_moving_anything(write_arc
     assert listing() == before and not (folder / "checkpoint.pt.corrupt").exists()
     assert (load_file(tmp_path / "pending" / "model.safetensors").keys()
             == load_file(tmp_path / "damaged" / "model.safetensors").keys())
+
+
+def test_the_default_export_is_the_best_evaluations_weights_and_last_is_the_last_checkpoints(write_arch, tmp_path,
+                                                                                                 capsys):
+    """The run keeps the EMA weights of each new best evaluation (best_ema.safetensors): export-model exports
+    those by default, with their step and FID; --which last exports the last checkpoint's."""
+    from harness.run import checkpoints
+
+    arch = write_arch("tiny", TINY_ARCH)
+    record = run("shapes", str(arch), "smoke", device="cpu", results_dir=tmp_path / "results", progress=False,
+                 overrides=dict(SETTINGS, **{"evaluation.eval_points": [0, 2, 4]}), log=lambda message: None)
+    folder = tmp_path / "results" / "shapes" / "tiny" / "smoke" / "seed42"
+    kept, step, fid = checkpoints.load_best(folder)
+    assert (step, fid) == (record.best_step, record.best_fid) and len(record.evaluations) == 4
+    for which in ("best", "last"):
+        assert main(["export-model", str(folder), "--out", str(tmp_path / which), "--which", which]) == 0
+    best, last = (__import__("json").loads((tmp_path / which / "harness_export.json").read_text())
+                  for which in ("best", "last"))
+    assert (best["which"], best["step"], best["fid"]) == ("best", record.best_step, record.best_fid)
+    assert (last["step"], last["fid"]) == (6, record.evaluations[-1]["fid"])
+    exported = load_file(tmp_path / "best" / "model.safetensors")
+    assert all(torch.equal(exported[k], kept[k]) for k in exported)
+    # a run that kept no best weights (made before runs did): the last checkpoint's when they are the best's, else
+    # a refusal that says how to export the last ones
+    (folder / checkpoints.BEST_FILE).unlink()
+    if record.best_step == 6:
+        assert main(["export-model", str(folder), "--out", str(tmp_path / "again")]) == 0
+    else:
+        assert main(["export-model", str(folder), "--out", str(tmp_path / "again")]) == 2
+        assert "keeps no weights of its best evaluation" in " ".join(capsys.readouterr().err.split())
+    assert main(["export-model", str(folder), "--out", str(tmp_path / "raw"), "--raw"]) == 2
+    assert "pass --which last --raw" in " ".join(capsys.readouterr().err.split())
 
 
 def test_bad_input_is_one_clear_message(tiny_arch, tmp_path, capsys):

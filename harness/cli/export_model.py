@@ -21,7 +21,10 @@ def add_parser(sub) -> None:
     )
     p.add_argument("run_folder", metavar="RUN_FOLDER", help="a run's folder (results/<task>/<arch>/<tier>/seed<N>)")
     p.add_argument("--out", required=True, help="the folder to write (must not exist, unless --force)")
-    p.add_argument("--raw", action="store_true", help="the trained weights instead of their EMA")
+    p.add_argument("--which", choices=("best", "last"), default="best",
+                   help="best: the EMA weights of the run's best evaluation, the ones its leaderboard FID belongs "
+                        "to (default); last: its last checkpoint's")
+    p.add_argument("--raw", action="store_true", help="the trained weights instead of their EMA (with --which last)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     add_trust_option(p, "the run's")
 
@@ -34,10 +37,11 @@ def execute(args) -> int:
 
     if args.trust_checkpoint:
         checkpoints.trust(Path(args.run_folder), print)
-    meta = export_model(args.run_folder, args.out, raw=args.raw, force=args.force)
+    meta = export_model(args.run_folder, args.out, raw=args.raw, force=args.force, which=args.which)
     unfinished = "" if meta["status"] == "completed" else f" (the run is {meta['status']}: not its last step)"
+    fid = f"FID {meta['fid']:.2f}" if meta["fid"] is not None else "no FID measured"
     print(f"Wrote {args.out}: {meta['arch']}/{meta['tier']}/seed{meta['seed']}, {meta['weights']} weights at step "
-          f"{meta['step']}{unfinished}, as {meta['layout']}.")
+          f"{meta['step']} ({meta['which']}: {fid}){unfinished}, as {meta['layout']}.")
     if meta["layout"].startswith("diffusers"):
         print(f"  from diffusers import DDIMPipeline; pipe = DDIMPipeline.from_pretrained({str(args.out)!r})")
     else:

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
-from harness.files import atomic_torch_save
+from harness.files import atomic_torch_save, atomic_write_bytes
 from harness.run.locks import RunLock
 from harness.run.records import CHECKPOINT_FILE
 
 PREVIOUS_FILE = "checkpoint.prev.pt"
 NEXT_FILE = f".{CHECKPOINT_FILE}.next"  # complete, not yet in place
+BEST_FILE = "best_ema.safetensors"  # the EMA weights of the best evaluation so far
 TRUST_OPTION = "--trust-checkpoint"
 
 # What the restricted unpickler builds besides tensors and containers (exact types: a subclass, a
@@ -65,12 +66,33 @@ def save(directory: Path, state: dict) -> None:
     os.replace(pending, path)
 
 
+def save_best(directory: Path, model: torch.nn.Module, step: int, fid: float) -> None:
+    """The sampled (EMA) weights of a new best evaluation, atomically, as safetensors (data only): the weights
+    the leaderboard's number belongs to, which export-model exports by default. The step and FID ride along
+    in the file's metadata."""
+    from safetensors.torch import save
+
+    tensors = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
+    atomic_write_bytes(directory / BEST_FILE, save(tensors, metadata={"step": str(step), "fid": repr(float(fid))}))
+
+
+def load_best(directory: Path) -> tuple[dict, int, float] | None:
+    """(weights, step, FID) of the run's best evaluation, or None when the run kept none (made before it did)."""
+    from safetensors import safe_open
+
+    if not (directory / BEST_FILE).is_file():
+        return None
+    with safe_open(directory / BEST_FILE, "pt") as f:
+        meta = f.metadata()
+        return {name: f.get_tensor(name) for name in f.keys()}, int(meta["step"]), float(meta["fid"])
+
+
 def exists(directory: Path) -> bool:
     return any((directory / name).exists() for name in (CHECKPOINT_FILE, PREVIOUS_FILE, NEXT_FILE))
 
 
 def remove(directory: Path) -> None:
-    for name in (CHECKPOINT_FILE, PREVIOUS_FILE, NEXT_FILE):
+    for name in (CHECKPOINT_FILE, PREVIOUS_FILE, NEXT_FILE, BEST_FILE):
         (directory / name).unlink(missing_ok=True)
 
 

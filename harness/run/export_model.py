@@ -75,9 +75,11 @@ def read_run(folder: Path) -> tuple[RunRecord, dict]:
     return record, state
 
 
-def trained_model(record: RunRecord, state: dict, spec: TaskSpec, raw: bool) -> tuple[torch.nn.Module, Path]:
-    """The run's architecture at its widths on the CPU, with its EMA weights (the sampled ones; the live
-    model's buffers, as evaluation uses them) or, ``raw``, the trained weights; and the file it was built from."""
+def trained_model(record: RunRecord, state: dict, spec: TaskSpec, raw: bool,
+                  best: dict | None = None) -> tuple[torch.nn.Module, Path]:
+    """The run's architecture at its widths on the CPU, with ``best`` (the weights of its best evaluation), else
+    the last checkpoint's EMA weights (the sampled ones; the live model's buffers, as evaluation uses them) or,
+    ``raw``, its trained weights; and the file it was built from."""
     arch = registry.find_architecture(record.arch_file)
     if record.arch_sha256 and arch.sha256 != record.arch_sha256:
         raise HarnessError(
@@ -89,7 +91,7 @@ def trained_model(record: RunRecord, state: dict, spec: TaskSpec, raw: bool) -> 
     weights = dict(live if raw else state["trainer"]["ema"])
     if not raw:
         weights.update({name: live[name] for name, _ in model.named_buffers() if name in live})
-    model.load_state_dict(weights)
+    model.load_state_dict(best if best is not None else weights)
     return model.eval(), arch.path
 
 
@@ -103,24 +105,44 @@ def exported_fid(record: RunRecord, step: int, raw: bool) -> dict:
     return {"fid": fid, "fid_of": why, "run_best_fid": record.best_fid, "run_best_step": record.best_step}
 
 
-def export_model(folder: str | Path, out: str | Path, *, raw: bool = False, force: bool = False) -> dict:
-    """Write the run in ``folder`` to ``out`` (a new folder; ``force`` replaces one). Returns what
-    ``harness_export.json`` holds."""
+def best_weights(folder: Path, record: RunRecord, state: dict, raw: bool) -> tuple[dict | None, int]:
+    """The weights of the run's best evaluation and their step: the kept file, or the last checkpoint's when that
+    is the best's step (None then); a HarnessError when neither holds them."""
+    last = state["trainer"]["step"]
+    if raw:
+        raise HarnessError("--raw exports the trained (not EMA) weights, which only the last checkpoint keeps: pass "
+                           "--which last --raw.")
+    kept = checkpoints.load_best(folder)
+    if kept is not None and kept[1] == record.best_step:
+        return kept[0], kept[1]
+    if record.best_step == last:
+        return None, last
+    raise HarnessError(f"{folder} keeps no weights of its best evaluation (step {record.best_step}, FID "
+                       f"{record.best_fid:.2f}), only the last checkpoint's (step {last}): runs made before the "
+                       f"harness kept them have none. Pass --which last to export those.")
+
+
+def export_model(folder: str | Path, out: str | Path, *, raw: bool = False, force: bool = False,
+                 which: str = "best") -> dict:
+    """Write the run in ``folder`` to ``out`` (a new folder; ``force`` replaces one): the weights of its best
+    evaluation (``which="best"``, the ones its leaderboard FID belongs to) or of its last checkpoint. Returns
+    what ``harness_export.json`` holds."""
     folder, out = Path(folder), Path(out)
     record, state = read_run(folder)
     if out.exists() and not (force and out.is_dir()):
         raise HarnessError(f"{out} already exists. Pass another --out, or --force to replace it.")
     spec = spec_from_config(record.config, where=str(folder / RECORD_FILE))
-    model, arch_path = trained_model(record, state, spec, raw)
+    best, step = best_weights(folder, record, state, raw) if which == "best" else (None, state["trainer"]["step"])
+    model, arch_path = trained_model(record, state, spec, raw, best)
     scheduler = ddim_scheduler(spec.diffusion, spec.sampling)
     is_diffusers = hasattr(model, "save_pretrained") and hasattr(model, "register_to_config")
     meta = {"run_folder": str(folder.resolve()), "task": record.task, "task_version": record.task_version,
             "arch": record.arch, "tier": record.tier, "seed": record.seed, "status": record.status,
-            "step": state["trainer"]["step"], "weights": "raw" if raw else "ema", "width_env": spec.width_env,
+            "which": which, "step": step, "weights": "raw" if raw else "ema", "width_env": spec.width_env,
             "arch_sha256": record.arch_sha256, "image_size": spec.data.image_size,
             "sampling_steps": spec.sampling.steps, "eta": spec.sampling.eta,
             "layout": "diffusers DDIMPipeline" if is_diffusers else "safetensors + architecture.py",
-            **exported_fid(record, state["trainer"]["step"], raw), "exported_at": now()}
+            **exported_fid(record, step, raw), "exported_at": now()}
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     try:
         _write(staging, out.name, model, scheduler, meta, arch_path, is_diffusers)

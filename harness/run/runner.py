@@ -55,18 +55,16 @@ from harness.world import SINGLE, World, device_substitutions, pick_device, refu
 
 
 class Run:
-    """One run, as phases: ``prepare`` (lock, build, data), ``resume`` (from the checkpoint),
-    ``train_to`` (one training segment up to an evaluation point), ``evaluate``, ``finish``.
-    ``execute`` strings them together; ``run()`` is ``Run(...).execute()``.
+    """One run, as phases: ``prepare`` (lock, build, data), ``resume`` (from the checkpoint), ``train_to`` (a
+    training segment up to an evaluation point), ``evaluate``, ``finish``; ``execute`` (``run()``) strings them.
 
-    ``should_stop(step)`` is asked after every step (with several processes, at each log interval): True
-    checkpoints and raises RunInterrupted (as Ctrl-C does). ``on_evaluation(evaluation)`` is told of every
-    evaluation once it is saved (a sweep or a search reads FID from it as the run goes).
+    ``should_stop(step)`` is asked after every step (several processes: at each log interval): True checkpoints
+    and raises RunInterrupted (as Ctrl-C does). ``on_evaluation(evaluation)`` is told of every evaluation once
+    saved (a sweep or a search reads FID from it as the run goes).
 
-    With a ``world`` of several processes (started by harness/launch/local.py) every rank runs these
-    phases in step; a stop is agreed on by all ranks at the same step, and rank 0 alone writes (log, checkpoints,
-    record, grids): the launcher holds the folder's lock. ``asked_device``: what the user asked for where a
-    launcher resolved ``device`` already ("auto" -> "cpu"); the refusal and note go by it."""
+    With a ``world`` of several processes (harness/launch/local.py) every rank runs these phases in step; a stop
+    is agreed on by all ranks at the same step; rank 0 alone writes (log, checkpoints, record, grids; the launcher
+    holds the lock). ``asked_device``: what the user asked for, where ``device`` is resolved ("auto" -> "cpu")."""
 
     def __init__(self, task: str = "cifar10", arch: str = "standard", tier: str = "smoke", seed: int | None = None, *,
                  device: str = "auto", results_dir: str | Path = "results", data_dir: str | Path | None = None,
@@ -253,6 +251,8 @@ class Run:
             return
         record, reference = self.record, self.evaluator.reference
         record.add_evaluation(result.to_dict())
+        if record.best_step == result.step:  # a new best: its weights are what export-model exports by default
+            checkpoints.save_best(self.directory, self.trainer.ema_model(), result.step, result.fid)
         self.trackers.evaluation(self.trainer.step, result.to_dict(), grid_canvas(result.grid))
         record.reference = {"source": reference.source, "num_images": reference.num_images,
                             "cache_file": str(reference.path), "asked": self.spec.evaluation.reference,
