@@ -106,10 +106,11 @@ class Channel:
 def _notes(channel, key: str):
     """A run's log lines go to its run.log only, but for the ones announcing long work that is not training (an
     FID reference being computed: minutes), which the driver prints too, so that a run never looks hung."""
+    from harness.protocol.fid import INCEPTION_NOTE
     from harness.protocol.reference import NOTE
 
     def forward(line: str) -> None:
-        if line.startswith(NOTE):
+        if line.startswith((NOTE, INCEPTION_NOTE)):
             channel.report.remote(key, {"kind": "note", "text": line})
     return forward
 

@@ -56,7 +56,7 @@ class Evaluator:
         self.autocast_dtype = autocast_dtype
         self.progress_factory = progress_factory  # (total, description) -> a tqdm-like bar, or None
         self.announce = announce  # told of the reference's long work (the run's log)
-        self.features = InceptionFeatures(device, spec.evaluation.inception_weights)
+        self.features = InceptionFeatures(device, spec.evaluation.inception_weights, announce)
         self._reference: Reference | None = None
 
     @property

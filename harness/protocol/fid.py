@@ -22,6 +22,7 @@ import os
 import platform
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -52,8 +53,12 @@ def fid_helper_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def resolve_inception_weights(configured: str | None = None, download: bool = True) -> tuple[Path, str]:
-    """(path, where it came from). An explicitly configured path must exist."""
+INCEPTION_NOTE = "Inception weights: "  # starts the line announcing a download (a sweep's driver prints it)
+
+
+def resolve_inception_weights(configured: str | None = None, download: bool = True,
+                              announce: Callable[[str], None] | None = None) -> tuple[Path, str]:
+    """(path, where it came from). An explicitly configured path must exist. ``announce`` is told of a download."""
     for explicit, origin in ((configured, "task evaluation.inception_weights"),
                              (os.environ.get("HARNESS_INCEPTION_WEIGHTS"), "HARNESS_INCEPTION_WEIGHTS")):
         if explicit:
@@ -71,6 +76,9 @@ def resolve_inception_weights(configured: str | None = None, download: bool = Tr
 
         from cleanfid.downloads_helper import check_download_inception
 
+        if announce is not None:
+            announce(f"{INCEPTION_NOTE}downloading clean-fid's {INCEPTION_FILE} (about 92 MB, once) into "
+                     f"{cleanfid_cache_path().parent}")
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(60)  # an offline machine should fail fast, not hang
         try:
@@ -145,8 +153,8 @@ def full_fp32(device_type: str):
 class InceptionFeatures:
     """uint8 images ``[B,3,H,W]`` (any device) -> clean-mode Inception features ``[B,2048]`` float32."""
 
-    def __init__(self, device: torch.device, weights: str | None = None):
-        self.path, self.source = resolve_inception_weights(weights)
+    def __init__(self, device: torch.device, weights: str | None = None, announce: Callable[[str], None] | None = None):
+        self.path, self.source = resolve_inception_weights(weights, announce=announce)
         self.device = device
         self.layers = load_inception_layers(self.path, device)
         self._resize: dict[int, torch.Tensor] = {}
