@@ -210,7 +210,13 @@ def test_the_fidelity_section_says_why_it_is_empty_when_no_measures_share_three_
                     a: {0: (40.0 + i, 90.0)} for i, a in enumerate(["a", "b"])}}
     assert fidelity.pairs(measures) == []
     (line,) = fidelity.explain_missing(measures)
-    assert "at most 2" in line and "smoke: best FID (4 architecture(s))" in line and "promotes 3 or more" in line
+    assert "small: best FID (2 architecture(s)) and smoke: best FID (4) share 2 (a, b)" in line
+    assert "fewer than the 3 a comparison needs" in line and "promotes 3 or more" in line
+    # an earlier evaluation of the smoke runs is a proxy of their best FID: that pair is compared, the tiers still
+    # are not, and the section says so for them
+    measures[fidelity.Measure(("t", 1, "smoke", "", "c", "{}"), "smoke", 5)] = {
+        a: {0: (70.0 + i, 5.0)} for i, a in enumerate(["a", "b", "c", "d"])}
+    assert len(fidelity.pairs(measures)) == 1 and len(fidelity.explain_missing(measures)) == 1
 
 
 def test_pairing_is_used_where_seeds_share_their_draws(record_property):

@@ -175,7 +175,9 @@ def _execute(job: Job, channel, threads: int) -> Outcome:
             record = _run_past_dead_holders(
                 lambda: run(job.task, job.arch, job.tier, job.seed, device=job.device, devices=job.devices,
                             placement=job.placement, results_dir=job.results_dir, data_dir=job.data_dir,
-                            overrides=job.overrides, progress=False, log=_notes(channel, job.key),
+                            overrides=job.overrides, progress=False,
+                            # several processes echo a launcher's log to their stdout, which is run.log here
+                            log=_notes(channel, job.key) if (job.devices or 1) == 1 else None,
                             should_stop=should_stop, tags=job.tags,
                             on_evaluation=lambda e: channel.report.remote(job.key, {"kind": "evaluation", **e})))
         outcome.status = "completed"

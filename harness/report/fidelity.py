@@ -177,27 +177,32 @@ def not_compared(runs: pd.DataFrame, records: dict) -> list[str]:
 
 
 def explain_missing(measures: dict) -> list[str]:
-    """One sentence per task whose measures form no pair sharing MINIMUM architectures (a two-tier search that
-    promoted two points, say): why its fidelity section is empty, and what would fill it."""
-    found = {p[0].setting[0] for p in pairs(measures)}
+    """One sentence per two settings of a task whose best FIDs share some architectures but fewer than MINIMUM
+    (a successive-halving search that promoted two points, say), and per task whose measures share enough but
+    show none cheaper: why no fidelity row compares them, and what would."""
+    paired = {(p[0].setting, p[1].setting) for p in pairs(measures)} | {(p[1].setting, p[0].setting)
+                                                                       for p in pairs(measures)}
+    bests = sorted((m for m in measures if m.step is None), key=measure_name)
     lines = []
-    for task in sorted({m.setting[0] for m in measures} - found):
-        mine = {m: v for m, v in measures.items() if m.setting[0] == task}
-        bests = [m for m in mine if m.step is None]
-        if len(mine) < 2 or not bests:
-            continue
-        most = max(len(set(mine[a]) & set(mine[b])) for a in bests for b in mine if a != b)
-        listed = "; ".join(f"{measure_name(m)} ({len(v)} architecture(s))" for m, v in sorted(
-            mine.items(), key=lambda kv: measure_name(kv[0])))
-        if most >= MINIMUM:  # shared enough, but no measure was cheaper by the records' timings
-            lines.append(f"Task {task}: its measures share up to {most} architectures, but their records' timings "
-                         f"show none cheaper than another (records without timings count as 0 s), so none is a "
-                         f"proxy: {listed}.")
-            continue
-        lines.append(f"Task {task}: no two of its measures share {MINIMUM} architectures (at most {most}), so no proxy "
-                     f"is compared with an expensive setting: {listed}. A comparison needs the same {MINIMUM} or more "
-                     f"architectures measured under both, e.g. every architecture run at both settings, or, in a "
-                     f"successive-halving search, a reduction that promotes {MINIMUM} or more points to the next tier.")
+    for i, a in enumerate(bests):
+        for b in bests[i + 1:]:
+            shared = sorted(set(measures[a]) & set(measures[b]))
+            if a.setting[0] != b.setting[0] or not 0 < len(shared) < MINIMUM or (a.setting, b.setting) in paired:
+                continue
+            lines.append(f"Task {a.setting[0]}: {measure_name(a)} ({len(measures[a])} architecture(s)) and "
+                         f"{measure_name(b)} ({len(measures[b])}) share {len(shared)} ({', '.join(shared)}), fewer "
+                         f"than the {MINIMUM} a comparison needs, so neither is compared as the other's proxy. It "
+                         f"needs {MINIMUM} or more architectures measured under both: every architecture run at both "
+                         f"settings, or, in a successive-halving search, a reduction that promotes {MINIMUM} or more "
+                         f"points to the next tier.")
+    found = {p[0].setting[0] for p in pairs(measures)}
+    for task in sorted({m.setting[0] for m in bests} - found):
+        mine = [m for m in measures if m.setting[0] == task]
+        if any(len(set(measures[a]) & set(measures[b])) >= MINIMUM for a in bests if a.setting[0] == task
+               for b in mine if b != a):  # shared enough, but no measure was cheaper by the records' timings
+            lines.append(f"Task {task}: its measures share {MINIMUM} or more architectures, but their records' "
+                         f"timings show none cheaper than another (records without timings count as 0 s), so none "
+                         f"is a proxy.")
     return lines
 
 

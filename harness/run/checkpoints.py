@@ -72,7 +72,9 @@ def save_best(directory: Path, model: torch.nn.Module, step: int, fid: float) ->
     in the file's metadata."""
     from safetensors.torch import save
 
-    tensors = {name: value.detach().cpu().clone() for name, value in model.state_dict().items()}
+    # contiguous (a channels_last weight is not) and unshared (tied weights): what safetensors stores
+    tensors = {name: value.detach().cpu().clone(memory_format=torch.contiguous_format)
+               for name, value in model.state_dict().items()}
     atomic_write_bytes(directory / BEST_FILE, save(tensors, metadata={"step": str(step), "fid": repr(float(fid))}))
 
 
