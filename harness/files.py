@@ -61,11 +61,17 @@ def writing(path: Path) -> Iterator[None]:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over the target."""
+    atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_with(path: Path, write: Callable[[Any], Any]) -> None:
+    """As atomic_write_bytes, with ``write(file)`` filling the temporary file: a writer that streams from its own
+    buffer (np.save of an array) holds no second copy of the data."""
     with writing(path):
         fd, tmp = _temp_beside(path)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

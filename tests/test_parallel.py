@@ -41,16 +41,20 @@ def folder(results, arch="standard"):
 
 
 @pytest.mark.slow
-def test_two_processes_train_and_evaluate_what_one_process_does(tmp_path):
-    # Both sides with one torch thread per process: on a CPU the thread count changes how a conv
-    # splits its sums (2 threads gave an FID 0.003 away at step 0), the number of processes must not.
+def run_in_one_thread(results):
+    """The standard U-Net's run in this process with one torch thread, as each of the two processes has."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = run("shapes", "standard", "smoke", device="cpu", results_dir=tmp_path / "one", overrides=SETTINGS,
-                  progress=False)
+        return run("shapes", "standard", "smoke", device="cpu", results_dir=results, overrides=SETTINGS, progress=False)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_two_processes_train_and_evaluate_what_one_process_does(tmp_path):
+    # Both sides with one torch thread per process: on a CPU the thread count changes how a conv
+    # splits its sums (2 threads gave an FID 0.003 away at step 0), the number of processes must not.
+    one = run_in_one_thread(tmp_path / "one")
     done = cli("run", "--task", "shapes", "--arch", "standard", "--tier", "smoke", "--device", "cpu", "--devices", "2",
                "--results-dir", str(tmp_path / "two"), "--no-progress", *sets(SETTINGS),
                env=dict(os.environ, OMP_NUM_THREADS="2"))
@@ -98,12 +102,7 @@ def test_two_processes_train_and_evaluate_what_one_process_does(tmp_path):
     torch.save(state, again / "checkpoint.pt")
     grid = "samples_step000008.png"
     (again / grid).unlink()  # written again by the new evaluation
-    torch.set_num_threads(1)
-    try:
-        alone = run("shapes", "standard", "smoke", device="cpu", results_dir=tmp_path / "again", overrides=SETTINGS,
-                    progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    alone = run_in_one_thread(tmp_path / "again")
     by_one, by_two = alone.evaluations[-1], two.evaluations[-1]
     assert by_one["step"] == by_two["step"] == 8 and by_one["num_samples"] == by_two["num_samples"] == 20
     # Equal to the bit, not within a tolerance: each image is sampled in the same batch on the same

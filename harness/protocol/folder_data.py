@@ -15,14 +15,13 @@ above: a changed folder is decoded again. ``folder_identity`` is that key; the F
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from harness.errors import HarnessError
-from harness.files import _temp_beside, writing
+from harness.files import atomic_write_with
 from harness.protocol.spec import FOLDER_FITS, DataSpec
 
 FOLDER_SIZES = (32, 64)
@@ -173,20 +172,10 @@ def _decode_all(data: DataSpec, root: Path, files: list[Path]) -> np.ndarray:
 
 
 def _save_array(path: Path, images: np.ndarray) -> None:
-    """``images`` as a .npy at ``path``, atomically (a temporary file beside it, fsync, rename), written from
-    the array itself: np.save into a real file calls ndarray.tofile, so no second copy of the data is made
-    (a BytesIO buffer and its getvalue() held it twice more)."""
-    with writing(path):
-        fd, tmp = _temp_beside(path)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, images)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):  # a full disk: the partial file goes, and its space with it
-                os.unlink(tmp)
+    """``images`` as a .npy at ``path``, atomically, written from the array itself: np.save into a real file
+    calls ndarray.tofile, so no second copy of the data is made (a BytesIO buffer and its getvalue() held it
+    twice more)."""
+    atomic_write_with(path, lambda f: np.save(f, images))
 
 
 def load_folder(data: DataSpec, cache: Path) -> np.ndarray:

@@ -103,10 +103,6 @@ class Interval:
     def known(self) -> bool:
         return not (math.isnan(self.low) or math.isnan(self.high))
 
-    @property
-    def excludes_zero(self) -> bool:
-        return self.known and (self.low > 0 or self.high < 0)
-
 
 @dataclass(frozen=True)
 class Comparison:
