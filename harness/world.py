@@ -1,12 +1,15 @@
-"""Where this process stands in its job: rank, number of processes, the host-side collectives, the device.
+"""Where this process stands in its job: rank, number of processes, the host-side collectives, the device
+(``sync`` waits for it), and the environment variables it runs with (``environment``).
 
 A leaf, as edm's ``torch_utils/distributed.py`` is for its training loop: the trainer and the
 evaluator take a ``World`` and never import the launchers that create one (harness/launch/).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -81,6 +84,30 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError as exc:
         raise HarnessError(f"Unknown device '{name}': use auto, cpu or cuda (or cuda:N).") from exc
+
+
+def sync(device: torch.device) -> None:
+    """Wait until the device has done the work queued on it (a CUDA stream runs behind the host), before a
+    clock or a memory counter is read; a CPU has nothing queued."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration, then restore the caller's values: an architecture
+    file's widths (BLOCK_OUT_CHANNELS, LAYERS_PER_BLOCK) around its build, a launcher's thread counts
+    (OMP_NUM_THREADS, ...) around starting its processes."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def refuse_cpu_fallback(specs: list, device: str, device_type: str) -> None:

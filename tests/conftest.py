@@ -70,6 +70,58 @@ def isolated_cache(tmp_path_factory):
         os.environ["HARNESS_CACHE_DIR"] = old
 
 
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory):
+    """shared(name, make) -> a folder that ``make(folder)`` filled, made once per test session: by the first
+    pytest-xdist worker that asks for it, under a file lock (another worker asking meanwhile waits, then reuses
+    it). For expensive runs that several tests only read; a test that changes what it finds there copies it."""
+    import shutil
+
+    from filelock import FileLock  # a dependency of torch
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own (popen-gw0, ...)
+    (root / "shared").mkdir(exist_ok=True)
+
+    def get(name, make):
+        folder = root / "shared" / name
+        with FileLock(str(folder) + ".lock"):
+            if not (folder / ".made").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir()
+                make(folder)
+                (folder / ".made").touch()
+        return folder
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def straight_run(shared):
+    """straight_run(source, overrides) -> the RunRecord of the uninterrupted reference run (`harness run`, one
+    thread, seed 42, shapes/smoke with FAST and ``overrides``) of the architecture file slow.py holding ``source``.
+    Made once per session (``shared``) for the tests that stop, kill or starve such a run and compare its resumed
+    end with it (tests/test_signals.py, test_tracking.py, test_full_disk.py): the same command each would run."""
+    import hashlib
+    import json
+
+    from test_sweep import folder, reference_run
+
+    from harness.run.records import RunRecord
+
+    def get(source, overrides):
+        def make(where):
+            arch = where / "slow.py"
+            arch.write_text(textwrap.dedent(source))
+            reference_run(arch, where / "results", overrides=overrides)
+
+        key = hashlib.sha256(json.dumps([source, overrides], sort_keys=True).encode()).hexdigest()[:16]
+        return RunRecord.load(folder(shared(f"straight-{key}", make) / "results", "slow") / "record.json")
+
+    return get
+
+
 @pytest.fixture
 def write_arch(tmp_path):
     """write_arch(name, source) -> path of a new architecture file in a temporary folder."""
@@ -138,6 +190,13 @@ def _gone():
     import psutil
 
     return contextlib.suppress(psutil.Error)
+
+
+def pytest_collection_modifyitems(items):
+    """The end-to-end (slow) tests first, each group in its module's order: pytest-xdist hands tests out in this
+    order as workers free up, so the short tests fill the end of the run and no worker is left alone on a minute-long
+    test while the other has nothing to do."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_terminal_summary(terminalreporter):

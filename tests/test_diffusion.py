@@ -1,5 +1,6 @@
 import dataclasses
 import inspect
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,8 +12,7 @@ from harness.protocol.diffusion import (
     NoiseSchedule,
     ddim_sample,
     ddim_scheduler,
-    generate,
-    initial_noise,
+    seed_batches,
     to_uint8,
 )
 from harness.protocol.tasks import resolve_task
@@ -126,19 +126,26 @@ def test_ddim_with_eta_equals_pipeline_and_draws_noise_per_sample():
 
 
 def test_samples_do_not_depend_on_batch_size():
-    unet = tiny_unet()
-    seeds = list(range(100, 105))
-    one = torch.cat(list(generate(unet, SPEC.diffusion, dataclasses.replace(SPEC.sampling, batch_size=5, steps=10),
-                                  seeds, CPU)))
-    many = torch.cat(list(generate(unet, SPEC.diffusion, dataclasses.replace(SPEC.sampling, batch_size=2, steps=10),
-                                   seeds, CPU)))
+    # the evaluation's images: uint8, one DDIM call per sampling batch of the seeds (seed_batches)
+    unet, seeds, sampling = tiny_unet(), list(range(100, 105)), dataclasses.replace(SPEC.sampling, steps=10)
+
+    def images(batch_size):
+        return torch.cat([to_uint8(ddim_sample(unet, SPEC.diffusion, sampling, chunk, CPU))
+                          for chunk in seed_batches(seeds, batch_size)])
+    one, many = images(5), images(2)
     assert one.shape == (5, 3, 32, 32) and one.dtype == torch.uint8
     assert (one.int() - many.int()).abs().max() <= 1  # identical up to float summation order in conv kernels
 
 
-def test_initial_noise_is_per_seed():
-    a = initial_noise([5, 6], CPU)
-    assert torch.equal(a[1], initial_noise([6], CPU)[0]) and not torch.equal(a[0], a[1])
+def test_each_sample_starts_from_its_own_seeds_noise():
+    # a denoiser that predicts no noise makes DDIM element-wise in the starting noise, so a seed's image is
+    # the same bit for bit alone or in a batch: its noise is drawn from its seed, not from the batch's
+    def no_noise(x, timestep):
+        return SimpleNamespace(sample=torch.zeros_like(x))
+    sampling = dataclasses.replace(SPEC.sampling, steps=5)
+    pair = ddim_sample(no_noise, SPEC.diffusion, sampling, [5, 6], CPU)
+    assert torch.equal(pair[1], ddim_sample(no_noise, SPEC.diffusion, sampling, [6], CPU)[0])
+    assert not torch.equal(pair[0], pair[1])
 
 
 @pytest.mark.parametrize("scheduler, arguments", [

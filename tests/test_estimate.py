@@ -317,11 +317,13 @@ def test_the_sampling_burst_splits_a_batch_into_fixed_and_per_step_costs(tiny_ar
 
     from harness.measure import bursts
     from harness.protocol import registry
+    from harness.protocol.recipe import recipe_for
 
     spec = resolve_task("shapes", "smoke", {"sampling.steps": 50})
     device = torch.device("cpu")
     _, model = registry.load(str(tiny_arch), {"BLOCK_OUT_CHANNELS": "16"}, device, 0, spec.data.image_size)
-    burst = bursts.sampling_burst(types.SimpleNamespace(ema_model=lambda: model), spec, device)
+    trainer = types.SimpleNamespace(ema_model=lambda: model, recipe=recipe_for(spec, device))
+    burst = bursts.sampling_burst(trainer, spec, device)
     assert burst["sampling_steps_timed"] == [2, 6] and burst["sampling_fixed_seconds"] >= 0
     assert burst["sampling_step_seconds"] > 0
     assert burst["sampling_batch_seconds"] == pytest.approx(

@@ -34,6 +34,13 @@ def build_model(device):
 SETTINGS = dict(FAST, **{"data.image_size": 16, "sampling.eta": 1.0})
 
 
+@pytest.fixture(autouse=True)
+def architectures_here(tmp_path, monkeypatch):
+    """The test's architecture files (written into tmp_path) are its architectures folder: export-model builds a
+    record's file only from there (tests/test_safe_files.py checks the refusal of any other)."""
+    monkeypatch.setenv("HARNESS_ARCH_DIR", str(tmp_path))
+
+
 def trained(arch_path, results):
     record = run("shapes", str(arch_path), "smoke", device="cpu", results_dir=results, overrides=SETTINGS,
                  progress=False, log=lambda message: None)

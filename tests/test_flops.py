@@ -3,8 +3,8 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
-from harness.measure import flops
-from harness.measure.flops import count_macs
+from harness import flops
+from harness.flops import count_macs
 from harness.measure.profile import build_for_counting, static_profile
 from harness.protocol import registry
 from harness.protocol.tasks import resolve_task

@@ -15,8 +15,8 @@ from test_export_model import UNET_ARCH
 
 from harness.cli.main import main
 from harness.errors import HarnessError
+from harness.flops import count_macs
 from harness.launch import run
-from harness.measure.flops import count_macs
 from harness.protocol import registry
 from harness.protocol.data import ImageBatches, generate_shapes, keep_on_host, load_images
 from harness.protocol.folder_data import _save_array, folder_identity, load_folder

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import SLOW_ARCH
 from test_signals import LONG, ONE_THREAD
-from test_sweep import _run_command, assert_same_results, folder, reference_run, wait_for_step
+from test_sweep import _run_command, assert_same_results, folder, wait_for_step
 
 from harness.run.records import SPARE_FILE, RunRecord
 
@@ -39,9 +39,10 @@ def fill(path):
             assert exc.errno == errno.ENOSPC
 
 
-def test_a_disk_that_fills_up_mid_run_is_one_clear_error_and_freeing_it_resumes(write_arch, tmp_path, small_disk):
+def test_a_disk_that_fills_up_mid_run_is_one_clear_error_and_freeing_it_resumes(write_arch, tmp_path, small_disk,
+                                                                                 straight_run):
     arch = write_arch("slow", SLOW_ARCH)
-    straight = reference_run(arch, tmp_path / "straight", overrides=LONG)
+    straight = straight_run(SLOW_ARCH, LONG)
     run_folder = folder(small_disk, "slow")
     command = _run_command(arch, small_disk, 42, LONG)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)

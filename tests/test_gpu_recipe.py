@@ -15,16 +15,9 @@ from conftest import FAST
 
 from harness.errors import RunInterrupted
 from harness.launch import run
+from harness.protocol.recipe import recipe_for
 from harness.protocol.tasks import resolve_task
-from harness.protocol.trainer import (
-    autocast_dtype,
-    device_rng_state,
-    optimizer_options,
-    recipe,
-    restore_device_rng_state,
-    sampling_dtype,
-    uses_channels_last,
-)
+from harness.protocol.trainer import device_rng_state, restore_device_rng_state
 
 GPU_RECIPE = {"training.precision": "bf16", "evaluation.precision": "bf16",
               "training.autocast_devices": ["cuda", "cpu"], "training.channels_last": "always",
@@ -73,16 +66,17 @@ def test_a_bf16_task_on_a_cpu_says_it_ran_fp32_by_default(tiny_arch, tmp_path):
 
 def test_the_settings_a_gpu_run_would_use_are_chosen_and_recorded_without_one():
     spec = resolve_task("cifar10", "small")  # the protocol: bf16 training, fp32 sampling, channels_last on CUDA
-    assert autocast_dtype(spec, CUDA) is torch.bfloat16 and sampling_dtype(spec, CUDA) is None
-    assert uses_channels_last(spec, CUDA) and optimizer_options(spec, CUDA) == {"fused": True}
-    assert recipe(spec, CUDA) == {"device_type": "cuda", "precision": "bf16", "sampling_precision": "fp32",
-                                  "channels_last": True, "optimizer": "fused", "compile": False,
-                                  "rng_states": ["generator", "torch_rng", "cuda_rng"]}
-    cpu = torch.device("cpu")
-    assert autocast_dtype(spec, cpu) is None and not uses_channels_last(spec, cpu)
-    assert optimizer_options(spec, cpu) == {"foreach": True}
+    gpu = recipe_for(spec, CUDA)
+    assert gpu.autocast is torch.bfloat16 and gpu.sampling_autocast is None
+    assert gpu.channels_last and gpu.memory_format is torch.channels_last and gpu.optimizer_options == {"fused": True}
+    assert gpu.to_dict() == {"device_type": "cuda", "precision": "bf16", "sampling_precision": "fp32",
+                             "channels_last": True, "optimizer": "fused", "compile": False,
+                             "rng_states": ["generator", "torch_rng", "cuda_rng"]}
+    cpu = recipe_for(spec, torch.device("cpu"))
+    assert cpu.autocast is None and not cpu.channels_last and cpu.precision == "fp32"
+    assert cpu.optimizer_options == {"foreach": True}
     loop = resolve_task("cifar10", "small", {"optimizer.implementation": "for-loop"})
-    assert optimizer_options(loop, CUDA) == {"foreach": False}
+    assert recipe_for(loop, CUDA).optimizer_options == {"foreach": False}
 
 
 class StandIn:
@@ -120,10 +114,10 @@ def test_nccl_between_gpus_gloo_between_cpu_processes():
 
 
 def test_cuda_memory_statistics_device_name_and_peak(monkeypatch):
-    from harness.measure.bursts import sync
-    from harness.measure.flops import matmul_precision, mfu
+    from harness.flops import matmul_precision, mfu
     from harness.measure.memory import PeakMemory
     from harness.run.records import device_info
+    from harness.world import sync
 
     cuda = StandIn(monkeypatch, synchronize=None, reset_peak_memory_stats=None, memory_allocated=2**30,
                    max_memory_allocated=3 * 2**30, get_device_name="NVIDIA H200",

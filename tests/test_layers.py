@@ -15,14 +15,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "harness"
 # (module prefix, rank): a module may import its own rank or lower ones. The longest prefix decides.
 LAYERS = [
     ("harness.errors", 0), ("harness.files", 0), ("harness.world", 0),
-    ("harness.measure.flops", 0),  # counting only (no harness imports): the run stamps its record with it
+    ("harness.flops", 0),          # counting only (no harness imports): runs and measure/ both count with it
     ("harness.report.noise", 0),   # statistics only (no harness imports): estimate --resolve sizes seeds with it
     ("harness.protocol", 1),       # tasks, data, diffusion, trainer, evaluation, FID, reference, registry
     ("harness.run", 2),            # one process's run: Run, checkpoints, locks, records, the run folder
-    ("harness.measure", 3),        # profile, bench: protocol pieces timed side by side
+    ("harness.measure", 3),        # profile, bench, estimate: protocol pieces and runs timed (run/ never imports it)
     ("harness.launch", 4),         # run(): one process, DDP on this machine, Ray actors over nodes
     ("harness.cluster", 5),        # the Ray pool, resources, node checks
-    ("harness.sweep", 6), ("harness.search", 6),  # studies over the pool
+    ("harness.studies", 6), ("harness.search", 6),  # studies over the pool: sweep, and what sweep and search share
     ("harness.report", 7),
     ("harness.cli", 8), ("harness.__main__", 8),
 ]
@@ -91,9 +91,17 @@ def test_no_import_circle():
     assert circles == []
 
 
-@pytest.mark.parametrize("a, b", [("harness.search", "harness.sweep"), ("harness.sweep", "harness.search")])
+@pytest.mark.parametrize("a, b", [("harness.search", "harness.studies.sweep"),
+                                  ("harness.studies.sweep", "harness.search")])
 def test_sweep_and_search_are_peers(a, b):
     assert [m for m, deps in graph().items() if m.startswith(a) and any(d.startswith(b) for d in deps)] == []
+
+
+def test_measure_reads_runs_and_run_never_imports_measure():
+    """One way, whatever LAYERS says of single modules: what a run and a measurement both need (MAC counts,
+    peaks) is a leaf below both."""
+    assert [m for m, deps in graph().items() if m.startswith("harness.run")
+            and any(d.startswith("harness.measure") for d in deps)] == []
 
 
 def test_report_renderers_read_the_model_not_each_other():

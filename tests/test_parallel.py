@@ -40,7 +40,6 @@ def folder(results, arch="standard"):
     return results / "shapes" / arch / "smoke" / "seed42"
 
 
-@pytest.mark.slow
 def run_in_one_thread(results):
     """The standard U-Net's run in this process with one torch thread, as each of the two processes has."""
     threads = torch.get_num_threads()
@@ -51,6 +50,7 @@ def run_in_one_thread(results):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_evaluate_what_one_process_does(tmp_path):
     # Both sides with one torch thread per process: on a CPU the thread count changes how a conv
     # splits its sums (2 threads gave an FID 0.003 away at step 0), the number of processes must not.

@@ -26,11 +26,17 @@ def test_unknown_arch_suggests_close_name_and_lists_what_exists():
     assert "full_attn" in str(err.value) and "no_attn" in str(err.value)
 
 
-def test_width_env_is_set_during_build_and_restored(monkeypatch):
+def test_width_env_is_set_during_build_and_restored(tmp_path, monkeypatch):
     monkeypatch.setenv("BLOCK_OUT_CHANNELS", "1,2")
     monkeypatch.delenv("LAYERS_PER_BLOCK", raising=False)
-    with registry.environment({"BLOCK_OUT_CHANNELS": "8,8", "LAYERS_PER_BLOCK": "3"}):
-        assert os.environ["BLOCK_OUT_CHANNELS"] == "8,8" and os.environ["LAYERS_PER_BLOCK"] == "3"
+    path = tmp_path / "reads_widths.py"  # reads the widths at import time and in build_model
+    path.write_text("import os\nimport torch\n\nAT_IMPORT = os.environ['BLOCK_OUT_CHANNELS']\n\n\n"
+                    "def build_model(device):\n    model = torch.nn.Linear(1, 1)\n"
+                    "    model.seen = (AT_IMPORT, os.environ['BLOCK_OUT_CHANNELS'], os.environ['LAYERS_PER_BLOCK'])\n"
+                    "    return model\n")
+    widths = {"BLOCK_OUT_CHANNELS": "8,8", "LAYERS_PER_BLOCK": "3"}
+    model = registry.build(registry.find_architecture(str(path)), widths, CPU)
+    assert model.seen == ("8,8", "8,8", "3")
     assert os.environ["BLOCK_OUT_CHANNELS"] == "1,2" and "LAYERS_PER_BLOCK" not in os.environ
 
 

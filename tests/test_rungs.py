@@ -30,10 +30,12 @@ CHANNELS = optuna.distributions.IntDistribution(1, 12)
 
 
 def completed(values, channels, state="COMPLETE"):
+    """A finished trial as the search's driver leaves it: its params, and its choices stored beside them."""
     values = [values] if isinstance(values, (int, float)) else values
     kwargs = {"values": values} if state == "COMPLETE" else {}
     return optuna.trial.create_trial(params={"channels": channels}, distributions={"channels": CHANNELS},
-                                     state=optuna.trial.TrialState[state], **kwargs)
+                                     state=optuna.trial.TrialState[state],
+                                     user_attrs={"choices": {"channels": channels}}, **kwargs)
 
 
 def ladder(tmp_path, tiers, reduction=3, trials=9, objectives="fid"):

@@ -139,7 +139,7 @@ def test_checkpoints_and_records_from_before_a_new_task_field_still_count(tiny_a
     """data.max_shapes was added after runs existed: theirs lack it and must read as its default."""
     from harness.files import atomic_torch_save
     from harness.protocol.tasks import resolve_task
-    from harness.sweep import _same_config
+    from harness.studies.sweep import _same_config
 
     with pytest.raises(RunInterrupted):
         _run(tiny_arch, tmp_path, should_stop=lambda step: step == 2)

@@ -5,9 +5,11 @@ The crafted checkpoint below is a real run's state plus one object whose unpickl
 test first shows that the ordinary loader does touch it, then that `run` (resuming) and `export-model` refuse the
 file and leave the marker absent.
 """
+import ast
 import copy
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -138,3 +140,67 @@ def test_a_garbled_checkpoint_is_still_damage_not_distrust(tmp_path):
     logs = []
     assert checkpoints.load(tmp_path, logs.append)["trainer"]["step"] == 2
     assert "Resuming from the previous checkpoint" in logs[0] and (tmp_path / "checkpoint.pt.corrupt").exists()
+
+
+def test_export_model_builds_no_file_only_because_a_record_names_it(copy_of, tmp_path):
+    """A run folder from elsewhere may carry a record naming a file beside it: export-model refuses to build a
+    file outside the architectures folder until the user names it with --arch."""
+    arch, results, folder = copy_of
+    marker = tmp_path / "code-ran"
+    planted = folder / "planted.py"
+    planted.write_text(textwrap.dedent(TINY_ARCH) + f"\nimport pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    record = json.loads((folder / "record.json").read_text())
+    (folder / "record.json").write_text(json.dumps(dict(record, arch_file=str(planted))))
+    argv = [sys.executable, "-m", "harness", "export-model", str(folder), "--out", str(tmp_path / "out"),
+            "--which", "last"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in said, done.stderr
+    assert f"names the architecture file {planted}, which is not in the architectures folder" in said
+    assert f"pass it: --arch {planted}" in said and not marker.exists()
+    done = subprocess.run(argv + ["--arch", str(arch)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr  # the file the user names is built
+    assert json.loads((tmp_path / "out" / "harness_export.json").read_text())["step"] == 2
+    assert not marker.exists()
+
+
+def test_export_writes_a_studys_trial_without_running_the_code_the_study_holds(tmp_path, capsys):
+    """A study stores its space's source; `export` writes it into the file as text and takes the trial's
+    choices from the trial's stored values, so a study edited to run code on load runs nothing."""
+    import optuna
+
+    from harness.search import space
+    from harness.search.driver import SearchSpec, settings_for
+    from harness.search.study import open_storage, open_study, storage_url
+
+    marker = tmp_path / "code-ran"
+    settings = settings_for(SearchSpec(task="shapes", tier="smoke", study="s", results_dir=tmp_path))
+    study = open_study(settings, open_storage(storage_url(None, tmp_path, "s")))
+    study.set_user_attr("space_source", f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+                                        + settings.space.source)
+    choices = space.baseline("standard", 1)
+    dist = {name: optuna.distributions.CategoricalDistribution(options) for name, options in space.CHOICES.items()}
+    for attrs in ({"choices": choices}, {}, {"choices": dict(choices, resample='conv"""\nimport os')}):
+        study.add_trial(optuna.trial.create_trial(params=choices, distributions=dist, values=[300.0],
+                                                  user_attrs=attrs))
+
+    def export(number, *extra):
+        code = main(["export", "--study", "s", "--results-dir", str(tmp_path), "--trial", str(number), "--out-dir",
+                     str(tmp_path), "--name", f"t{number}", *extra])
+        said = capsys.readouterr()
+        return code, " ".join((said.out + said.err).split())
+
+    assert export(0)[0] == 0 and not marker.exists()
+    assert f"pathlib.Path({str(marker)!r}).touch()" in (tmp_path / "t0.py").read_text()  # written, not run
+    code, said = export(1)  # a trial from before choices were stored: only the user's own space file rebuilds it
+    assert code == 2 and "a study is data and the harness does not run it. Pass --space" in said, said
+    edited = tmp_path / "edited_space.py"
+    edited.write_text(settings.space.source + "\n# edited\n")
+    code, said = export(1, "--space", str(edited))
+    assert code == 2 and "is not the space study 's' was searched with" in said, said
+    assert export(1, "--space", str(settings.space.path))[0] == 0
+    chosen = [re.search(r"\nCHOSEN = (\{.*?\n\})", (tmp_path / f"t{n}.py").read_text(), re.S).group(1) for n in (0, 1)]
+    assert chosen[0] == chosen[1] and ast.literal_eval(chosen[0]) == choices  # stored or rebuilt: the same values
+    code, said = export(2)  # values edited into the study that would break out of the file's literals
+    assert code == 2 and "are not plain values (resample)" in said, said
+    assert not marker.exists()

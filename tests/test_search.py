@@ -327,15 +327,18 @@ def _check_promotions(rungs):
 
 
 def _top_third(trials):
-    """Trial numbers of the best completed trial of each of the top n // 3 of n finished distinct points
-    (points that could not be built are not counted)."""
-    finished = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED", "FAIL")
-                and not t.get("user_attrs", {}).get("infeasible")]
-    best = {}
-    for t in sorted((t for t in finished if t["state"] == "COMPLETE"), key=lambda t: (t["value"], t["number"])):
-        best.setdefault(json.dumps(t["params"], sort_keys=True), t["number"])
-    distinct = len({json.dumps(t["params"], sort_keys=True) for t in finished})
-    return list(best.values())[:distinct // 3]
+    """Trial numbers the driver's own rule (harness.search.rungs.promotions, reduction 3: the best completed
+    trial of each of the top n // 3 of n finished distinct points) promotes from ``trials``, the CLI's rows
+    read as Optuna's trials. tests/test_rungs.py checks that rule against known values; this checks that the
+    driver applied it, at the right moments."""
+    from types import SimpleNamespace
+
+    from harness.search.rungs import promotions
+
+    seen = [SimpleNamespace(number=t["number"], params=t["params"], values=[t["value"]],
+                            state=optuna.trial.TrialState[t["state"]], user_attrs=t.get("user_attrs") or {})
+            for t in trials]
+    return [t.number for t, _ in promotions(seen, [], reduction=3)]
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SLOW_ARCH
-from test_sweep import _run_command, assert_same_results, folder, reference_run, sweep_command, wait_for_step
+from test_sweep import _run_command, assert_same_results, folder, sweep_command, wait_for_step
 
 from harness.files import REPO_ROOT
 from harness.run.records import RunRecord
@@ -37,12 +37,12 @@ def assert_stopped_by(run_folder, name, before):
     return record.step
 
 
-def test_sigterm_and_sigusr1_stop_a_run_politely_and_it_resumes_to_the_same_result(write_arch, tmp_path):
+def test_sigterm_and_sigusr1_stop_a_run_politely_and_it_resumes_to_the_same_result(write_arch, tmp_path, straight_run):
     """SIGTERM straight to `harness run`; then SIGUSR1 as SLURM sends it (`--signal=B:USR1@300`) to the
     batch script docs/slurm/harness.sbatch, which passes it on and requeues the job; then the requeued
     job. SLURM itself is not here: `scontrol` is a stand-in that writes down what it was asked."""
     arch = write_arch("slow", SLOW_ARCH)
-    straight = reference_run(arch, tmp_path / "straight", overrides=LONG)
+    straight = straight_run(SLOW_ARCH, LONG)
     results = tmp_path / "stopped"
     run_folder = folder(results, "slow")
     command = _run_command(arch, results, 42, LONG)
@@ -102,12 +102,12 @@ def test_sigterm_to_a_two_process_run_stops_both_at_one_step_and_it_resumes(writ
                         RunRecord.load(folder(tmp_path / "straight", "slow") / "record.json"))
 
 
-def test_sigterm_to_a_ray_worker_is_retried_and_to_the_driver_stops_the_sweep(write_arch, tmp_path):
+def test_sigterm_to_a_ray_worker_is_retried_and_to_the_driver_stops_the_sweep(write_arch, tmp_path, straight_run):
     """SIGTERM to the Ray worker that trains the run (its node drained or preempted): the run
     checkpoints, the sweep runs it again from there. SIGTERM to the driver: every run checkpoints
     and is `interrupted`, the driver exits 143; the same command finishes it."""
     arch = write_arch("slow", SLOW_ARCH)
-    straight = reference_run(arch, tmp_path / "straight", overrides=LONG)
+    straight = straight_run(SLOW_ARCH, LONG)
     results = tmp_path / "sweep"
     run_folder = folder(results, "slow")
     command = sweep_command(results, "--arch", str(arch), overrides=LONG)

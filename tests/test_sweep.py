@@ -146,7 +146,7 @@ def test_sweep_records_equal_single_runs_and_a_rerun_trains_nothing(write_arch, 
 
 
 def channel_process(driver) -> psutil.Process:
-    """The driver's progress actor (harness/cluster/pool.py's Channel): the Ray worker titled ray::Channel
+    """The driver's progress actor (harness/cluster/channel.py's Channel): the Ray worker titled ray::Channel
     among the processes of the driver's private Ray instance (another test's sweep may run beside it)."""
     (found,) = [p for p in psutil.Process(driver.pid).children(recursive=True)
                 if (p.cmdline() or [""])[0].startswith("ray::Channel")]

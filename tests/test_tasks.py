@@ -142,7 +142,7 @@ def test_one_declaration_decides_what_the_report_the_resume_and_the_sweep_treat_
     from harness.protocol.tasks import resolve_task
     from harness.report import tables
     from harness.run.resume import run_fingerprint
-    from harness.sweep import _same_config
+    from harness.studies.sweep import _same_config
 
     every, often = resolve_task("shapes", "smoke"), resolve_task("shapes", "smoke", {"training.log_every": 1})
     done = types.SimpleNamespace(config=every.to_dict())  # a completed run's record, as the sweep reads it
@@ -203,7 +203,7 @@ def test_a_sweep_reruns_a_completed_cell_that_trained_at_another_precision():
     precision: a completed fp32 CPU run is not the cell a bf16-on-CPU sweep asks for."""
     import types
 
-    from harness.sweep import _same_config
+    from harness.studies.sweep import _same_config
 
     on_gpu_only = resolve_task("shapes", "smoke", {"training.precision": "bf16"})
     on_cpu_too = resolve_task("shapes", "smoke", {"training.precision": "bf16", "training.autocast_devices": ["cpu"]})

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import FAST, SLOW_ARCH
 from test_signals import LONG, ONE_THREAD, checkpoint_step
-from test_sweep import _run_command, folder, reference_run
+from test_sweep import _run_command, folder
 
 from harness.run.records import RunRecord
 
@@ -122,10 +122,11 @@ def finish(command, env, cwd):
 ALL = ["--log-with", "tensorboard,wandb,mlflow"]
 
 
-def test_a_run_killed_past_its_checkpoint_resumes_with_each_step_once_in_every_tracker(write_arch, tmp_path):
+def test_a_run_killed_past_its_checkpoint_resumes_with_each_step_once_in_every_tracker(write_arch, tmp_path,
+                                                                                      straight_run):
     uri, env = mlflow_env(tmp_path)
     arch = write_arch("slow", SLOW_ARCH)  # 0.25 s a step: it can be killed between checkpoints
-    straight = reference_run(arch, tmp_path / "straight", overrides=LONG)
+    straight = straight_run(SLOW_ARCH, LONG)
     command = [*_run_command(arch, tmp_path / "killed", 42, LONG), *ALL]
     run_folder = folder(tmp_path / "killed", "slow")
 

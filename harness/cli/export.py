@@ -1,6 +1,8 @@
 """``harness export``: a search trial written as an ordinary architecture file."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from harness.cli.options import RAW
 
 
@@ -26,6 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--name", help="file name without .py (default: <study>_t<trial>)")
     p.add_argument("--out-dir", help="where to write (default: the architectures folder, see `list`)")
     p.add_argument("--force", action="store_true", help="replace an existing file of that name")
+    p.add_argument("--space", help="the space file the search used; needed only for a study made before each trial's "
+                                   "choices were stored (a study's own copy of the space's code is never run)")
 
 
 def execute(args) -> int:
@@ -37,7 +41,8 @@ def execute(args) -> int:
     study = load_study(args.study, open_storage(url, create=False))
     try:
         path = export_trial(study, None if args.best else args.trial, args.name,
-                            args.out_dir or registry.architectures_dir(), force=args.force)
+                            args.out_dir or registry.architectures_dir(), force=args.force,
+                            space=args.space and Path(args.space))
     except ParetoChoice:
         print(summary_text(summary(study)))
         raise

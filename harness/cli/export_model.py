@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
                         "to (default); last: its last checkpoint's")
     p.add_argument("--raw", action="store_true", help="the trained weights instead of their EMA (with --which last)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--arch", help="the architecture file (or name) to build the weights with; needed when the run's "
+                                  "record names a file outside the architectures folder, which a record alone never "
+                                  "makes the harness run")
     add_trust_option(p, "the run's")
 
 
@@ -37,7 +40,8 @@ def execute(args) -> int:
 
     if args.trust_checkpoint:
         checkpoints.trust(Path(args.run_folder), print)
-    meta = export_model(args.run_folder, args.out, raw=args.raw, force=args.force, which=args.which)
+    meta = export_model(args.run_folder, args.out, raw=args.raw, force=args.force, which=args.which,
+                        arch=args.arch)
     unfinished = "" if meta["status"] == "completed" else f" (the run is {meta['status']}: not its last step)"
     fid = f"FID {meta['fid']:.2f}" if meta["fid"] is not None else "no FID measured"
     print(f"Wrote {args.out}: {meta['arch']}/{meta['tier']}/seed{meta['seed']}, {meta['weights']} weights at step "

@@ -24,34 +24,29 @@ def add_parser(sub) -> None:
     add_trust_option(p, "the run's")
 
 
-def trust_run_folder(args) -> None:
-    """--trust-checkpoint: the run folder's checkpoints rewritten in the safe form before any process of
-    the run reads them (the folder as Run names it)."""
-    from harness.protocol import registry
-    from harness.protocol.tasks import resolve_task
-    from harness.run import checkpoints
-    from harness.run.records import run_dir
+def request_of(args):
+    """The RunRequest the arguments of `run` ask for."""
+    from harness.run.request import RunRequest
 
-    seed = {"seed": args.seed} if args.seed is not None else {}
-    spec = resolve_task(args.task, args.tier, {**overrides(args), **seed})
-    folder = run_dir(args.results_dir, spec.name, registry.find_architecture(args.arch).name, spec.tier, spec.seed)
-    checkpoints.trust(folder, print)
+    return RunRequest(task=args.task, arch=args.arch, tier=args.tier, seed=args.seed, overrides=overrides(args),
+                      device=args.device, devices=1 if args.devices is None else args.devices,
+                      results_dir=args.results_dir, data_dir=args.data_dir, fresh=args.fresh,
+                      progress=not args.no_progress)
 
 
 def execute(args) -> int:
-    from harness.launch import run
+    from harness.launch import launch
+    from harness.run import checkpoints
+    from harness.run.request import plan_run
 
+    plan = plan_run(request_of(args))
     if args.trust_checkpoint and not args.fresh:  # --fresh removes the checkpoints unread
-        trust_run_folder(args)
-    record = run(args.task, args.arch, args.tier, args.seed, device=args.device, results_dir=args.results_dir,
-                 data_dir=args.data_dir, overrides=overrides(args), fresh=args.fresh, progress=not args.no_progress,
-                 devices=args.devices)
-    from harness.run.records import run_dir
-
-    path = run_dir(args.results_dir, record.task, record.arch, record.tier, record.seed) / "record.json"
+        # the folder's checkpoints rewritten in the safe form before any process of the run reads them
+        checkpoints.trust(plan.folder, print)
+    record = launch(plan)
     first = record.evaluations[0] if record.evaluations else None
     before = f" (step {first['step']}: {first['fid']:.2f})" if first and first["step"] == 0 and record.best_step else ""
     print(f"{record.arch}/{record.tier} on {record.task}: best FID {record.best_fid:.2f} at step {record.best_step}"
           f"{before}, final FID {record.final_fid:.2f}; wall time {record.timings['wall_seconds']:.0f} s; "
-          f"record: {path}")
+          f"record: {plan.record_path}")
     return 0

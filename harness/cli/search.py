@@ -81,7 +81,7 @@ def _estimate_printer(args, out):
 
 def execute(args) -> int:
     from harness.search.driver import Search, SearchSpec
-    from harness.search.study import load_study, open_storage, summary, summary_text
+    from harness.search.study import rung_summaries, search_result, summary_text
 
     spec = SearchSpec(task=args.task, tier=args.tier, trials=args.trials, study=args.study, storage=args.storage,
                       space=args.space, objectives=args.objectives, sampler=args.sampler, pruner=args.pruner,
@@ -99,14 +99,10 @@ def execute(args) -> int:
             print(f"Search stopped. Run the same command to continue study {search.settings.name}: running trials "
                   f"resume from their checkpoints under the same numbers.", file=sys.stderr)
             return interrupt_exit_code(interrupt)
-    storage = open_storage(search.url, create=False)
-    names = optuna_study_names(storage)
-    rungs = [dict(summary(load_study(s.name, storage)), tier=s.tier, rung=k) for k, s in enumerate(search.rungs)
-             if k == 0 or s.name in names]
     if args.json:
-        result = rungs[0] if len(search.rungs) == 1 else {"rungs": rungs}
-        print(json.dumps(dict(result, storage=search.url), indent=2, default=str))
+        print(json.dumps(search_result(search.url, search.rungs), indent=2, default=str))
         return 0
+    rungs = rung_summaries(search.url, search.rungs)
     for result in rungs:
         if len(search.rungs) > 1:
             print(f"\nRung {result['rung']}, tier {result['tier']}:", file=out)
@@ -115,9 +111,3 @@ def execute(args) -> int:
     print(f"Storage: {search.url}  (optuna trials --storage {search.url} --study-name {rungs[0]['study']}{others})",
           file=out)
     return 0
-
-
-def optuna_study_names(storage) -> set[str]:
-    import optuna
-
-    return set(optuna.study.get_all_study_names(storage))

@@ -62,7 +62,7 @@ def _estimate(sweep, args, allocation: dict) -> dict:
 
 def execute(args) -> int:
     from harness.cluster.resources import processes_note
-    from harness.sweep import FINAL, Sweep, SweepSpec
+    from harness.studies.sweep import FINAL, Sweep, SweepSpec
 
     seeds = comma_list(args.seed, "seed", int) if args.seed else [None]
     spec = SweepSpec(args.task, comma_list(args.arch, "arch"), comma_list(args.tier, "tier"), seeds,

@@ -1,9 +1,10 @@
 """Runs on Ray: one Ray task per run, a channel for progress and stop requests, checks first.
 
-This module knows nothing of training. A ``Job`` is the arguments of ``harness.launch.run``; the Ray
-task ``_execute`` calls ``run`` and returns an ``Outcome``. Sweeps (and searches) drive a
-``RayPool``: ``submit`` jobs, ``wait`` for events and outcomes, ``stop`` a run (it checkpoints at
-its next step and returns ``interrupted``).
+This module knows nothing of training. A ``Job`` is a ``RunRequest`` with the pool's key for it; the Ray task
+``_execute`` resolves the request there (``plan_run``) and runs it (``harness.launch.launch``) with a
+``DriverLink`` as its hooks, and returns an ``Outcome``. Sweeps and searches drive a ``RayPool``
+(harness/studies/drive.py): ``submit`` jobs, ``wait`` for events and outcomes, ``stop`` a run (it checkpoints
+at its next step and returns ``interrupted``).
 
 Failures are split the way a user needs them: a worker process or node that dies is Ray's
 business (``max_retries``: the task runs again and the run resumes from its checkpoint); a run
@@ -16,18 +17,18 @@ import contextlib
 import os
 import socket
 import sys
-import threading
 import time
 import traceback
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from harness.cluster.channel import DriverLink, start_channel
 from harness.cluster.nodes import check_node
 from harness.errors import HarnessError
+from harness.run.request import RunRequest
 
-POLL_SECONDS = 1.0  # how often a run asks the driver whether to stop (and says which step it is at)
 # A run retried after its node died may find the folder still locked by the dead node's process:
 # NFS keeps a client's locks until its lease lapses (90 s by default on NFSv4). Wait that long.
 STALE_LOCK_WAIT_SECONDS = 150
@@ -37,22 +38,14 @@ FORWARDED_ENV = ("HARNESS_CACHE_DIR", "HARNESS_ARCH_DIR", "HARNESS_DATA_DIR", "H
 
 @dataclass(frozen=True)
 class Job:
-    """One ``harness.launch.run`` call. Paths are absolute: workers may run in another directory."""
+    """One run for the pool. The Ray task resolves ``request`` where it runs: a name (of a task, of an
+    architecture) is looked up in that node's copy of the harness, as ``harness run`` there would. Its paths are
+    absolute: workers may run in another directory."""
 
     key: str  # unique within a pool, e.g. "standard/small/seed42"
-    folder: str  # the run folder (where run() will write), for the outcome's paths
-    task: str
-    arch: str
-    tier: str
-    seed: int
-    results_dir: str
-    overrides: dict = field(default_factory=dict)
-    data_dir: str | None = None
-    device: str = "auto"
-    devices: int = 1  # DDP processes (one per GPU) training this one run
-    placement: dict | None = None  # each process's Ray resources when the run's processes may span nodes
+    request: RunRequest
+    folder: str  # the run folder, as the driver's plan of the request names it: the outcome's paths
     measure_latency: bool = False  # also time one forward pass of one image on the run's device (a search objective)
-    tags: dict = field(default_factory=dict)  # what the run's trackers tag it with: its sweep, or study and trial
 
 
 @dataclass
@@ -74,60 +67,6 @@ class Outcome:
         return asdict(self)
 
 
-class Channel:
-    """A small Ray actor between the driver and its runs: runs report events and their step,
-    and ask whether to stop; the driver drains the events and asks runs to stop."""
-
-    def __init__(self):
-        self.events: list[tuple[str, dict]] = []
-        self.steps: dict[str, int] = {}
-        self.stop_keys: set[str] = set()
-        self.stop_everything = False
-
-    def report(self, key: str, event: dict) -> None:
-        self.events.append((key, event))
-
-    def poll(self, key: str, step: int | None) -> bool:
-        if step is not None:
-            self.steps[key] = step
-        return self.stop_everything or key in self.stop_keys
-
-    def drain(self) -> tuple[list[tuple[str, dict]], dict[str, int]]:
-        events, self.events = self.events, []
-        return events, dict(self.steps)
-
-    def stop(self, key: str | None) -> None:
-        if key is None:
-            self.stop_everything = True
-        else:
-            self.stop_keys.add(key)
-
-
-def _notes(channel, key: str):
-    """A run's log lines go to its run.log only, but for the ones announcing long work that is not training (an
-    FID reference being computed: minutes), which the driver prints too, so that a run never looks hung."""
-    from harness.protocol.fid import INCEPTION_NOTE
-    from harness.protocol.reference import NOTE
-
-    def forward(line: str) -> None:
-        if line.startswith((NOTE, INCEPTION_NOTE)):
-            channel.report.remote(key, {"kind": "note", "text": line})
-    return forward
-
-
-def _start_channel():
-    """The Channel actor, on the driver's node (it lives as long as the driver does), restarted by Ray
-    whenever its process is lost, with calls to it retried meanwhile: a run never fails because the
-    driver's helper died. Its state (events not yet drained, stop requests) starts empty again; the
-    pool sends its stop requests again at every wait."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Channel).options(
-        scheduling_strategy=here).remote()
-
-
 def _execute(job: Job, channel, threads: int) -> Outcome:
     """The Ray task: one run, reporting to ``channel``; returns its Outcome, never raises for a
     run that fails by itself (only a dying process makes Ray retry it)."""
@@ -135,84 +74,57 @@ def _execute(job: Job, channel, threads: int) -> Outcome:
     import torch
 
     from harness.errors import ProcessLost, RunFailed, RunInterrupted
-    from harness.launch import run
+    from harness.launch import launch
     from harness.run import locks
     from harness.run.folder import LOG_FILE
     from harness.run.locks import RunLocked
     from harness.run.records import RECORD_FILE
+    from harness.run.request import plan_run
 
     torch.set_num_threads(threads)
     locks.command_label = f"a sweep's Ray task for {job.key}"
     node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
     folder = Path(job.folder)
     outcome = Outcome(job.key, "failed", record=str(folder / RECORD_FILE), log=str(folder / LOG_FILE), node=node)
-    state = {"step": None, "stop": ray.get(channel.poll.remote(job.key, None)), "done": False}
-
-    def poller():  # a stop request reaches the run within POLL_SECONDS; a driver gone for good stops it too
-        misses = 0
-        while not state["done"]:
-            try:
-                state["stop"] = state["stop"] or ray.get(channel.poll.remote(job.key, state["step"]), timeout=30)
-                misses = 0
-            except Exception:  # one slow answer on a busy cluster is not a lost driver
-                misses += 1
-                state["stop"] = state["stop"] or misses >= 3
-            time.sleep(POLL_SECONDS)
-
-    def should_stop(step: int) -> bool:
-        state["step"] = step
-        return state["stop"]
-
-    if state["stop"]:
+    link = DriverLink(channel, job.key)
+    if link.stop:
         outcome.status, outcome.message = "interrupted", "stopped before it started"
         return outcome
-    # waited for, so that the driver never sees a run's outcome before its start
-    ray.get(channel.report.remote(job.key, {"kind": "started", "node": node, "pid": os.getpid()}))
-    threading.Thread(target=poller, daemon=True).start()
-    started = time.perf_counter()
-    try:
-        with _output_into(folder / LOG_FILE):
-            record = _run_past_dead_holders(
-                lambda: run(job.task, job.arch, job.tier, job.seed, device=job.device, devices=job.devices,
-                            placement=job.placement, results_dir=job.results_dir, data_dir=job.data_dir,
-                            overrides=job.overrides, progress=False,
-                            # several processes echo a launcher's log to their stdout, which is run.log here
-                            log=_notes(channel, job.key) if (job.devices or 1) == 1 else None,
-                            should_stop=should_stop, tags=job.tags,
-                            on_evaluation=lambda e: channel.report.remote(job.key, {"kind": "evaluation", **e})))
-        outcome.status = "completed"
-        outcome.best_fid, outcome.best_step, outcome.step = record.best_fid, record.best_step, record.step
-        if job.measure_latency:
-            outcome.latency_ms = _latency_ms(job)
-    except RunLocked as exc:
-        outcome.status, outcome.message, outcome.holder = "locked", str(exc), exc.holder
-    except RunInterrupted as exc:
-        if exc.signal_name and not state["stop"]:
-            # this worker was told to stop (a node drained or preempted), not the run by its driver: the
-            # run checkpointed at its step, and Ray runs the task again, which resumes there
-            raise ProcessLost(f"Its Ray worker (pid {os.getpid()} on {node}) got {exc.signal_name}. {exc}") from exc
-        outcome.status, outcome.message, outcome.step = "interrupted", str(exc), state["step"]
-    except ProcessLost:  # a process of the run died, not the run's fault: Ray runs this task again
-        raise
-    except (RunFailed, HarnessError) as exc:
-        outcome.message = str(exc)
-    except Exception as exc:  # the run itself logged its traceback when it got that far
-        outcome.message = f"{type(exc).__name__}: {exc}"
-        _append_traceback(folder / LOG_FILE)
-    finally:
-        state["done"] = True
+    with link.running(node):
+        started = time.perf_counter()
+        try:
+            with _output_into(folder / LOG_FILE):
+                plan = plan_run(job.request)
+                record = _run_past_dead_holders(lambda: launch(plan, link.hooks()))
+            outcome.status = "completed"
+            outcome.best_fid, outcome.best_step, outcome.step = record.best_fid, record.best_step, record.step
+            if job.measure_latency:
+                outcome.latency_ms = _latency_ms(plan)
+        except RunLocked as exc:
+            outcome.status, outcome.message, outcome.holder = "locked", str(exc), exc.holder
+        except RunInterrupted as exc:
+            if exc.signal_name and not link.stop:
+                # this worker was told to stop (a node drained or preempted), not the run by its driver: the
+                # run checkpointed at its step, and Ray runs the task again, which resumes there
+                raise ProcessLost(f"Its Ray worker (pid {os.getpid()} on {node}) got {exc.signal_name}. {exc}") \
+                    from exc
+            outcome.status, outcome.message, outcome.step = "interrupted", str(exc), link.step
+        except ProcessLost:  # a process of the run died, not the run's fault: Ray runs this task again
+            raise
+        except (RunFailed, HarnessError) as exc:
+            outcome.message = str(exc)
+        except Exception as exc:  # the run itself logged its traceback when it got that far
+            outcome.message = f"{type(exc).__name__}: {exc}"
+            _append_traceback(folder / LOG_FILE)
     outcome.wall_seconds = round(time.perf_counter() - started, 2)
     return outcome
 
 
-def _latency_ms(job: Job) -> float:
+def _latency_ms(plan) -> float:
     from harness.measure.profile import inference_latency_ms
-    from harness.protocol import registry
-    from harness.protocol.tasks import resolve_task
     from harness.world import pick_device
 
-    spec = resolve_task(job.task, job.tier, dict(job.overrides, seed=job.seed))
-    return inference_latency_ms(registry.find_architecture(job.arch), spec, pick_device(job.device))
+    return inference_latency_ms(plan.architecture, plan.spec, pick_device(plan.request.device))
 
 
 def _run_past_dead_holders(start):
@@ -279,7 +191,7 @@ class RayPool:
         if allocation.get("spans_nodes"):  # the task only launches; each process holds one bundle
             self.placement = {"GPU": self.gpus_per_run / self.devices_per_run,
                               "CPU": self.cpus_per_run / self.devices_per_run}
-        self.channel = _start_channel()
+        self.channel = start_channel()
         self.stop_requests: set[str | None] = set()  # sent again each wait: a restarted channel starts empty
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         self.runtime_env = {"env_vars": env} if env else None  # the runs see the driver's HARNESS_* settings
@@ -317,11 +229,13 @@ class RayPool:
 
     def submit(self, job: Job) -> None:
         threads = max(1, int(self.cpus_per_run))
-        if job.device == "auto" and not self.gpus_per_run:
+        request = replace(job.request, progress=False)  # a Ray task draws no progress bars
+        if request.device == "auto" and not self.gpus_per_run:
             # Ray does not hide GPUs from a task that asked for none: keep such runs off them
-            job = Job(**{**asdict(job), "device": "cpu"})
+            request = replace(request, device="cpu")
         if self.devices_per_run > 1:
-            job = Job(**{**asdict(job), "devices": self.devices_per_run, "placement": self.placement})
+            request = replace(request, devices=self.devices_per_run, placement=self.placement)
+        job = replace(job, request=request)
         self.running[self._task.remote(job, self.channel, threads)] = job
 
     def wait(self, timeout: float) -> tuple[list[tuple[str, dict]], dict[str, int], list[Outcome]]:
@@ -374,20 +288,6 @@ class RayPool:
 
         self.stop_requests.add(key)
         ray.get(self.channel.stop.remote(key))
-
-    def interrupt(self, again: bool, say, runs: str, driver: str, by: str = "SIGINT") -> None:
-        """Handle a Ctrl-C (``by`` SIGINT) or a SIGTERM/SIGUSR1 that reached a driver's loop (call it from
-        ``except KeyboardInterrupt``). The first (``again`` False) asks every run to checkpoint at its next
-        step and return, so that the same command continues them; a second kills them (each resumes from
-        its last checkpoint)."""
-        what = "Ctrl-C" if by == "SIGINT" else by
-        if again:
-            say(f"Second {what}: killing the runs now; each resumes from its last checkpoint.")
-            self.kill()
-            raise KeyboardInterrupt(by)
-        say(f"Stopping ({what}): {runs} checkpoints at its next step, then the {driver} exits (Ctrl-C again to "
-            f"kill them at once). Run the same command to continue.")
-        self.stop()
 
     def kill(self) -> None:
         import ray

@@ -1,10 +1,10 @@
 """One run on several devices: DistributedDataParallel processes started by the harness.
 
-``launch`` is what ``run(..., devices=N)`` does in the process the user started: it checks the
+``launch`` is what a request with ``devices=N`` does in the process the user started: it checks the
 settings, holds the run folder's lock, and starts N worker processes with torch's elastic launcher
 (torchrun as a function: c10d rendezvous on localhost, a worker that fails stops the others and
 raises ChildFailedError, so a dead process never leaves the rest hanging). Each worker joins the
-process group (NCCL on GPUs, gloo on the CPU) and runs the same ``Run`` with a ``World``; rank 0
+process group (NCCL on GPUs, gloo on the CPU) and runs the same plan with a ``World``; rank 0
 writes everything (log, checkpoints, record, sample grids), the others only compute.
 
 The launcher and its workers talk through a TCPStore (torch.distributed's key-value store, served
@@ -30,12 +30,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
 
 from harness.errors import HarnessError, ProcessLost, RunFailed
+from harness.run.request import Hooks, ResolvedRun
 from harness.run.signals import StopOnSignal
 from harness.world import World, process_group_backend, refuse_cpu_fallback
 
@@ -75,62 +75,51 @@ def check_batch(devices: int, batch_size: int) -> None:
         )
 
 
-def prepare(options: dict, devices: int, *, local: bool = True):
-    """(spec, device kind, run folder) for ``devices`` processes of ``Run(**options)``, or a
-    HarnessError. ``local`` False: the processes run on other nodes (their GPUs are not this one's)."""
-    from harness.protocol import registry
-    from harness.protocol.tasks import resolve_task
-    from harness.run.records import ensure_writable, run_dir
+def prepare(plan: ResolvedRun, *, local: bool = True) -> str:
+    """The device kind ``plan.request.devices`` processes of the run will use, or a HarnessError. ``local`` False:
+    the processes run on other nodes (their GPUs are not this one's)."""
+    from harness.run.records import ensure_writable
 
-    overrides = dict(options.get("overrides") or {})
-    if options.get("seed") is not None:
-        overrides["seed"] = options["seed"]
-    spec = resolve_task(options["task"], options["tier"], overrides)
-    device = options.get("device", "auto")
+    request, spec = plan.request, plan.spec
     if local:
-        kind = check_devices(devices, device, spec.training.batch_size)
-        # here, before any process starts or data is fetched, as one process refuses in Run; the
-        # workers are given the resolved kind, and Run records the substitution from ``asked_device``
-        refuse_cpu_fallback([spec], device, kind)
+        kind = check_devices(request.devices, request.device, spec.training.batch_size)
+        # here, before any process starts or data is fetched, as one process refuses in the runner; the
+        # workers are given the resolved kind, and record the substitution from the request's device
+        refuse_cpu_fallback([spec], request.device, kind)
     else:
-        check_batch(devices, spec.training.batch_size)
-        kind = device.split(":")[0]  # "auto" stays: each process finds its own GPU (or none)
-    architecture = registry.find_architecture(options["arch"])
-    directory = run_dir(options.get("results_dir", "results"), spec.name, architecture.name, spec.tier, spec.seed)
-    ensure_writable(directory)
-    return spec, kind, directory
+        check_batch(request.devices, spec.training.batch_size)
+        kind = request.device.split(":")[0]  # "auto" stays: each process finds its own GPU (or none)
+    ensure_writable(plan.folder)
+    return kind
 
 
 @contextlib.contextmanager
-def held_run_folder(directory: Path, options: dict, log):
+def held_run_folder(plan: ResolvedRun, log):
     """The run folder's lock and log, held by the launcher for all its processes; a fresh start
     is made here, not in the processes (one could read a file that another removes)."""
     from harness.run import checkpoints, locks, tracking
     from harness.run.folder import LOG_FILE, RunLog
-    from harness.run.records import RECORD_FILE
 
-    with locks.RunLock(directory), RunLog(directory / LOG_FILE, echo=log) as run_log:
-        if options.get("fresh"):
-            checkpoints.remove(directory)
-            (directory / RECORD_FILE).unlink(missing_ok=True)
-            tracking.clear(directory)  # TensorBoard's files; W&B and MLflow start new runs
+    with locks.RunLock(plan.folder), RunLog(plan.folder / LOG_FILE, echo=log) as run_log:
+        if plan.request.fresh:
+            checkpoints.remove(plan.folder)
+            plan.record_path.unlink(missing_ok=True)
+            tracking.clear(plan.folder)  # TensorBoard's files; W&B and MLflow start new runs
         yield run_log
 
 
-def launch(options: dict, devices: int, *, should_stop: Callable[[int], bool] | None = None,
-           on_evaluation: Callable[[dict], None] | None = None, log: Callable[[str], None] | None = print):
-    """Run ``Run(**options)`` as ``devices`` DDP processes on this machine; return its record.
+def launch(plan: ResolvedRun, hooks: Hooks):
+    """Run ``plan`` as ``plan.request.devices`` DDP processes on this machine; return its record.
     Raises what a one-process run raises: RunInterrupted, RunFailed, RunLocked, HarnessError, and
     ProcessLost (a RunFailed) when a process was killed.
-    ``log`` None: messages go to run.log only (rank 0 prints them otherwise, on the launcher's output)."""
+    ``hooks.log`` is told rank 0's messages (through the store; None: they go to run.log only)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    spec, kind, directory = prepare(options, devices)
+    kind = prepare(plan)
+    devices, spec = plan.request.devices, plan.spec
     threads = max(1, torch.get_num_threads() // devices)  # N processes share this process's CPU threads
-    worker_options = dict(options, device=kind, asked_device=options.get("device", "auto"), fresh=False,
-                          devices=None, echo=log is not None)
-    with held_run_folder(directory, options, log) as run_log:
+    with held_run_folder(plan, hooks.log) as run_log:
         run_log.write(f"Starting {devices} processes ({process_group_backend(kind)} on {kind}, "
                       f"{threads} thread(s) each), global batch {spec.training.batch_size} = {devices} x "
                       f"{spec.training.batch_size // devices}")
@@ -145,12 +134,14 @@ def launch(options: dict, devices: int, *, should_stop: Callable[[int], bool] | 
         # the agent logs each failure with its traceback; the launcher says it in one paragraph instead
         logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
         failures = []
-        with Watcher(store, should_stop, on_evaluation), _LauncherSignals(store), _thread_environment(threads):
+        workers = Workers(plan.asking(fresh=False), kind, threads)
+        with Watcher(store, hooks), _LauncherSignals(store), \
+                _thread_environment(threads):
             try:
-                elastic_launch(config, worker)(worker_options, store.port, os.getpid(), threads)
+                elastic_launch(config, worker)(workers, store.port, os.getpid())
             except ChildFailedError as exc:
                 failures = _failures_of(exc)
-        return outcome(directory, failures, run_log)
+        return outcome(plan.folder, failures, run_log)
 
 
 @dataclass
@@ -226,22 +217,22 @@ def _thread_environment(threads: int):
     """The workers' BLAS and OpenMP pools sized like their torch threads (a spawned process reads
     these when numpy loads): an OpenBLAS pool wider than its share of the cores spins against
     the other processes (the FID's eigvalsh took minutes instead of seconds)."""
-    from harness.protocol.registry import environment
+    from harness.world import environment
 
     return environment({name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
 
 
 class Watcher:
-    """A launcher thread: passes rank 0's step and evaluations to the caller's callbacks and its
+    """A launcher thread: passes rank 0's step, evaluations and log lines to the caller's hooks and its
     stop decision down to the workers."""
 
-    def __init__(self, store, should_stop, on_evaluation):
-        self.store, self.should_stop, self.on_evaluation = store, should_stop, on_evaluation
-        self.seen, self.done = 0, threading.Event()
+    def __init__(self, store, hooks: Hooks):
+        self.store, self.hooks = store, hooks
+        self.seen, self.done = {"evaluation": 0, "line": 0}, threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def __enter__(self):
-        if self.should_stop or self.on_evaluation:
+        if self.hooks.should_stop or self.hooks.on_evaluation or self.hooks.log:
             self.thread.start()
         return self
 
@@ -249,22 +240,25 @@ class Watcher:
         self.done.set()
         if self.thread.is_alive():
             self.thread.join()
-        self._forward_evaluations()  # the last one may land after the final poll
+        self._forward()  # the last ones may land after the final poll
 
     def _loop(self):
         while not self.done.wait(STORE_POLL_SECONDS):
-            self._forward_evaluations()
+            self._forward()
             step = int(self.store.get("step")) if self.store.check(["step"]) else None
-            if self.should_stop is not None and self.should_stop(step):
+            if self.hooks.should_stop is not None and self.hooks.should_stop(step):
                 self.store.set("stop", "1")
 
-    def _forward_evaluations(self):
-        count = int(self.store.add("evaluations", 0))
-        while self.seen < count:
-            evaluation = json.loads(self.store.get(f"evaluation/{self.seen}"))
-            self.seen += 1
-            if self.on_evaluation is not None:
-                self.on_evaluation(evaluation)
+    def _forward(self):
+        on_evaluation, log = self.hooks.on_evaluation, self.hooks.log
+        for kind, told in (("evaluation", on_evaluation and (lambda text: on_evaluation(json.loads(text)))),
+                           ("line", log)):
+            count = int(self.store.add(f"{kind}s", 0))
+            while self.seen[kind] < count:
+                text = self.store.get(f"{kind}/{self.seen[kind]}").decode()
+                self.seen[kind] += 1
+                if told:
+                    told(text)
 
 
 class _LauncherSignals(StopOnSignal):
@@ -298,7 +292,7 @@ class _LauncherSignals(StopOnSignal):
 
 
 class LauncherLink:
-    """Rank 0's side of the store: ``should_stop`` and ``on_evaluation`` for its Run. A launcher
+    """Rank 0's side of the store: the hooks of its run (``should_stop``, ``on_evaluation``, ``log``). A launcher
     that is gone (killed; the parent pid tells, on one machine) counts as a stop request, so its
     workers checkpoint and end. (Ray actors need no such check: they die with their owner.)"""
 
@@ -319,39 +313,54 @@ class LauncherLink:
         return self.stop
 
     def on_evaluation(self, evaluation: dict) -> None:
-        index = int(self.store.add("evaluations", 0))
-        self.store.set(f"evaluation/{index}", json.dumps(evaluation))
-        self.store.add("evaluations", 1)
+        self._post("evaluation", json.dumps(evaluation))
+
+    def log(self, line: str) -> None:
+        """Rank 0's log lines, for the launcher's caller (a terminal, or a sweep's driver): never printed by a
+        worker itself, whose output may be the run's log already (a sweep's Ray task)."""
+        self._post("line", line)
+
+    def _post(self, kind: str, text: str) -> None:
+        index = int(self.store.add(f"{kind}s", 0))  # one writer: the count is bumped once the item is there
+        self.store.set(f"{kind}/{index}", text)
+        self.store.add(f"{kind}s", 1)
 
 
-def worker(options: dict, store_port: int, launcher_pid: int, threads: int) -> str:
+@dataclass(frozen=True)
+class Workers:
+    """What every process of a run is given (it pickles): the plan, the device kind the launcher chose ("cuda",
+    "cpu", or "auto": each process finds its own) and its CPU threads."""
+
+    plan: ResolvedRun
+    kind: str
+    threads: int
+
+
+def worker(workers: Workers, store_port: int, launcher_pid: int) -> str:
     """One process of a run on this machine, started by the elastic agent (which sets RANK,
     WORLD_SIZE, LOCAL_RANK and the rendezvous address). Returns the outcome every rank agreed on;
     an error of this process alone propagates, and the agent then stops the others."""
     rank = int(os.environ["RANK"])
     link = LauncherLink(dist.TCPStore("127.0.0.1", store_port, is_master=False), launcher_pid) if rank == 0 else None
-    return train_process(options, rank, int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]), threads, link)
+    return train_process(workers, rank, int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]), link)
 
 
-def train_process(options: dict, rank: int, size: int, local_rank: int, threads: int,
-                  link: LauncherLink | None, store=None) -> str:
-    """Join the process group and run ``Run(**options)`` as rank ``rank`` of ``size``. The group
-    meets in ``store`` (a TCPStore) when given, else where the environment says (torchrun's
-    variables). ``options["device"]``: "cuda" (this process's GPU is ``local_rank``), "cpu", or
-    "auto" (the first visible GPU, where a scheduler gave the process one GPU, else the CPU);
-    ``options["asked_device"]``: what the user asked for, when the launcher resolved it already."""
+def train_process(workers: Workers, rank: int, size: int, local_rank: int, link: LauncherLink | None,
+                  store=None) -> str:
+    """Join the process group and run the plan as rank ``rank`` of ``size``. The group meets in ``store`` (a
+    TCPStore) when given, else where the environment says (torchrun's variables). ``workers.kind``: "cuda" (this
+    process's GPU is ``local_rank``), "cpu", or "auto" (the first visible GPU, where a scheduler gave the process
+    one GPU, else the CPU)."""
     import warnings
 
-    from tqdm.auto import tqdm
 
     # as in the command line: deprecation notices of clean-fid's and fvcore's TorchScript use
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
     from harness.errors import NonFiniteLoss, RunInterrupted
-    from harness.run.runner import Run
+    from harness.run.runner import execute
 
-    torch.set_num_threads(threads)
-    device = options["device"]
-    asked = options.get("asked_device") or device
+    torch.set_num_threads(workers.threads)
+    device = workers.kind
     if device == "auto":
         device, local_rank = ("cuda", 0) if torch.cuda.is_available() else ("cpu", 0)
     if device == "cuda":
@@ -366,13 +375,11 @@ def train_process(options: dict, rank: int, size: int, local_rank: int, threads:
     control = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT) if backend != "gloo" else dist.group.WORLD
     world = World(rank, size, local_rank, backend, control)
     main = rank == 0
-    run_options = {k: v for k, v in options.items() if k not in ("devices", "echo")}
+    plan = workers.plan.asking(progress=workers.plan.request.progress and main)
+    hooks = Hooks(log=link.log, should_stop=link.should_stop, on_evaluation=link.on_evaluation) if main else \
+        Hooks(log=None)
     try:
-        Run(**dict(run_options, device=device, asked_device=asked,
-                   progress=run_options.get("progress", True) and main),
-            world=world, log=tqdm.write if main and options.get("echo") else None,
-            should_stop=link.should_stop if main else None,
-            on_evaluation=link.on_evaluation if main else None).execute()
+        execute(plan, hooks, world, device)
         outcome = "completed"
     except RunInterrupted:  # every rank agreed on the step; rank 0 saved the checkpoint and record
         outcome = "interrupted"

@@ -5,7 +5,7 @@ of by harness/launch/local.py's local launcher. The Ray task that runs the cell 
 reserves N bundles ``{GPU: g, CPU: c}`` as one placement group (PACK: as few nodes as possible),
 starts one actor per bundle, and serves a torch TCPStore on its node. In that store the actors
 form the torch process group (NCCL on GPUs, gloo on CPUs) and rank 0 posts its step and
-evaluations, as on one machine; each actor then runs ``parallel.train_process``.
+evaluations, as on one machine; each actor then runs ``local.train_process``.
 
 Ray gives placement and fate: the actors belong to the launcher's task, so they die with it.
 When one of them dies or fails, the launcher kills the others at once (a collective would wait
@@ -18,11 +18,20 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Callable
 
 import torch.distributed as dist
 
-from harness.launch.local import LauncherLink, ProcessFailure, Watcher, held_run_folder, outcome, prepare, train_process
+from harness.launch.local import (
+    LauncherLink,
+    ProcessFailure,
+    Watcher,
+    Workers,
+    held_run_folder,
+    outcome,
+    prepare,
+    train_process,
+)
+from harness.run.request import Hooks, ResolvedRun
 
 # After the first failure, how long to wait for the others' ends: a killed process's peers fail
 # too (connection reset), and the one that was killed is the cause to report.
@@ -38,26 +47,25 @@ class RankProcess:
         return {"node": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
                 "host": socket.gethostname(), "pid": os.getpid()}
 
-    def train(self, options: dict, rank: int, size: int, threads: int, host: str, port: int) -> str:
+    def train(self, workers: Workers, rank: int, size: int, host: str, port: int) -> str:
         store = dist.TCPStore(host, port, is_master=False)
         link = LauncherLink(store, None) if rank == 0 else None
-        return train_process(options, rank, size, 0, threads, link, store=store)
+        return train_process(workers, rank, size, 0, link, store=store)
 
 
-def launch(options: dict, devices: int, placement: dict, *, should_stop: Callable[[int | None], bool] | None = None,
-           on_evaluation: Callable[[dict], None] | None = None, log: Callable[[str], None] | None = None):
-    """Run ``Run(**options)`` as ``devices`` processes placed by Ray, each with the resources in
-    ``placement`` (``{"GPU": 1, "CPU": 4}``); return its record. Call it inside a Ray task or
-    driver. Raises what ``parallel.launch`` raises."""
+def launch(plan: ResolvedRun, hooks: Hooks):
+    """Run ``plan`` as ``plan.request.devices`` processes placed by Ray, each with the resources in
+    ``plan.request.placement`` (``{"GPU": 1, "CPU": 4}``); return its record. Call it inside a Ray task or
+    driver. Raises what ``local.launch`` raises."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
     from harness.errors import RunInterrupted
 
-    spec, kind, directory = prepare(options, devices, local=False)
-    threads = max(1, int(placement.get("CPU", 1)))
-    worker_options = dict(options, device=kind, fresh=False, devices=None, echo=False)
-    with held_run_folder(directory, options, log) as run_log:
+    kind = prepare(plan, local=False)
+    spec, devices, placement, should_stop = plan.spec, plan.request.devices, plan.request.placement, hooks.should_stop
+    workers = Workers(plan.asking(fresh=False), kind, max(1, int(placement.get("CPU", 1))))
+    with held_run_folder(plan, hooks.log) as run_log:
         bundle = {k: v for k, v in placement.items() if v}
         group = placement_group([bundle] * devices, strategy="PACK")
         actors = []
@@ -74,15 +82,15 @@ def launch(options: dict, devices: int, placement: dict, *, should_stop: Callabl
                           f"{devices} x {spec.training.batch_size // devices}: " + "; ".join(
                               f"rank {r} on {p['host']} ({p['ip']}, Ray node {p['node'][:12]}, pid {p['pid']})"
                               for r, p in enumerate(places)))
-            refs = {actor.train.remote(worker_options, rank, devices, threads, host, store.port): rank
+            refs = {actor.train.remote(workers, rank, devices, host, store.port): rank
                     for rank, actor in enumerate(actors)}
-            with Watcher(store, should_stop, on_evaluation):
+            with Watcher(store, hooks):
                 failures = _wait_all(refs, places)
         finally:
             for actor in actors:
                 ray.kill(actor)
             remove_placement_group(group)
-        return outcome(directory, failures, run_log)
+        return outcome(plan.folder, failures, run_log)
 
 
 def _ready(group, should_stop) -> bool:

@@ -31,14 +31,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from harness.files import now
-from harness.measure.flops import count_macs, matmul_precision, mfu
+from harness.flops import count_macs, matmul_precision, mfu
 from harness.protocol import registry
 from harness.protocol.data import ImageBatches, generate_shapes
 from harness.protocol.diffusion import ddim_sample, ddim_scheduler, ddpm_scheduler, sample_seeds, to_uint8
 from harness.protocol.fid import InceptionFeatures, frechet_distance, mean_cov
+from harness.protocol.recipe import recipe_for
 from harness.protocol.tasks import resolve_task
-from harness.protocol.trainer import Trainer, precision_name, sampling_dtype
+from harness.protocol.trainer import Trainer
 from harness.run.records import device_info, library_versions
+from harness.world import sync
 
 
 @dataclass
@@ -55,11 +57,6 @@ class BenchSizes:
         if device.type == "cuda":
             return cls(tier="small", train_blocks=6, steps_per_block=20, sample_batch=256, fid_images=5000)
         return cls(tier="smoke", train_blocks=6, steps_per_block=4, sample_batch=16, fid_images=64)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class BareLoop:
@@ -122,11 +119,11 @@ class BareLoop:
 
 
 def _time_block(step, steps: int, device: torch.device) -> float:
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / steps
 
 
@@ -159,7 +156,7 @@ def bench_sampling(trainer: Trainer, spec, device, sizes: BenchSizes) -> dict:
     pipe = DDIMPipeline(unet=model, scheduler=ddim_scheduler(spec.diffusion, spec.sampling))
     pipe.set_progress_bar_config(disable=True)
     seeds = sample_seeds(spec.seed, sizes.sample_batch)
-    amp = sampling_dtype(spec, device)  # the protocol's evaluation.precision, for both samplers
+    amp = recipe_for(spec, device).sampling_autocast  # the protocol's evaluation.precision, for both samplers
 
     def harness_sampler():
         return ddim_sample(model, spec.diffusion, spec.sampling, seeds, device, amp)
@@ -177,10 +174,10 @@ def bench_sampling(trainer: Trainer, spec, device, sizes: BenchSizes) -> dict:
     times: dict[str, list[float]] = {"harness": [], "pipeline": []}
     for _ in range(sizes.sampling_rounds):
         for name in ("harness", "pipeline", "pipeline", "harness"):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             samplers[name]()
-            _sync(device)
+            sync(device)
             times[name].append(time.perf_counter() - start)
     ours, theirs = outputs["harness"], outputs["pipeline"]
     harness_seconds, pipeline_seconds = statistics.median(times["harness"]), statistics.median(times["pipeline"])
@@ -198,7 +195,7 @@ def bench_fid(trainer: Trainer, spec, device, sizes: BenchSizes, real: np.ndarra
 
     seeds = sample_seeds(spec.seed + 1, sizes.fid_images)
     generated = torch.cat([to_uint8(ddim_sample(trainer.ema_model(), spec.diffusion, spec.sampling, seeds[i:i + 256],
-                                                 device, sampling_dtype(spec, device))).cpu()
+                                                 device, trainer.recipe.sampling_autocast)).cpu()
                            for i in range(0, len(seeds), 256)]).numpy()
     real = real[: sizes.fid_images]
     features = InceptionFeatures(device)
@@ -214,7 +211,7 @@ def bench_fid(trainer: Trainer, spec, device, sizes: BenchSizes, real: np.ndarra
             (Path(tmp) / name).mkdir()
             for i, img in enumerate(images):
                 Image.fromarray(img.transpose(1, 2, 0)).save(Path(tmp) / name / f"{i:06d}.png")
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         expected = cleanfid_fid.compute_fid(str(Path(tmp) / "generated"), str(Path(tmp) / "real"), mode="clean",
                                             num_workers=min(12, os.cpu_count() or 1), device=device,
@@ -241,7 +238,7 @@ def run_bench(device: torch.device, sizes: BenchSizes | None = None, compile: bo
     images = generate_shapes(max(2048, spec.training.batch_size * 4, sizes.fid_images), seed=0)
     out = {"device": device_info(device), "versions": library_versions(), "created_at": now(),
            "model": f"standard at {sizes.tier} widths {spec.width_env['BLOCK_OUT_CHANNELS']}",
-           "batch_size": spec.training.batch_size, "precision": precision_name(spec, device),
+           "batch_size": spec.training.batch_size, "precision": recipe_for(spec, device).precision,
            "compile": compile, "sizes": sizes.__dict__}
     raw = {}
     progress("training step: harness vs diffusers-style loop ...")

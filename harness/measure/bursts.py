@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.measure.flops import record_counts
+from harness.flops import record_counts
 from harness.measure.memory import PeakMemory
 from harness.protocol import registry
 from harness.protocol.data import ImageBatches
@@ -43,16 +43,12 @@ from harness.protocol.fid import (
     symmetric_sqrt,
 )
 from harness.protocol.spec import TaskSpec
-from harness.protocol.trainer import Trainer, sampling_dtype
+from harness.protocol.trainer import Trainer
 from harness.run import checkpoints
+from harness.world import sync
 
 SAMPLING_STEPS = (2, 6)  # the two step counts a sampling batch is timed at
 SCORING_ROWS = 4096
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def seconds(fn, device: torch.device) -> float:
@@ -113,7 +109,7 @@ def sampling_burst(trainer: Trainer, spec: TaskSpec, device: torch.device) -> di
     than the larger is timed whole)."""
     batch = min(spec.sampling.batch_size, spec.evaluation.num_samples)
     seeds = sample_seeds(spec.seed, batch)
-    amp = sampling_dtype(spec, device)
+    amp = trainer.recipe.sampling_autocast
     model = trainer.ema_model()
 
     def sample(steps: int) -> None:
@@ -131,7 +127,8 @@ def sampling_burst(trainer: Trainer, spec: TaskSpec, device: torch.device) -> di
             per_step = (long - short) / (high - low)
             if per_step <= 0:  # the timings' noise exceeded 4 steps: no split, the longer timing scaled whole
                 per_step, fixed = long / high, 0.0
-            fixed = max(0.0, short - low * per_step)
+            else:
+                fixed = max(0.0, short - low * per_step)
             batch_seconds = fixed + per_step * spec.sampling.steps
     return {"sampling_batch": batch, "sampling_steps_timed": [spec.sampling.steps] if fixed is None else [low, high],
             "sampling_step_seconds": per_step, "sampling_fixed_seconds": fixed,

@@ -29,13 +29,13 @@ import torch
 
 from harness.errors import HarnessError
 from harness.files import now
+from harness.flops import matmul_precision, mfu
 from harness.measure import bursts
-from harness.measure.flops import matmul_precision, mfu
 from harness.protocol.data import load_images
+from harness.protocol.recipe import recipe_for
 from harness.protocol.reference import reference_plan
 from harness.protocol.spec import TaskSpec
 from harness.protocol.tasks import resolve_task
-from harness.protocol.trainer import precision_name
 from harness.run.records import device_info, library_versions
 
 SCHEMA_VERSION = 1
@@ -233,7 +233,7 @@ class Estimator:
             entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             return entry
         entry["arch"] = architecture.name
-        precision = precision_name(spec, self.device)
+        precision = recipe_for(spec, self.device).precision
         peak = matmul_precision(precision, self.device.type, device_info(self.device).get("capability"))
         entry.update(counts=counts(spec), precision=precision, reference_file=m.pop("reference_file"),
                      not_measured=m.pop("not_measured", []),

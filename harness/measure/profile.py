@@ -19,15 +19,17 @@ import torch
 
 from harness.errors import HarnessError
 from harness.files import atomic_write_json, now
-from harness.measure.flops import count_macs, matmul_precision, mfu
+from harness.flops import count_macs, matmul_precision, mfu
 from harness.measure.memory import PeakMemory
 from harness.protocol import registry
 from harness.protocol.data import ImageBatches
 from harness.protocol.diffusion import ddim_sample, sample_seeds
+from harness.protocol.recipe import recipe_for
 from harness.protocol.spec import TaskSpec
 from harness.protocol.tasks import resolve_task
-from harness.protocol.trainer import Trainer, autocast_dtype, precision_name, sampling_dtype, uses_channels_last
+from harness.protocol.trainer import Trainer
 from harness.run.records import device_info, library_versions
+from harness.world import sync
 
 SAMPLE_BATCH = {"cuda": 256, "cpu": 8}  # fixed DDIM batch per device type, the same for every architecture
 
@@ -57,21 +59,16 @@ def static_profile(arch: registry.Architecture, spec: TaskSpec) -> dict:
     }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_it(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> list[float]:
     """Seconds per call of ``fn``, each call bracketed by device synchronisation."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return times
 
@@ -84,14 +81,15 @@ def timed_profile(arch: registry.Architecture, spec: TaskSpec, device: torch.dev
     torch.manual_seed(spec.seed)
     model = registry.build(arch, spec.width_env, device)
     registry.validate(model, arch, device, image_size=spec.data.image_size)
-    amp = autocast_dtype(spec, device)
+    recipe = recipe_for(spec, device)
+    amp = recipe.autocast
 
     # training step (forward, backward, clip, AdamW, EMA) at the tier's batch, through the real Trainer
     size = spec.data.image_size
     images = torch.randint(0, 256, (max(batch, 64), 3, size, size), dtype=torch.uint8)
     trainer = Trainer(model, spec, ImageBatches(images, batch, device), device)
     trainer.train_step()  # first step allocates optimizer state; not part of the peak below
-    _sync(device)
+    sync(device)
     cuda = device.type == "cuda"
     with PeakMemory(device) as memory:
         times = time_it(trainer.train_step, device, warmup=2 if cuda else 1,
@@ -122,7 +120,7 @@ def timed_profile(arch: registry.Architecture, spec: TaskSpec, device: torch.dev
     # DDIM-50 sampling at a fixed batch per device type
     sample_batch = SAMPLE_BATCH.get(device.type, 8)
     seeds = sample_seeds(spec.seed, sample_batch)
-    sample_amp = sampling_dtype(spec, device)  # the protocol's evaluation.precision
+    sample_amp = recipe.sampling_autocast  # the protocol's evaluation.precision
     sample_times = time_it(lambda: ddim_sample(ema, spec.diffusion, spec.sampling, seeds, device, sample_amp, size),
                            device, warmup=1 if device.type == "cuda" else 0, repeats=3 if device.type == "cuda" else 1)
     out["sample_batch"], out["sample_steps"] = sample_batch, spec.sampling.steps
@@ -147,9 +145,9 @@ def inference_latency_ms(arch: registry.Architecture, spec: TaskSpec, device: to
     ``infer_latency_ms``; weights do not change it, so a fresh model is timed."""
     torch.manual_seed(spec.seed)
     model = registry.build(arch, spec.width_env, device).eval()
-    memory_format = torch.channels_last if uses_channels_last(spec, device) else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    call = _forward_call(model, 1, device, autocast_dtype(spec, device), memory_format, spec.data.image_size)
+    recipe = recipe_for(spec, device)
+    model = model.to(memory_format=recipe.memory_format)
+    call = _forward_call(model, 1, device, recipe.autocast, recipe.memory_format, spec.data.image_size)
     return round(statistics.median(time_it(call, device, warmup=3, repeats=repeats)) * 1e3, 3)
 
 
@@ -160,7 +158,7 @@ def profile(arch_name: str, tier: str, task: str = "cifar10", device: torch.devi
     spec = resolve_task(task, tier)
     out = {"arch": registry.canonical_name(Path(arch_name).stem), "tier": tier, "task": spec.name,
            "task_version": spec.version, "device": device_info(device)["name"], "device_type": device.type,
-           "dtype": precision_name(spec, device), "timing": timing}
+           "dtype": recipe_for(spec, device).precision, "timing": timing}
     try:
         arch = registry.find_architecture(arch_name)
         out["arch"] = arch.name

@@ -9,8 +9,6 @@ generator seeded with that number alone, so image i is the same whatever the bat
 """
 from __future__ import annotations
 
-from typing import Iterator
-
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
@@ -90,12 +88,6 @@ class NoiseSchedule:
         return (per_sample * self.loss_weight[t]).mean()
 
 
-def initial_noise(seeds: torch.Tensor | list[int], device: torch.device, image_size: int = 32) -> torch.Tensor:
-    """[len(seeds),3,S,S] standard normal; row i drawn from a CPU generator seeded with seeds[i]
-    (the same stream diffusers' ``randn_tensor`` uses with a list of generators)."""
-    return _draw([torch.Generator().manual_seed(int(s)) for s in seeds], device, image_size)
-
-
 def _draw(gens: list[torch.Generator], device: torch.device, image_size: int = 32) -> torch.Tensor:
     """[len(gens),3,S,S] standard normal, row i from gens[i] (advancing it)."""
     return torch.cat([torch.randn((1, 3, image_size, image_size), generator=g) for g in gens]).to(device)
@@ -148,16 +140,3 @@ def seed_batches(seeds: list[int], batch_size: int) -> list[list[int]]:
     it is computed in (conv kernels sum in another order), so sharded evaluation splits by these."""
     return [seeds[start : start + batch_size] for start in range(0, len(seeds), batch_size)]
 
-
-def generate(
-    model: torch.nn.Module,
-    diffusion: DiffusionSpec,
-    sampling: SamplingSpec,
-    seeds: list[int],
-    device: torch.device,
-    autocast_dtype: torch.dtype | None = None,
-    image_size: int = 32,
-) -> Iterator[torch.Tensor]:
-    """uint8 ``[b,3,S,S]`` batches of ``sampling.batch_size`` images, in seed order."""
-    for chunk in seed_batches(seeds, sampling.batch_size):
-        yield to_uint8(ddim_sample(model, diffusion, sampling, chunk, device, autocast_dtype, image_size))

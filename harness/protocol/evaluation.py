@@ -17,7 +17,7 @@ from harness.protocol.diffusion import ddim_sample, sample_seeds, seed_batches, 
 from harness.protocol.fid import InceptionFeatures, fid_from_features, kernel_inception_distance, resampled_fids
 from harness.protocol.reference import Reference, get_reference
 from harness.protocol.spec import TaskSpec
-from harness.world import SINGLE, World
+from harness.world import SINGLE, World, sync
 
 GRID_IMAGES = 64
 
@@ -39,11 +39,6 @@ class EvaluationResult:
                 "fid_std": self.fid_std, "fid_bootstrap": self.fid_bootstrap,
                 "sample_seconds": round(self.sample_seconds, 3), "feature_seconds": round(self.feature_seconds, 3),
                 "sampling_images_per_sec": round(self.num_samples / max(self.sample_seconds, 1e-9), 2)}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Evaluator:
@@ -88,7 +83,7 @@ class Evaluator:
             images = to_uint8(ddim_sample(ema_model, self.spec.diffusion, self.spec.sampling, chunks[j], self.device,
                                           self.autocast_dtype,
                                           self.spec.data.image_size))  # uint8 [b,3,S,S] on the device
-            _sync(self.device)
+            sync(self.device)
             t1 = time.perf_counter()
             feats = [self.features(images[i : i + evaluation.feature_batch_size]).cpu().numpy()
                      for i in range(0, len(images), evaluation.feature_batch_size)]

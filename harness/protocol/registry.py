@@ -12,7 +12,6 @@ noise ``[B,3,32,32]``. ``validate`` checks that with a tiny forward pass and exp
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -22,12 +21,12 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from harness.errors import HarnessError
 from harness.files import REPO_ROOT
+from harness.world import environment
 
 
 def architectures_dir() -> Path:
@@ -83,22 +82,6 @@ def find_architecture(name: str) -> Architecture:
             f"you can also pass a path to such a file."
         )
     return Architecture(canonical, path)
-
-
-@contextlib.contextmanager
-def environment(env: dict[str, str]) -> Iterator[None]:
-    """Set environment variables (e.g. BLOCK_OUT_CHANNELS / LAYERS_PER_BLOCK) for the duration,
-    then restore the caller's values."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _where_in_file(exc: BaseException, path: Path) -> str:
@@ -221,11 +204,11 @@ def validate(model: torch.nn.Module, arch: Architecture, device: torch.device, b
         )
 
 
-def load(arch_name: str, env: dict[str, str], device: torch.device, seed: int,
+def load(arch: str | Architecture, env: dict[str, str], device: torch.device, seed: int,
          image_size: int = 32) -> tuple[Architecture, torch.nn.Module]:
-    """Find, build (seeded) and validate an architecture on ``device``. The returned Architecture's
-    ``sha256`` is that of the source the model was built from, fixed for the rest of the process."""
-    arch = find_architecture(arch_name)
+    """Find (given a name or path), build (seeded) and validate an architecture on ``device``. The returned
+    Architecture's ``sha256`` is that of the source the model was built from, fixed for the rest of the process."""
+    arch = arch if isinstance(arch, Architecture) else find_architecture(arch)
     torch.manual_seed(seed)  # weight initialisation is part of the run's seed
     model, sha256 = build_with_hash(arch, env, device)
     validate(model, arch, device, image_size=image_size)

@@ -14,8 +14,10 @@ field, so a typo cannot silently fall back to a default.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import hashlib
 import os
 import types
 import typing
@@ -69,23 +71,30 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_task_file(name: str, _seen: tuple[Path, ...] = ()) -> tuple[dict, Path]:
+def load_task_file(name: str) -> tuple[dict, Path]:
     """Read a task file with its ``include:`` chain merged in. Returns (raw dict, path)."""
+    raw, path, _ = _read_task_file(name)
+    return raw, path
+
+
+def _read_task_file(name: str, _seen: tuple[Path, ...] = ()) -> tuple[dict, Path, bytes]:
+    """(raw dict with the includes merged in, path, the file's bytes as read)."""
     path = _task_path(name).resolve()
     if path in _seen:
         chain = " -> ".join(p.name for p in (*_seen, path))
         raise HarnessError(f"Task files include each other in a loop: {chain}. Remove one of the includes.")
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(data.decode()) or {}
     except yaml.YAMLError as exc:
         raise HarnessError(f"Task file {path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise HarnessError(f"Task file {path} must be a mapping of fields, not {type(raw).__name__}.")
     include = raw.pop("include", None)
     if include is not None:
-        base, _ = load_task_file(str(path.parent / include), (*_seen, path))
+        base, _, _ = _read_task_file(str(path.parent / include), (*_seen, path))
         raw = _deep_merge(base, raw)
-    return raw, path
+    return raw, path, data
 
 
 def tier_names(task: str = DEFAULT_TASK) -> list[str]:
@@ -179,13 +188,26 @@ def _check_override_key(key: str) -> None:
     raise HarnessError(
         f"Cannot override '{key}': the task has no such field.{hint} Overrides (--set KEY=VALUE) take a "
         f"dotted field of the task, e.g. optimizer.lr or training.batch_size (all fields: the dataclasses in "
-        f"harness/protocol/tasks.py)."
+        f"harness/protocol/spec.py)."
     )
 
 
 def resolve_task(task: str, tier: str, overrides: dict[str, Any] | None = None) -> TaskSpec:
     """Merge task file, tier and overrides (dotted keys, e.g. ``training.steps``) into a TaskSpec."""
     raw, path = load_task_file(task)
+    return _merged_spec(raw, path, task, tier, overrides)
+
+
+def resolve_with_tier(task: str, tier: str, overrides: dict[str, Any] | None = None) -> tuple[TaskSpec, TaskSpec, dict]:
+    """From one read of the task file: the TaskSpec with ``overrides``, the tier as the file defines it (with the
+    first's seed: what a run changed from its tier is the difference), and the file read ({"path", "sha256"})."""
+    raw, path, data = _read_task_file(task)
+    spec = _merged_spec(copy.deepcopy(raw), path, task, tier, overrides)
+    read = {"path": str(path), "sha256": hashlib.sha256(data).hexdigest()}
+    return spec, _merged_spec(raw, path, task, tier, {"seed": spec.seed}), read
+
+
+def _merged_spec(raw: dict, path: Path, task: str, tier: str, overrides: dict[str, Any] | None) -> TaskSpec:
     tiers = raw.pop("tiers", {}) or {}
     if tier not in tiers:
         close = difflib.get_close_matches(tier, list(tiers), n=1)

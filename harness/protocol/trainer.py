@@ -15,46 +15,9 @@ import torch
 from harness.errors import NonFiniteLoss
 from harness.protocol.data import ImageBatches
 from harness.protocol.diffusion import NoiseSchedule
+from harness.protocol.recipe import Recipe, recipe_for
 from harness.protocol.spec import TaskSpec
 from harness.world import SINGLE, World
-
-
-def autocast_dtype(spec: TaskSpec, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where training.precision asks for it on a device type in training.autocast_devices
-    (GPUs by default); None (fp32) otherwise."""
-    wanted = spec.training.precision == "bf16" and device.type in spec.training.autocast_devices
-    return torch.bfloat16 if wanted else None
-
-
-def precision_name(spec: TaskSpec, device: torch.device) -> str:
-    """What a record or profile calls the precision a run really used: "bf16" or "fp32"."""
-    return "bf16" if autocast_dtype(spec, device) else "fp32"
-
-
-def sampling_dtype(spec: TaskSpec, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast for DDIM sampling where evaluation.precision asks for it, on the same device types."""
-    wanted = spec.evaluation.precision == "bf16" and device.type in spec.training.autocast_devices
-    return torch.bfloat16 if wanted else None
-
-
-def uses_channels_last(spec: TaskSpec, device: torch.device) -> bool:
-    mode = spec.training.channels_last
-    return mode == "always" or (mode == "cuda" and device.type == "cuda")
-
-
-def optimizer_implementation(spec: TaskSpec, device: torch.device) -> str:
-    """AdamW's implementation on this device: "auto" is one fused kernel for the whole update on a GPU,
-    and multi-tensor ops on a CPU (35% faster than the for-loop there)."""
-    chosen = spec.optimizer.implementation
-    if chosen == "auto":
-        return "fused" if device.type == "cuda" else "foreach"
-    return chosen
-
-
-def optimizer_options(spec: TaskSpec, device: torch.device) -> dict:
-    """The keyword that selects ``optimizer_implementation`` in torch.optim.AdamW."""
-    return {"fused": {"fused": True}, "foreach": {"foreach": True},
-            "for-loop": {"foreach": False}}[optimizer_implementation(spec, device)]
 
 
 def device_rng_state(device: torch.device) -> dict:
@@ -66,16 +29,6 @@ def device_rng_state(device: torch.device) -> dict:
 def restore_device_rng_state(state: dict, device: torch.device) -> None:
     if device.type == "cuda" and "cuda_rng" in state:
         torch.cuda.set_rng_state(state["cuda_rng"], device)
-
-
-def recipe(spec: TaskSpec, device: torch.device) -> dict:
-    """The settings that depend on the device, as a run used them (its record's ``recipe``)."""
-    return {"device_type": device.type, "precision": precision_name(spec, device),
-            "sampling_precision": "bf16" if sampling_dtype(spec, device) else "fp32",
-            "channels_last": uses_channels_last(spec, device), "optimizer": optimizer_implementation(spec, device),
-            "compile": spec.training.compile,
-            # the random states a checkpoint holds (device_rng_state adds CUDA's on a GPU)
-            "rng_states": ["generator", "torch_rng"] + (["cuda_rng"] if device.type == "cuda" else [])}
 
 
 def ema_weight(schedule: str, decay: float, update: int) -> float:
@@ -112,14 +65,14 @@ class Trainer:
     the bare module, so checkpoints are the same whatever the number of processes."""
 
     def __init__(self, model: torch.nn.Module, spec: TaskSpec, batches: ImageBatches, device: torch.device,
-                 world: World = SINGLE):
+                 world: World = SINGLE, recipe: Recipe | None = None):
         self.spec = spec
+        self.recipe = recipe or recipe_for(spec, device)
         self.device = device
         self.batches = batches
         self.world = world
-        memory_format = torch.channels_last if uses_channels_last(spec, device) else torch.contiguous_format
-        self.memory_format = memory_format
-        self.model = model.to(memory_format=memory_format).train()
+        self.memory_format = self.recipe.memory_format
+        self.model = model.to(memory_format=self.memory_format).train()
         # The EMA is a frozen copy updated in place; evaluation samples with it.
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -129,17 +82,17 @@ class Trainer:
             raise ValueError(f"unknown optimizer {opt.name!r}")
         self.optimizer = torch.optim.AdamW(
             self.params, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay,
-            **optimizer_options(spec, device),
+            **self.recipe.optimizer_options,
         )
         self.schedule = NoiseSchedule(spec.diffusion, device)
         self.gen = torch.Generator(device).manual_seed(spec.seed)  # every training draw comes from here
-        self.autocast = autocast_dtype(spec, device)
+        self.autocast = self.recipe.autocast
         forward = self.model
         if world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             forward = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.forward = torch.compile(forward) if spec.training.compile else forward
+        self.forward = torch.compile(forward) if self.recipe.compile else forward
         self.part = world.batch_slice(spec.training.batch_size)  # this rank's rows of each global batch
         self.step = 0
         self.loss_curve: list[tuple[int, float]] = []  # (step, mean loss over the log interval)

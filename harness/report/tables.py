@@ -165,8 +165,9 @@ def _sampling_std(record: dict) -> float | None:
 
 
 def _early_fid(record: dict) -> float | None:
-    """FID at the first evaluation point after step 0 (the cheap proxy rank agreement checks);
-    None when that is the run's only one after step 0 (it would be compared with itself)."""
+    """FID at the first evaluation point after step 0: a cheap proxy of the best FID, in runs.csv (``early_fid``)
+    and leaderboard.csv (``early_fid_mean``), which reports/proxy-fidelity/restated.py reads; None when that is
+    the run's only one after step 0 (it would be a proxy of itself)."""
     later = [e for e in record.get("evaluations") or [] if e["step"] > 0]
     return later[0]["fid"] if len(later) > 1 else None
 

@@ -75,12 +75,27 @@ def read_run(folder: Path) -> tuple[RunRecord, dict]:
     return record, state
 
 
-def trained_model(record: RunRecord, state: dict, spec: TaskSpec, raw: bool,
-                  best: dict | None = None) -> tuple[torch.nn.Module, Path]:
-    """The run's architecture at its widths on the CPU, with ``best`` (the weights of its best evaluation), else
-    the last checkpoint's EMA weights (the sampled ones; the live model's buffers, as evaluation uses them) or,
-    ``raw``, its trained weights; and the file it was built from."""
-    arch = registry.find_architecture(record.arch_file)
+def chosen_architecture(record: RunRecord, arch: str | None) -> registry.Architecture:
+    """The file to build the run's model from: ``arch`` (the user's --arch), else the record's file when it lies in
+    the architectures folder. A record is data: a path it names elsewhere (a run folder from a colleague may carry
+    a record naming a file beside it) is not run unless the user names that file."""
+    if arch is not None:
+        return registry.find_architecture(arch)
+    named, home = Path(record.arch_file).resolve(), registry.architectures_dir().resolve()
+    if named.parent != home:
+        raise HarnessError(
+            f"The run's record names the architecture file {named}, which is not in the architectures folder "
+            f"({home}). A record is data, so the harness does not run a file only because a record names it. If you "
+            f"trust that file, pass it: --arch {named}.")
+    return registry.find_architecture(str(named))
+
+
+def trained_model(record: RunRecord, state: dict, spec: TaskSpec, raw: bool, best: dict | None = None,
+                  arch: str | None = None) -> tuple[torch.nn.Module, Path]:
+    """The run's architecture (``arch``, else the record's file in the architectures folder) at its widths on the
+    CPU, with ``best`` (the weights of its best evaluation), else the last checkpoint's EMA weights (the sampled
+    ones; the live model's buffers, as evaluation uses them) or, ``raw``, its trained weights; and its file."""
+    arch = chosen_architecture(record, arch)
     if record.arch_sha256 and arch.sha256 != record.arch_sha256:
         raise HarnessError(
             f"{arch.path} has changed since this run was trained (sha256 {arch.sha256[:12]} now, "
@@ -123,17 +138,18 @@ def best_weights(folder: Path, record: RunRecord, state: dict, raw: bool) -> tup
 
 
 def export_model(folder: str | Path, out: str | Path, *, raw: bool = False, force: bool = False,
-                 which: str = "best") -> dict:
+                 which: str = "best", arch: str | None = None) -> dict:
     """Write the run in ``folder`` to ``out`` (a new folder; ``force`` replaces one): the weights of its best
-    evaluation (``which="best"``, the ones its leaderboard FID belongs to) or of its last checkpoint. Returns
-    what ``harness_export.json`` holds."""
+    evaluation (``which="best"``, the ones its leaderboard FID belongs to) or of its last checkpoint, built with
+    ``arch`` (a name or file; default: the record's file, if it is in the architectures folder). Returns what
+    ``harness_export.json`` holds."""
     folder, out = Path(folder), Path(out)
     record, state = read_run(folder)
     if out.exists() and not (force and out.is_dir()):
         raise HarnessError(f"{out} already exists. Pass another --out, or --force to replace it.")
     spec = spec_from_config(record.config, where=str(folder / RECORD_FILE))
     best, step = best_weights(folder, record, state, raw) if which == "best" else (None, state["trainer"]["step"])
-    model, arch_path = trained_model(record, state, spec, raw, best)
+    model, arch_path = trained_model(record, state, spec, raw, best, arch)
     scheduler = ddim_scheduler(spec.diffusion, spec.sampling)
     is_diffusers = hasattr(model, "save_pretrained") and hasattr(model, "register_to_config")
     meta = {"run_folder": str(folder.resolve()), "task": record.task, "task_version": record.task_version,

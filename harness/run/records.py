@@ -1,7 +1,7 @@
 """Run records: one JSON per (task, architecture, tier, seed), written atomically.
 
-The schema is documented in ``results/README.md``; ``SCHEMA_VERSION`` changes with it.
-``load_records`` reads many records into one flat pandas DataFrame for reports.
+The schema is documented in ``results/README.md``; ``SCHEMA_VERSION`` changes with it. Reports read
+many records at once with ``harness.report.tables.load_runs`` (``harness.load_runs`` in the Python API).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 
 from harness.errors import HarnessError
 from harness.files import REPO_ROOT, atomic_write_json, keep_spare, now
-from harness.measure.flops import matmul_precision, mfu
+from harness.flops import matmul_precision, mfu
 
 SCHEMA_VERSION = 2
 RECORD_FILE = "record.json"
@@ -154,7 +154,7 @@ class RunRecord:
     # when status is "interrupted": {"step", "signal" ("SIGINT", "SIGTERM", "SIGUSR1"; None for a sweep's or
     # search's stop request), "at"}; absent (None) in records from before 2026-12-03
     interruption: dict | None = None
-    # the device-dependent settings the run used (harness/protocol/trainer.py recipe): device_type, precision,
+    # the device-dependent settings the run used (harness/protocol/recipe.py Recipe): device_type, precision,
     # sampling_precision, channels_last, optimizer ("fused", "foreach", "for-loop"), compile, rng_states;
     # None in records from before 2026-12-03
     recipe: dict | None = None
@@ -211,19 +211,3 @@ def why_unreadable(exc: Exception) -> str:
         return f"is not a valid record: it lacks the field {exc}"
     return f"is not a valid record: {exc}"  # not JSON (cut short by a full disk, say), or the wrong shape
 
-
-def load_records(results_dir: str | Path):
-    """Every record under ``results_dir`` as a flat DataFrame, one row per run."""
-    import pandas as pd
-
-    rows = []
-    for path in sorted(Path(results_dir).rglob(RECORD_FILE)):
-        record = json.loads(path.read_text())
-        row = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
-        row.update({f"timings.{k}": v for k, v in (record.get("timings") or {}).items()})
-        row.update({f"profile.{k}": v for k, v in (record.get("profile") or {}).items()
-                    if not isinstance(v, (dict, list))})
-        row["device"] = (record.get("device") or {}).get("name")
-        row["path"] = str(path)
-        rows.append(row)
-    return pd.DataFrame(rows)

@@ -4,7 +4,8 @@ The driver owns the study (ask and tell; nothing else writes it). Each trial is 
 an architecture file ``RESULTS_DIR/studies/<study>/<study>_t<N>.py`` and run by the Ray pool (cluster/pool.py) as
 ``run`` runs it, in ``RESULTS_DIR/<task>/<study>_t<N>/<tier>/seed<seed>``. FID at each evaluation point comes back
 through the pool's channel as the trial's intermediate value (its long work as notes); a pruned trial's run is
-stopped (it checkpoints) and told PRUNED.
+stopped (it checkpoints) and told PRUNED. The Ray session and the drive loop (Ctrl-C, SIGTERM) are the ones sweeps
+use (harness/studies/session.py, drive.py); ``Search`` is the drive loop's ``Driver``.
 
 Resume: a trial left RUNNING by a killed driver is run again under the same number and its run continues from its
 checkpoint; finished trials are never redone; the baselines are enqueued once.
@@ -17,22 +18,19 @@ it is enqueued in the next rung's study, run at the next tier from rung 0's file
 """
 from __future__ import annotations
 
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from harness.cluster.connect import connect
 from harness.cluster.pool import Job, Outcome, RayPool
-from harness.cluster.resources import allocate, cluster_resources
+from harness.cluster.resources import Resources, allocate
 from harness.errors import HarnessError
 from harness.files import atomic_write_bytes
 from harness.protocol.tasks import resolve_task
-from harness.run.locks import RunLock
-from harness.run.records import ensure_writable, read_record, run_dir
-from harness.run.signals import signal_of, signals_interrupt
+from harness.run.records import read_record
+from harness.run.request import RunRequest, plan_run
 from harness.search.export import render
 from harness.search.rungs import Ladder, check_reduction, finished, parse_tiers, planned, rung_name
 from harness.search.space_file import load_space
@@ -47,6 +45,8 @@ from harness.search.study import (
     resolve_methods,
     storage_url,
 )
+from harness.studies.drive import Driver, drive
+from harness.studies.session import absolute_inputs, driver_lock, ray_session
 from harness.world import refuse_cpu_fallback
 
 LOCKED_RETRY_SECONDS = 15  # a trial's folder still locked by a run of the killed driver: try again this often
@@ -107,7 +107,7 @@ def settings_for(spec: SearchSpec, tier: str | None = None, name: str | None = N
                          objectives=objectives, sampler=sampler, pruner=pruner, steps=task.training.steps,
                          block_out_channels=tuple(task.model.block_out_channels),
                          layers_per_block=task.model.layers_per_block, space=space, overrides=dict(spec.overrides),
-                         chosen_at=origin)
+                         chosen_at=origin, resolved=task)
 
 
 def rung_settings(spec: SearchSpec) -> list[StudySettings]:
@@ -126,19 +126,19 @@ def rung_settings(spec: SearchSpec) -> list[StudySettings]:
                       for k, tier in enumerate(tiers) if k]
 
 
-class Search:
+class Search(Driver):
+    what, runs = "search", "every trial's run"
+
     def __init__(self, spec: SearchSpec, *, address: str | None = None, gpus_per_trial: float | None = None,
                  cpus_per_trial: float | None = None, max_parallel: int | None = None, max_retries: int = 3,
                  progress: bool = True, stream=None, devices: int | None = None, before_start=None):
         # before_start(allocation, {tier: trials left}): told once the study's checks pass, before any trial
         # starts (the CLI prints `estimate`'s prediction there)
+        super().__init__(stream, progress)
         self.before_start = before_start
-        self.results_dir = Path(spec.results_dir).expanduser().resolve()
-        task = spec.task  # a task file given by path must resolve the same way on every worker
-        if Path(task).suffix in (".yaml", ".yml") and Path(task).exists():
-            task = str(Path(task).resolve())
-        data_dir = str(Path(spec.data_dir).expanduser().resolve()) if spec.data_dir else None
-        self.spec = SearchSpec(**{**asdict(spec), "task": task, "results_dir": self.results_dir, "data_dir": data_dir})
+        task, self.results_dir, data_dir = absolute_inputs(spec.task, spec.results_dir, spec.data_dir)
+        self.spec = replace(spec, task=task, results_dir=self.results_dir, data_dir=data_dir,
+                            overrides=dict(spec.overrides))
         self.rungs = rung_settings(self.spec)
         self.settings = self.rungs[0]  # the study trials are sampled in; it names the storage and the files
         self.ladder = Ladder(self.rungs, self.spec.reduction, self.spec.trials)  # each rung's study, once opened
@@ -146,8 +146,14 @@ class Search:
         self.address, self.max_retries = address, max_retries
         self.requested = {"gpus_per_run": gpus_per_trial, "cpus_per_run": cpus_per_trial, "max_parallel": max_parallel,
                           "devices": devices}
-        self.progress, self.stream = progress, stream or sys.stdout
         self.trials_dir = self.results_dir / "studies" / self.settings.name
+        # while driving (drive.py): the trials in flight by job key, those a killed driver left RUNNING, and
+        # those whose folders were locked, to try again; the progress bar
+        self.slots: dict[str, _Slot] = {}
+        self.resumable: list = []
+        self.waiting: list[_Slot] = []
+        self.pool: RayPool | None = None
+        self.bar = None
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -172,12 +178,11 @@ class Search:
         """Run trials until the study has ``trials`` finished ones; return the study. Raises
         KeyboardInterrupt after a Ctrl-C has stopped every run with a checkpoint."""
         import optuna
-        import ray
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver says what happens, once per trial
-        ensure_writable(self.results_dir)
-        with RunLock(self.results_dir / "studies", name=f"{self.settings.name}.lock",
-                     driver=f"study {self.settings.name}"):  # one driver per study: one writer of its storage
+        # one driver per study: one writer of its storage
+        with driver_lock(self.results_dir, self.results_dir / "studies" / f"{self.settings.name}.lock",
+                         f"study {self.settings.name}"):
             study = self.ladder.open(open_storage(self.url))
             if self.ladder.note:
                 self.say(self.ladder.note)
@@ -188,16 +193,9 @@ class Search:
                          f"(--trials {self.spec.trials}){' and every promotion run' if len(self.rungs) > 1 else ''}; "
                          f"nothing to run. Pass a larger --trials to continue it.")
                 return study
-            connect(self.address)
-            try:
-                allocation = allocate(cluster_resources(), self.spec.device, runs=self.spec.trials, **self.requested)
-                refuse_cpu_fallback([resolve_task(self.spec.task, s.tier, self.spec.overrides) for s in self.rungs],
-                                    self.spec.device, allocation["device_type"])
-                pool = RayPool(allocation, self.max_retries)
-                problems = pool.check_nodes(self.results_dir, {})
-                if problems:
-                    raise HarnessError("The search cannot start: " + "; ".join(problems) + ". Put --results-dir on "
-                                       "storage every node mounts at the same path.")
+            with ray_session(self.address, self._allocation, self.max_retries, self.results_dir, lambda: {},
+                             "search") as session:
+                allocation = session.allocation
                 self.say(f"Study {self.settings.name}: {done} of {self.spec.trials} trials finished, "
                          f"{self.ladder.running_count()} to resume;{self.ladder.text()} objectives "
                          f"{', '.join(self.settings.objectives)} (minimized), sampler {self.settings.sampler}, "
@@ -206,10 +204,13 @@ class Search:
                          f"each. Storage: {self.url}")
                 if self.before_start is not None:
                     self.before_start(allocation, self.ladder.left())
-                self._drive(self.ladder.studies, pool, allocation["max_parallel"])
-            finally:
-                ray.shutdown()  # stops a private instance; only disconnects from a cluster
+                self._drive(session.pool, allocation["max_parallel"])
         return study
+
+    def _allocation(self, resources: Resources) -> dict:
+        allocation = allocate(resources, self.spec.device, runs=self.spec.trials, **self.requested)
+        refuse_cpu_fallback([s.resolved for s in self.rungs], self.spec.device, allocation["device_type"])
+        return allocation
 
     def _enqueue_baselines(self, study) -> None:
         """The space's baselines become the first trials, once per study."""
@@ -223,57 +224,49 @@ class Search:
         """Finished trials of rung 0, which count towards --trials (infeasible points do not)."""
         return len(finished(study.get_trials(deepcopy=False)))
 
-    @signals_interrupt()  # SIGTERM and SIGUSR1 stop the runs as Ctrl-C does
-    def _drive(self, studies: list, pool: RayPool, max_parallel: int) -> None:
-        resumable = self.ladder.running()
-        slots: dict[str, _Slot] = {}
-        waiting: list[_Slot] = []  # locked folders, to try again
+    def _drive(self, pool: RayPool, max_parallel: int) -> None:
+        self.pool, self.resumable, self.slots, self.waiting = pool, self.ladder.running(), {}, []
         done, total = self.ladder.bar_counts()
-        bar = tqdm(total=total, initial=done, unit="trial", desc=f"search {self.settings.name}",
-                   disable=not self.progress, dynamic_ncols=True)
-        stopping, stopped_by = False, "SIGINT"
+        self.bar = tqdm(total=total, initial=done, unit="trial", desc=f"search {self.settings.name}",
+                        disable=not self.progress, dynamic_ncols=True)
         try:
-            while True:
-                try:
-                    while not stopping and len(pool.running) < max_parallel:
-                        first_rung = sum(slot.rung == 0 for slot in slots.values())
-                        slot = self._next_slot(studies, resumable, waiting, first_rung)
-                        if slot is None:
-                            break
-                        slots[slot.job.key] = slot
-                        pool.submit(slot.job)
-                    if not pool.running and not waiting:
-                        break
-                    events, _, outcomes = pool.wait(timeout=1.0)
-                    for key, event in events:
-                        if key in slots and event["kind"] == "evaluation":
-                            self._on_evaluation(slots[key], event, pool)
-                        elif key in slots and event["kind"] == "note":  # long work that is not training
-                            self.say(f"note       trial {self._trial_name(slots[key])}: {event['text']}")
-                    for outcome in outcomes:
-                        slot = slots.pop(outcome.key)
-                        if outcome.status == "locked" and slot.locked_tries < LOCKED_RETRIES and not stopping:
-                            slot.locked_tries, slot.retry_at = (slot.locked_tries + 1,
-                                                                time.monotonic() + LOCKED_RETRY_SECONDS)
-                            waiting.append(slot)
-                            slots[outcome.key] = slot
-                            continue
-                        self._on_outcome(slot, outcome)
-                        done, bar.total = self.ladder.bar_counts()
-                        bar.update(done - bar.n)
-                        bar.set_postfix_str(self.ladder.best_text(), refresh=True)
-                except KeyboardInterrupt as interrupt:
-                    if stopping and signal_of(interrupt) != "SIGINT":
-                        continue  # a scheduler's signal again (or to the whole job): the runs are stopping already
-                    again, stopping, stopped_by = stopping, True, stopped_by if stopping else signal_of(interrupt)
-                    waiting.clear()
-                    pool.interrupt(again, self.say, by=stopped_by, runs="every trial's run", driver="search")
+            drive(pool, self, max_parallel)
         finally:
-            if not stopping:
-                bar.total = bar.n  # promoted points that could not be built at their tier never ran
-            bar.close()
-        if stopping:
-            raise KeyboardInterrupt(stopped_by)
+            if not self.stopping:
+                self.bar.total = self.bar.n  # promoted points that could not be built at their tier never ran
+            self.bar.close()
+
+    def next_job(self) -> Job | None:
+        first_rung = sum(slot.rung == 0 for slot in self.slots.values())
+        slot = self._next_slot(self.ladder.studies, self.resumable, self.waiting, first_rung)
+        if slot is None:
+            return None
+        self.slots[slot.job.key] = slot
+        return slot.job
+
+    def held_back(self) -> bool:
+        return bool(self.waiting)
+
+    def on_stop(self) -> None:
+        self.waiting.clear()
+
+    def on_event(self, key: str, event: dict) -> None:
+        if key in self.slots and event["kind"] == "evaluation":
+            self._on_evaluation(self.slots[key], event, self.pool)
+        elif key in self.slots and event["kind"] == "note":  # long work that is not training
+            self.say(f"note       trial {self._trial_name(self.slots[key])}: {event['text']}")
+
+    def on_outcome(self, outcome: Outcome) -> None:
+        slot = self.slots.pop(outcome.key)
+        if outcome.status == "locked" and slot.locked_tries < LOCKED_RETRIES and not self.stopping:
+            slot.locked_tries, slot.retry_at = slot.locked_tries + 1, time.monotonic() + LOCKED_RETRY_SECONDS
+            self.waiting.append(slot)
+            self.slots[outcome.key] = slot
+            return
+        self._on_outcome(slot, outcome)
+        done, self.bar.total = self.ladder.bar_counts()
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str(self.ladder.best_text(), refresh=True)
 
     def _next_slot(self, studies: list, resumable: list, waiting: list[_Slot], first_rung: int) -> _Slot | None:
         """A trial to start: a locked one whose wait is over, one the last driver left RUNNING, a
@@ -315,15 +308,16 @@ class Search:
         """A trial's run: rung 0's architecture file (the same bytes at every tier), at rung k's tier."""
         s, number = self.rungs[k], trial.number
         origin = trial.user_attrs["origin_trial"] if k else number
-        arch = self.write_arch_file(origin, choices)
-        folder = run_dir(self.results_dir, s.task, arch.stem, s.tier, s.seed)
-        trial.set_user_attr("arch_file", str(arch))
-        trial.set_user_attr("run_folder", str(folder))
         tags = {"study": s.name, "trial": number, **({"rung": k, "tier": s.tier} if len(self.rungs) > 1 else {})}
-        job = Job(key=f"r{k}trial{number}" if k else f"trial{number}", folder=str(folder), task=self.spec.task,
-                  arch=str(arch), tier=s.tier, seed=s.seed, results_dir=str(self.results_dir),
-                  overrides=dict(s.overrides), data_dir=self.spec.data_dir, device=self.spec.device,
-                  measure_latency="latency" in s.objectives, tags=tags)
+        plan = plan_run(RunRequest(task=self.spec.task, arch=str(self.write_arch_file(origin, choices)), tier=s.tier,
+                                   seed=s.seed, overrides=dict(s.overrides), device=self.spec.device,
+                                   results_dir=self.results_dir, data_dir=self.spec.data_dir, progress=False,
+                                   tags=tags))
+        for key, value in (("arch_file", plan.request.arch), ("run_folder", str(plan.folder)),
+                           ("choices", dict(choices))):
+            trial.set_user_attr(key, value)  # choices: what export writes, as a study's stored code is never run
+        job = Job(key=f"r{k}trial{number}" if k else f"trial{number}", request=plan.request, folder=str(plan.folder),
+                  measure_latency="latency" in s.objectives)
         baseline = trial.user_attrs.get("baseline")
         name = f"trial {number}" + (f" ({baseline})" if baseline else "")
         if k:
@@ -394,7 +388,3 @@ class Search:
         for name in self.settings.objectives[1:]:
             values.append(attrs.get(SECOND_OBJECTIVES[name][0]))
         return None if any(v is None for v in values) else [float(v) for v in values]
-
-    def say(self, line: str) -> None:
-        tqdm.write(line, file=self.stream)
-

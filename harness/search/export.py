@@ -86,20 +86,19 @@ def _without_docstring_and_future(source: str) -> tuple[str, bool]:
     return "\n".join(line for i, line in enumerate(lines) if i not in drop), future
 
 
-def export_trial(study, number: int | None, name: str | None, out_dir: Path, force: bool = False) -> Path:
-    """Write trial ``number`` of ``study`` (its best with None) as ``out_dir/<name>.py``."""
-    import optuna
-
+def export_trial(study, number: int | None, name: str | None, out_dir: Path, force: bool = False,
+                 space: Path | None = None) -> Path:
+    """Write trial ``number`` of ``study`` (its best with None) as ``out_dir/<name>.py``. Nothing the study
+    holds is run: the file is the study's stored space source as text, with the trial's stored choices."""
     from harness.files import atomic_write_bytes, now
-    from harness.search.study import LABELS, study_space
+    from harness.search.study import LABELS
 
     settings = study.user_attrs.get("harness")
     if settings is None:
         raise HarnessError(f"Study {study.study_name!r} was not made by `python -m harness search` (it has no harness "
                            f"settings), so there is no space to build its trials from.")
     trial = _chosen_trial(study, number, settings)
-    space = study_space(study)
-    choices = space.suggest(optuna.trial.FixedTrial(trial.params))
+    choices = trial_choices(study, trial, settings, space)
     name = name or f"{study.study_name}_t{trial.number}".replace("-", "_").replace(".", "_")
     if not name.isidentifier():
         raise HarnessError(f"--name {name!r} must be a Python identifier (letters, digits, '_'): it names "
@@ -120,6 +119,51 @@ def export_trial(study, number: int | None, name: str | None, out_dir: Path, for
                   title=f"Trial {trial.number} of the architecture search {study.study_name!r}, exported.", about=about)
     atomic_write_bytes(path, text.encode())
     return path
+
+
+def trial_choices(study, trial, settings: dict, space: Path | None) -> dict:
+    """The values the trial's architecture was built from, as the search stored them with the trial. A study
+    made before they were stored needs the space file it was searched with (``space``, checked against the
+    study's hash): the study's own copy of that code is data, and data is never run."""
+    stored = trial.user_attrs.get("choices")
+    if stored is not None:
+        return _checked_literals(stored, f"trial {trial.number} of study {study.study_name!r}")
+    if space is None:
+        raise HarnessError(
+            f"Trial {trial.number} of study {study.study_name!r} was searched before the harness stored each trial's "
+            f"choices, so they can only be rebuilt by running the search space's code. The study holds a copy of that "
+            f"code, but a study is data and the harness does not run it. Pass --space with the space file the search "
+            f"used ({settings.get('space_path')}); its sha256 must be the study's "
+            f"({str(settings.get('space_sha256'))[:12]}).")
+    import optuna
+
+    from harness.search.space_file import load_space
+
+    own = load_space(space)
+    if own.sha256 != settings.get("space_sha256"):
+        raise HarnessError(f"--space {space} is not the space study {study.study_name!r} was searched with (sha256 "
+                           f"{own.sha256[:12]}, the study's {str(settings.get('space_sha256'))[:12]}). Pass that file "
+                           f"as it was (`git log -- {settings.get('space_path')}`).")
+    return own.suggest(optuna.trial.FixedTrial(trial.params))
+
+
+def _checked_literals(choices, where: str) -> dict:
+    """``choices`` if it is a dict of identifier keys to plain values (numbers, booleans, None, short plain strings
+    or lists of them), which the file can hold as literals; else a HarnessError: a study can be edited by anyone."""
+    def plain(value) -> bool:
+        if isinstance(value, list):
+            return all(plain(v) for v in value)
+        if isinstance(value, str):
+            return len(value) <= 200 and all(c.isalnum() or c in "_-+.,:/ " for c in value)
+        return value is None or isinstance(value, (bool, int, float))
+
+    bad = [k for k, v in choices.items() if not (isinstance(k, str) and k.isidentifier() and plain(v))] \
+        if isinstance(choices, dict) else ["(not a mapping)"]
+    if bad:
+        raise HarnessError(f"The choices stored with {where} are not plain values ({', '.join(map(str, bad))}), so "
+                           f"they cannot be written into an architecture file. The study was changed after the search "
+                           f"wrote it; export another trial, or search again.")
+    return dict(choices)
 
 
 def _chosen_trial(study, number: int | None, settings: dict):

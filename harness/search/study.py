@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.search.space_file import SpaceFile, space_from_source
+from harness.search.space_file import SpaceFile
 
 SECOND_OBJECTIVES = {  # --objectives fid,<name>: (trial user attribute, what it measures)
     "gflops": ("gflops", "GFLOPs of one forward pass of one image, attention included"),
@@ -158,6 +158,7 @@ class StudySettings:
     # a promoted rung's: the study its points were chosen in, and that tier's widths and depth (its
     # architecture files keep the depth relative to that tier's; export renders them the same way)
     chosen_at: dict | None = None
+    resolved: object = field(default=None, repr=False, compare=False)  # the TaskSpec at this tier (not stored)
 
     def identity(self) -> dict:
         return {"task": self.task, "task_version": self.task_version, "tier": self.tier, "seed": self.seed,
@@ -188,7 +189,7 @@ def open_study(settings: StudySettings, storage):
         return study
     theirs = {k: stored.get(k) for k in IDENTITY}
     ours = settings.identity()
-    changed = [k for k in IDENTITY if _plain(theirs[k]) != _plain(ours[k])]
+    changed = [k for k in IDENTITY if plain(theirs[k]) != plain(ours[k])]
     if changed:
         diffs = "; ".join(f"{k}: {theirs[k]!r} in the study, {ours[k]!r} now" for k in changed)
         raise HarnessError(f"Study {settings.name!r} was made with other settings ({diffs}). Run it with its own "
@@ -214,13 +215,7 @@ def load_study(name: str, storage):
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
 
 
-def study_space(study) -> SpaceFile:
-    """The space the study was made with, from the source stored in it."""
-    stored = study.user_attrs["harness"]
-    return space_from_source(study.user_attrs["space_source"], Path(stored["space_path"]))
-
-
-def _plain(value):
+def plain(value):
     import json
 
     return json.loads(json.dumps(value, default=list))
@@ -256,6 +251,24 @@ def summary(study, limit: int = 10) -> dict:
             "best": [trial_row(t, objectives) for t in best],
             "running": [t.number for t in trials if t.state.name == "RUNNING"],
             "failed": [trial_row(t, objectives) for t in trials if t.state.name == "FAIL"]}
+
+
+def rung_summaries(url: str, rungs: list[StudySettings]) -> list[dict]:
+    """The summary of each rung's study in storage ``url`` (its tier and rung added): rung 0's, and each other
+    rung's that has been made."""
+    import optuna
+
+    storage = open_storage(url, create=False)
+    names = set(optuna.study.get_all_study_names(storage))
+    return [dict(summary(load_study(s.name, storage)), tier=s.tier, rung=k) for k, s in enumerate(rungs)
+            if k == 0 or s.name in names]
+
+
+def search_result(url: str, rungs: list[StudySettings]) -> dict:
+    """What ``harness search --json`` prints: the study's summary (with several tiers, ``{"rungs": [...]}``, each
+    rung's) and its ``storage``."""
+    summaries = rung_summaries(url, rungs)
+    return dict(summaries[0] if len(rungs) == 1 else {"rungs": summaries}, storage=url)
 
 
 def summary_text(result: dict) -> str:

@@ -1,4 +1,7 @@
-"""Multiply-accumulates of one forward pass, attention included.
+"""Multiply-accumulates of one forward pass, attention included, and the devices' peaks that MFU is rated against.
+
+A leaf (no harness imports): a run stamps its record with the counts and its MFU (harness/run/), and the
+profile, bench and estimate (harness/measure/) count and rate the same way.
 
 fvcore counts convolutions, linear layers, matmuls and norms by tracing the model, but skips
 ``aten::scaled_dot_product_attention`` ("unsupported operator"), and torch's FlopCounterMode

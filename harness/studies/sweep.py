@@ -17,7 +17,7 @@ import json
 import os
 import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -29,12 +29,14 @@ from harness.errors import HarnessError
 from harness.files import atomic_write_json, now
 from harness.protocol import registry
 from harness.protocol.spec import TaskSpec
-from harness.protocol.tasks import resolve_task, result_settings
+from harness.protocol.tasks import result_settings
 from harness.run import checkpoints
 from harness.run.folder import LOG_FILE
 from harness.run.locks import LOCK_FILE, RunLock, RunLocked
-from harness.run.records import RECORD_FILE, RunRecord, ensure_writable, git_commit, read_record, run_dir
-from harness.run.signals import signal_of, signals_interrupt
+from harness.run.records import RECORD_FILE, RunRecord, git_commit, read_record
+from harness.run.request import ResolvedRun, RunRequest, plan_run
+from harness.studies.drive import Driver, drive
+from harness.studies.session import absolute_inputs, driver_lock, ray_session
 from harness.world import refuse_cpu_fallback
 
 FINAL = ("completed", "skipped")  # a cell in one of these states needs nothing more
@@ -56,16 +58,35 @@ class SweepSpec:
 
 @dataclass
 class Cell:
-    arch: str  # the registry's name (the file's stem)
-    arch_ref: str  # what the run is given: a name, or an absolute path for a file outside architectures/
-    tier: str
-    seed: int
-    spec: TaskSpec
-    folder: Path
+    plan: ResolvedRun  # the cell's run, resolved once: what it is given, its settings and its folder
     action: str = "run"  # run | resume | skip | locked
     resume_step: int | None = None
     holder: dict | None = None
     record_problem: str | None = None  # its record is there but cannot be read: said, and the run rewrites it
+
+    @property
+    def arch(self) -> str:  # the registry's name (the file's stem)
+        return self.plan.architecture.name
+
+    @property
+    def arch_ref(self) -> str:  # what the run is given: a name, or an absolute path for a file outside architectures/
+        return self.plan.request.arch
+
+    @property
+    def spec(self) -> TaskSpec:
+        return self.plan.spec
+
+    @property
+    def tier(self) -> str:
+        return self.plan.spec.tier
+
+    @property
+    def seed(self) -> int:
+        return self.plan.spec.seed
+
+    @property
+    def folder(self) -> Path:
+        return self.plan.folder
 
     @property
     def key(self) -> str:
@@ -80,19 +101,14 @@ def expand(sweep: SweepSpec) -> list[Cell]:
     for name in dict.fromkeys(names):
         arch = registry.find_architecture(name)
         in_registry = arch.path.parent.resolve() == registry.architectures_dir().resolve()
-        archs.append((arch, arch.name if in_registry else str(arch.path.resolve())))
-    if len({a.name for a, _ in archs}) < len(archs):
+        archs.append((arch.name, arch.name if in_registry else str(arch.path.resolve())))
+    if len({name for name, _ in archs}) < len(archs):
         raise HarnessError("Two of the architectures given have the same name (file stem), so their runs would share "
                            "a folder. Rename one of the files.")
-    cells = []
-    for tier in dict.fromkeys(sweep.tiers):
-        for seed in dict.fromkeys(sweep.seeds):
-            overrides = dict(sweep.overrides, **({"seed": seed} if seed is not None else {}))
-            spec = resolve_task(sweep.task, tier, overrides)
-            for arch, ref in archs:
-                folder = run_dir(sweep.results_dir, spec.name, arch.name, spec.tier, spec.seed)
-                cells.append(Cell(arch.name, ref, spec.tier, spec.seed, spec, folder))
-    return cells
+    return [Cell(plan_run(RunRequest(task=sweep.task, arch=ref, tier=tier, seed=seed, overrides=dict(sweep.overrides),
+                                     device=sweep.device, results_dir=sweep.results_dir, data_dir=sweep.data_dir,
+                                     progress=False)))
+            for tier in dict.fromkeys(sweep.tiers) for seed in dict.fromkeys(sweep.seeds) for _, ref in archs]
 
 
 def _same_config(record: RunRecord, spec: TaskSpec, device_type: str | None = None) -> bool:
@@ -104,20 +120,19 @@ def _same_config(record: RunRecord, spec: TaskSpec, device_type: str | None = No
         return False
     if device_type is None:
         return True
-    import torch
 
-    from harness.protocol.trainer import precision_name, sampling_dtype
+    from harness.protocol.recipe import recipe_for
 
-    device = torch.device(device_type)
-    used = (record.precision, record.eval_precision or record.precision)
-    return used == (precision_name(spec, device), "bf16" if sampling_dtype(spec, device) else "fp32")
+    recipe = recipe_for(spec, device_type)
+    return (record.precision, record.eval_precision or record.precision) == (recipe.precision,
+                                                                             recipe.sampling_precision)
 
 
 def inspect(cell: Cell, device_type: str) -> None:
     """Set ``cell.action`` from what its folder holds."""
     record, cell.record_problem = read_record(cell.folder / RECORD_FILE)
     if (record is not None and record.status == "completed" and _same_config(record, cell.spec, device_type)
-            and record.arch_sha256 == registry.find_architecture(cell.arch_ref).sha256
+            and record.arch_sha256 == cell.plan.architecture.sha256
             and (record.device or {}).get("type") == device_type):
         cell.action, cell.resume_step = "skip", record.step
         return
@@ -139,29 +154,31 @@ def sweep_id(sweep: SweepSpec, cells: list[Cell]) -> str:
     return f"{cells[0].spec.name}-{digest}"
 
 
-class Sweep:
+class Sweep(Driver):
+    what = "sweep"
+
     def __init__(self, spec: SweepSpec, *, address: str | None = None, gpus_per_run: float | None = None,
                  cpus_per_run: float | None = None, max_parallel: int | None = None, max_retries: int = 3,
                  progress: bool = True, stream=None, devices: int | None = None):
-        results_dir = Path(spec.results_dir).expanduser().resolve()
-        if "runtime_resources" in results_dir.parts:
-            raise HarnessError(
-                f"The results folder {results_dir} is inside Ray's temporary copy of the working directory (a relative "
-                f"--results-dir under `ray job submit --working-dir`), which Ray deletes. Pass an absolute "
-                f"--results-dir on storage every node mounts at the same path, e.g. --results-dir /shared/results."
-            )
-        data_dir = str(Path(spec.data_dir).expanduser().resolve()) if spec.data_dir else None
-        task = spec.task  # a task file given by path must resolve the same way on every worker
-        if Path(task).suffix in (".yaml", ".yml") and Path(task).exists():
-            task = str(Path(task).resolve())
-        self.spec = SweepSpec(**{**spec.__dict__, "task": task, "results_dir": results_dir, "data_dir": data_dir})
+        super().__init__(stream, progress)
+        task, results_dir, data_dir = absolute_inputs(spec.task, spec.results_dir, spec.data_dir)
+        self.spec = replace(spec, task=task, results_dir=results_dir, data_dir=data_dir)
         self.address = address
         self.requested = {"gpus_per_run": gpus_per_run, "cpus_per_run": cpus_per_run, "max_parallel": max_parallel,
                           "devices": devices}
-        self.max_retries, self.progress, self.stream = max_retries, progress, stream or sys.stdout
+        self.max_retries = max_retries
         self.cells = expand(self.spec)
         self.id = sweep_id(self.spec, self.cells)
         self.manifest_path = results_dir / "sweeps" / f"{self.id}.json"
+        self.by_key = {c.key: c for c in self.cells}
+        # while driving (drive.py): the cells to run and each one's first step in this session, those not
+        # submitted yet, and this session's finished runs and starts
+        self.todo: list[Cell] = []
+        self.start_steps: dict[str, int] = {}
+        self.queue: list[Cell] = []
+        self.finished: set[str] = set()
+        self.starts: dict[str, int] = {}  # starts in this session: a second one is a retry
+        self.bar = None  # the progress bar
 
     # -- resources --------------------------------------------------------------------------------
 
@@ -198,109 +215,84 @@ class Sweep:
     def execute(self) -> dict:
         """Run every cell that needs it; return the manifest (also written to ``manifest_path``).
         Raises KeyboardInterrupt after a Ctrl-C has stopped every run with a checkpoint."""
-        import ray
+        def allocation(resources: Resources) -> dict:
+            chosen = self.allocation(resources)
+            self.plan(chosen)
+            return chosen
 
-        ensure_writable(self.spec.results_dir)
-        with RunLock(self.manifest_path.parent, name=f"{self.id}.lock",
-                     driver=f"sweep {self.id}"):  # one driver per sweep
-            connect(self.address)
-            try:
-                resources = cluster_resources()
-                allocation = self.allocation(resources)
-                self.plan(allocation)
-                todo = [c for c in self.cells if c.action in ("run", "resume")]
-                pool = RayPool(allocation, self.max_retries)
-                if todo:
-                    self._check_nodes(pool, todo)
-                self._open_manifest(resources, allocation)
-                self._report_plan(todo)
-                if todo:
-                    self._drive(pool, todo, allocation["max_parallel"])
-                else:
-                    self._close_session(interrupted=False)
-            finally:
-                ray.shutdown()  # stops a private instance; only disconnects from a cluster
+        def arch_hashes() -> dict[str, str] | None:  # each node must have the same files as this one
+            todo = self._todo()
+            return {c.arch_ref: c.plan.architecture.sha256 for c in todo} if todo else None
+
+        with driver_lock(self.spec.results_dir, self.manifest_path.with_suffix(".lock"), f"sweep {self.id}"), \
+                ray_session(self.address, allocation, self.max_retries, self.spec.results_dir, arch_hashes,
+                            "sweep") as session:
+            todo = self._todo()
+            self._open_manifest(session.resources, session.allocation)
+            self._report_plan(todo)
+            if todo:
+                self._drive(session.pool, todo, session.allocation["max_parallel"])
+            else:
+                self._close_session(interrupted=False)
         return self.manifest
 
-    def _check_nodes(self, pool: RayPool, todo: list[Cell]) -> None:
-        hashes = {c.arch_ref: registry.find_architecture(c.arch_ref).sha256 for c in todo}
-        problems = pool.check_nodes(self.spec.results_dir, hashes)
-        if problems:
-            raise HarnessError("The sweep cannot start: " + "; ".join(problems) + ". Put --results-dir on storage "
-                               "every node mounts at the same path, and the same architecture files on every node "
-                               "(or submit with `ray job submit --working-dir .`).")
+    def _todo(self) -> list[Cell]:
+        return [c for c in self.cells if c.action in ("run", "resume")]
 
-    @signals_interrupt()  # SIGTERM and SIGUSR1 stop the runs as Ctrl-C does
     def _drive(self, pool: RayPool, todo: list[Cell], max_parallel: int) -> None:
-        queue = list(todo)
-        cells = {c.key: c for c in todo}
-        start_steps = {c.key: c.resume_step or 0 for c in todo}
-        total = sum(c.spec.training.steps - start_steps[c.key] for c in todo)
-        bar = tqdm(total=total, unit="step", desc="sweep", disable=not self.progress, dynamic_ncols=True)
-        stopping, stopped_by = False, "SIGINT"
-        self._finished: set[str] = set()
-        self._starts: dict[str, int] = {}  # starts in this session: a second one is a retry
+        self.todo, self.queue = todo, list(todo)
+        self.start_steps = {c.key: c.resume_step or 0 for c in todo}
+        self.bar = tqdm(total=sum(c.spec.training.steps - self.start_steps[c.key] for c in todo), unit="step",
+                        desc="sweep", disable=not self.progress, dynamic_ncols=True)
         try:
-            while queue or pool.running:
-                try:
-                    while queue and len(pool.running) < max_parallel and not stopping:
-                        cell = queue.pop(0)
-                        pool.submit(self._job(cell))
-                        self._set(cell, status="queued")
-                    events, steps, outcomes = pool.wait(timeout=1.0)
-                    for key, event in events:
-                        self._on_event(cells[key], event)
-                    for outcome in outcomes:
-                        self._on_outcome(cells[outcome.key], outcome)
-                    self._show_progress(bar, todo, steps, start_steps)
-                except KeyboardInterrupt as interrupt:
-                    if stopping and signal_of(interrupt) != "SIGINT":
-                        continue  # a scheduler's signal again (or to the whole job): the runs are stopping already
-                    again, stopping, stopped_by = stopping, True, stopped_by if stopping else signal_of(interrupt)
-                    queue.clear()
-                    pool.interrupt(again, self.say, by=stopped_by, runs="every run", driver="sweep")
+            drive(pool, self, max_parallel)
         finally:
-            bar.close()
-            self._close_session(interrupted=stopping)
-        if stopping:
-            raise KeyboardInterrupt(stopped_by)
+            self.bar.close()
+            self._close_session(interrupted=self.stopping)
 
-    def _show_progress(self, bar, todo: list[Cell], steps: dict[str, int], start_steps: dict[str, int]) -> None:
+    def next_job(self) -> Job | None:
+        if not self.queue:
+            return None
+        cell = self.queue.pop(0)
+        self._set(cell, status="queued")
+        return Job(key=cell.key, request=replace(cell.plan.request, tags={"sweep": self.id}), folder=str(cell.folder))
+
+    def on_stop(self) -> None:
+        self.queue.clear()
+
+    def on_wait(self, steps: dict[str, int]) -> None:
         """The bar counts training steps done in this session over every cell, so its ETA means something."""
-        statuses = [self._entry(c)["status"] for c in todo]
-        bar.n = sum(c.spec.training.steps - start_steps[c.key] if status in FINAL
-                    else max(0, steps.get(c.key, start_steps[c.key]) - start_steps[c.key])
-                    for c, status in zip(todo, statuses))
-        bar.set_postfix({"done": sum(s in FINAL for s in statuses), "running": statuses.count("running"),
-                         "failed": sum(s in ("failed", "locked") for s in statuses),
-                         "queued": statuses.count("queued")}, refresh=True)
-
-    def _job(self, cell: Cell) -> Job:
-        s = self.spec
-        return Job(key=cell.key, folder=str(cell.folder), task=s.task, arch=cell.arch_ref, tier=cell.tier,
-                   seed=cell.seed, results_dir=str(s.results_dir), overrides=dict(s.overrides), data_dir=s.data_dir,
-                   device=s.device, tags={"sweep": self.id})
+        statuses = [self._entry(c)["status"] for c in self.todo]
+        start = self.start_steps
+        self.bar.n = sum(c.spec.training.steps - start[c.key] if status in FINAL
+                         else max(0, steps.get(c.key, start[c.key]) - start[c.key])
+                         for c, status in zip(self.todo, statuses))
+        self.bar.set_postfix({"done": sum(s in FINAL for s in statuses), "running": statuses.count("running"),
+                              "failed": sum(s in ("failed", "locked") for s in statuses),
+                              "queued": statuses.count("queued")}, refresh=True)
 
     # -- events -----------------------------------------------------------------------------------
 
-    def _on_event(self, cell: Cell, event: dict) -> None:
-        if cell.key in self._finished:  # a late report of a run whose outcome is in
+    def on_event(self, key: str, event: dict) -> None:
+        cell = self.by_key[key]
+        if cell.key in self.finished:  # a late report of a run whose outcome is in
             return
         if event["kind"] == "started":
             entry = self._entry(cell)
-            self._starts[cell.key] = self._starts.get(cell.key, 0) + 1
+            self.starts[cell.key] = self.starts.get(cell.key, 0) + 1
             self._set(cell, status="running", node=event["node"], attempts=entry.get("attempts", 0) + 1,
                       started_at=now())
-            if self._starts[cell.key] > 1:
-                self.say(f"retrying   {cell.key} on {event['node']} (attempt {self._starts[cell.key]}): its worker "
+            if self.starts[cell.key] > 1:
+                self.say(f"retrying   {cell.key} on {event['node']} (attempt {self.starts[cell.key]}): its worker "
                          f"died; it resumes from its checkpoint")
         elif event["kind"] == "evaluation":
             self._set(cell, last_fid=event["fid"], last_eval_step=event["step"])
         elif event["kind"] == "note":  # long work that is not training (an FID reference): said, not silent
             self.say(f"note       {cell.key}: {event['text']}")
 
-    def _on_outcome(self, cell: Cell, outcome: Outcome) -> None:
-        self._finished.add(cell.key)
+    def on_outcome(self, outcome: Outcome) -> None:
+        cell = self.by_key[outcome.key]
+        self.finished.add(cell.key)
         fields = {k: v for k, v in outcome.to_dict().items() if k != "key" and v is not None}
         self._set(cell, ended_at=now(), **fields)
         line = f"{outcome.status:<11}{cell.key}"
@@ -392,6 +384,3 @@ class Sweep:
             self.say(f"damaged    {cell.key}  {cell.record_problem}: not counted as done; the run "
                      + ("resumes from its checkpoint" if cell.action == "resume" else "starts again")
                      + " and writes a new record")
-
-    def say(self, line: str) -> None:
-        tqdm.write(line, file=self.stream)  # above the progress bar, not through it
