@@ -99,16 +99,15 @@ def shared(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def straight_run(shared):
-    """straight_run(source, overrides) -> the RunRecord of the uninterrupted reference run (`harness run`, one
+    """straight_run(source, overrides) -> the run folder of the uninterrupted reference run (`harness run`, one
     thread, seed 42, shapes/smoke with FAST and ``overrides``) of the architecture file slow.py holding ``source``.
     Made once per session (``shared``) for the tests that stop, kill or starve such a run and compare its resumed
-    end with it (tests/test_signals.py, test_tracking.py, test_full_disk.py): the same command each would run."""
+    end with it (tests/test_signals.py, test_tracking.py, test_full_disk.py, test_sweep.py): the same command each
+    would run. Read it only (its record, its checkpoint's weights)."""
     import hashlib
     import json
 
     from test_sweep import folder, reference_run
-
-    from harness.run.records import RunRecord
 
     def get(source, overrides):
         def make(where):
@@ -117,7 +116,7 @@ def straight_run(shared):
             reference_run(arch, where / "results", overrides=overrides)
 
         key = hashlib.sha256(json.dumps([source, overrides], sort_keys=True).encode()).hexdigest()[:16]
-        return RunRecord.load(folder(shared(f"straight-{key}", make) / "results", "slow") / "record.json")
+        return folder(shared(f"straight-{key}", make) / "results", "slow")
 
     return get
 

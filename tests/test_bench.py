@@ -1,6 +1,7 @@
 """The benchmark runs and its outputs match the references; speed is printed, never asserted."""
 import json
 
+import pytest
 import torch
 
 from harness.cli.main import main
@@ -10,6 +11,7 @@ TINY = bench.BenchSizes(tier="smoke", train_blocks=1, steps_per_block=1, sample_
                         sampling_rounds=1)
 
 
+@pytest.mark.slow  # end to end: training, sampling and two FIDs, each timed twice
 def test_bench_outputs_match_diffusers_and_cleanfid(monkeypatch, capsys):
     monkeypatch.setattr(bench.BenchSizes, "for_device", classmethod(lambda cls, device: TINY))
     assert main(["bench", "--device", "cpu", "--json"]) == 0

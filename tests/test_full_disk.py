@@ -42,7 +42,7 @@ def fill(path):
 def test_a_disk_that_fills_up_mid_run_is_one_clear_error_and_freeing_it_resumes(write_arch, tmp_path, small_disk,
                                                                                  straight_run):
     arch = write_arch("slow", SLOW_ARCH)
-    straight = straight_run(SLOW_ARCH, LONG)
+    straight = RunRecord.load(straight_run(SLOW_ARCH, LONG) / "record.json")
     run_folder = folder(small_disk, "slow")
     command = _run_command(arch, small_disk, 42, LONG)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)

@@ -42,7 +42,7 @@ def test_sigterm_and_sigusr1_stop_a_run_politely_and_it_resumes_to_the_same_resu
     batch script docs/slurm/harness.sbatch, which passes it on and requeues the job; then the requeued
     job. SLURM itself is not here: `scontrol` is a stand-in that writes down what it was asked."""
     arch = write_arch("slow", SLOW_ARCH)
-    straight = straight_run(SLOW_ARCH, LONG)
+    straight = RunRecord.load(straight_run(SLOW_ARCH, LONG) / "record.json")
     results = tmp_path / "stopped"
     run_folder = folder(results, "slow")
     command = _run_command(arch, results, 42, LONG)
@@ -107,7 +107,7 @@ def test_sigterm_to_a_ray_worker_is_retried_and_to_the_driver_stops_the_sweep(wr
     checkpoints, the sweep runs it again from there. SIGTERM to the driver: every run checkpoints
     and is `interrupted`, the driver exits 143; the same command finishes it."""
     arch = write_arch("slow", SLOW_ARCH)
-    straight = straight_run(SLOW_ARCH, LONG)
+    straight = RunRecord.load(straight_run(SLOW_ARCH, LONG) / "record.json")
     results = tmp_path / "sweep"
     run_folder = folder(results, "slow")
     command = sweep_command(results, "--arch", str(arch), overrides=LONG)

@@ -153,7 +153,8 @@ def channel_process(driver) -> psutil.Process:
     return found
 
 
-def test_killed_worker_and_progress_actor_are_retried_and_the_run_resumes_bitwise(write_arch, tmp_path):
+def test_killed_worker_and_progress_actor_are_retried_and_the_run_resumes_bitwise(write_arch, tmp_path,
+                                                                                  straight_run):
     """The run's task and the driver's progress actor killed together, as when the node they are on dies:
     Ray restarts the actor and runs the task again, and the run resumes from its checkpoint."""
     arch = write_arch("slow", SLOW_ARCH)
@@ -172,9 +173,9 @@ def test_killed_worker_and_progress_actor_are_retried_and_the_run_resumes_bitwis
     assert manifest(tmp_path / "sweep")["cells"][0]["attempts"] == 2
     resumed_at = [line for line in (run_folder / "run.log").read_text().splitlines() if "Resuming" in line]
     assert len(resumed_at) == 1 and int(resumed_at[0].split("at step ")[1].split()[0]) >= 4
-    straight = reference_run(arch, tmp_path / "single", overrides=longer)
-    assert_same_results(RunRecord.load(run_folder / "record.json"), straight)
-    mine, theirs = weights(run_folder), weights(folder(tmp_path / "single", "slow"))
+    single = straight_run(SLOW_ARCH, longer)  # `harness run` of the same file, uninterrupted
+    assert_same_results(RunRecord.load(run_folder / "record.json"), RunRecord.load(single / "record.json"))
+    mine, theirs = weights(run_folder), weights(single)
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
 
 

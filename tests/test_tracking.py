@@ -126,7 +126,7 @@ def test_a_run_killed_past_its_checkpoint_resumes_with_each_step_once_in_every_t
                                                                                       straight_run):
     uri, env = mlflow_env(tmp_path)
     arch = write_arch("slow", SLOW_ARCH)  # 0.25 s a step: it can be killed between checkpoints
-    straight = straight_run(SLOW_ARCH, LONG)
+    straight = RunRecord.load(straight_run(SLOW_ARCH, LONG) / "record.json")
     command = [*_run_command(arch, tmp_path / "killed", 42, LONG), *ALL]
     run_folder = folder(tmp_path / "killed", "slow")
 
