@@ -16,6 +16,7 @@ def harness(*args, cwd=None):
                           cwd=cwd or REPO_ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), timeout=900)
 
 
+@pytest.mark.slow  # end to end
 def test_run_end_to_end_on_shapes(tmp_path):
     result = harness("run", "--task", "shapes", "--arch", "standard", "--tier", "smoke", "--steps", "3",
                      "--fid-samples", "8", "--set", "evaluation.reference_images=16", "--set", "sampling.steps=10",

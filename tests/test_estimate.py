@@ -66,6 +66,7 @@ def _settings(extra=None):
     return [a for k, v in {**FAST, **(extra or {})}.items() for a in ("--set", f"{k}={json.dumps(v)}")]
 
 
+@pytest.mark.slow  # end to end
 def test_estimate_measures_each_arch_and_tier_in_seconds_and_says_what_it_measured(tiny_arch, tmp_path):
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "harness", "estimate", "--task", "shapes", "--tier", "smoke",
@@ -98,6 +99,7 @@ def test_estimate_measures_each_arch_and_tier_in_seconds_and_says_what_it_measur
     assert study["wall_seconds"] < study["device_seconds"]
 
 
+@pytest.mark.slow  # end to end
 def test_estimate_text_names_every_piece_and_a_search_is_trials_at_the_baselines_mean(tmp_path):
     done = subprocess.run([sys.executable, "-m", "harness", "estimate", "--task", "shapes", "--tier", "smoke",
                            "--trials", "10", "--device", "cpu", "--burst-seconds", "0.2", *_settings()],
@@ -169,6 +171,7 @@ def fixture_seed_cv(results: Path, tier: str) -> tuple[float, int, int]:
     return math.sqrt(cv2), df, len(several)
 
 
+@pytest.mark.slow  # end to end
 def test_resolve_prices_the_seeds_an_assumed_seed_cv_needs(tiny_arch, fixture_results):
     result = _estimate_json("--task", "shapesref", "--tier", "smoke", "--arch", f"standard,{tiny_arch}",
                             "--resolve", "2%", "--seed-cv", "2.5%", "--results-dir", str(fixture_results))
@@ -189,6 +192,7 @@ def test_resolve_prices_the_seeds_an_assumed_seed_cv_needs(tiny_arch, fixture_re
     assert f"--results-dir: measured seed CV {measured['cv'] * 100:.3g}%" in text and "compared paired" in text
 
 
+@pytest.mark.slow  # end to end
 def test_resolve_measures_the_seed_cv_from_completed_runs_of_the_same_settings(fixture_results):
     result = _estimate_json("--task", "shapesref", "--tier", "noise", "--arch", "standard", "--resolve", "5%",
                             "--results-dir", str(fixture_results))

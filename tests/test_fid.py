@@ -38,6 +38,7 @@ def test_resize_equals_cleanfid_pil_resize(features):
         assert np.abs(ours[i] - theirs).max() < 1e-3  # float32 rounding of a [0,255] signal
 
 
+@pytest.mark.slow  # end to end
 def test_fid_equals_cleanfid_compute_fid_on_the_same_pngs(features, tmp_path):
     # two sets of images saved as PNG folders, scored by clean-fid's compute_fid and by the harness
     real, fake = generate_shapes(40, seed=1), generate_shapes(40, seed=2)

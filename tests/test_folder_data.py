@@ -83,6 +83,7 @@ def test_a_32px_folder_task_runs_end_to_end(tiny_arch, tmp_path):
     assert np.isfinite(record.best_fid)
 
 
+@pytest.mark.slow  # end to end
 def test_64px_images_go_through_training_ddim_fid_and_the_mac_count(write_arch, tmp_path):
     arch = write_arch("unet", UNET_ARCH)  # the file says sample_size=32; a UNet runs at any size
     folder = picture_folder(tmp_path / "pictures", size=64, suffix=".jpg")

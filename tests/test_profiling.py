@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from harness.cli.main import main
@@ -10,6 +11,7 @@ TIMING_KEYS = ["infer_latency_ms", "infer_latency_ms_p10", "infer_latency_ms_p90
                "train_samples_per_sec", "train_step_ms", "sample_images_per_sec", "peak_mem_mb"]
 
 
+@pytest.mark.slow  # end to end
 def test_profile_all_no_timing_covers_every_architecture_and_tier(tmp_path, capsys):
     assert main(["profile", "--all", "--no-timing", "--json", "--results-dir", str(tmp_path)]) == 0
     results = json.loads(capsys.readouterr().out)

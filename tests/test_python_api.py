@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from conftest import FAST, TINY_ARCH
 
 import harness
@@ -61,6 +62,7 @@ def test_a_run_a_sweep_the_frame_and_the_report_from_python(tiny_arch, tmp_path)
     assert meta["step"] == record.step and meta["weights"] == "ema"
 
 
+@pytest.mark.slow  # end to end
 def test_a_search_from_python_returns_what_the_cli_reports(tmp_path, capsys):
     from harness.cli.main import main
 
