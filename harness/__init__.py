@@ -32,20 +32,28 @@ __version__ = "0.1.0"
 __all__ = ["run_one", "run_sweep", "run_search", "load_runs", "make_report", "export_model"]
 
 
+def _write(line: str) -> None:
+    """A run's message above its progress bars (tqdm's write), as ``harness run`` prints it."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line)
+
+
 def run_one(task: str = "cifar10", arch: str = "standard", tier: str = "smoke", seed: int | None = None, *,
             device: str = "auto", devices: int = 1, results_dir: str | Path = "results",
             data_dir: str | Path | None = None, overrides: dict[str, Any] | None = None, fresh: bool = False,
-            progress: bool = True, log: Callable[[str], None] | None = print,
+            progress: bool = True, tags: dict | None = None, log: Callable[[str], None] | None = _write,
             should_stop: Callable[[int], bool] | None = None, on_evaluation: Callable[[dict], None] | None = None):
     """Train and evaluate one architecture at one tier; return its ``RunRecord``. Resumes from the run folder's
     checkpoint as ``harness run`` does. ``overrides``: dotted task fields (``{"training.steps": 100}``, as
     ``--set``); ``devices``: DDP processes on this machine; ``fresh``: start over; ``log``: where the run's
-    messages go besides run.log (None: nowhere); ``should_stop(step)``: True checkpoints and stops (raises
+    messages go besides run.log (default: above the progress bars; None: nowhere); ``tags``: what its trackers
+    tag it with; ``should_stop(step)``: True checkpoints and stops (raises
     RunInterrupted); ``on_evaluation(evaluation)``: told of each evaluation (its step, FID, ...)."""
     from harness.launch import run
 
     return run(task, arch, tier, seed, device=device, devices=devices, results_dir=results_dir, data_dir=data_dir,
-               overrides=overrides, fresh=fresh, progress=progress, log=log, should_stop=should_stop,
+               overrides=overrides, fresh=fresh, progress=progress, tags=tags, log=log, should_stop=should_stop,
                on_evaluation=on_evaluation)
 
 

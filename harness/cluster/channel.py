@@ -10,8 +10,6 @@ import contextlib
 import os
 import threading
 
-from harness.run.request import Hooks
-
 POLL_SECONDS = 1.0  # how often a run asks the driver whether to stop (and says which step it is at)
 
 
@@ -102,7 +100,9 @@ class DriverLink:
         if line.startswith(self.notes):
             self.channel.report.remote(self.key, {"kind": "note", "text": line})
 
-    def hooks(self) -> Hooks:
+    def hooks(self):
+        from harness.run.request import Hooks  # here: the Channel actor, in this module too, imports no torch
+
         # ``log`` prints nothing (the task's output is run.log already): a run of several processes passes rank
         # 0's lines to it through its launcher (harness/launch/local.py Watcher), and only the notes go on
         return Hooks(log=self.log, should_stop=self.should_stop, on_evaluation=self.on_evaluation)

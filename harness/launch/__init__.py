@@ -40,11 +40,11 @@ def launch(plan: ResolvedRun, hooks: Hooks = Hooks()) -> RunRecord:
 def run(task: str = "cifar10", arch: str = "standard", tier: str = "smoke", seed: int | None = None, *,
         device: str = "auto", devices: int = 1, results_dir: str | Path = "results",
         data_dir: str | Path | None = None, overrides: dict | None = None, fresh: bool = False, progress: bool = True,
-        tags: dict | None = None, log: Callable[[str], None] | None = tqdm.write,
+        tags: dict | None = None, placement: dict | None = None, log: Callable[[str], None] | None = tqdm.write,
         should_stop: Callable[[int], bool | str] | None = None,
         on_evaluation: Callable[[dict], None] | None = None) -> RunRecord:
     """``launch`` with the request's fields and the hooks as keywords (RunRequest and Hooks say what each is)."""
     request = RunRequest(task=task, arch=str(arch), tier=tier, seed=seed, overrides=dict(overrides or {}),
-                         device=device, devices=devices, results_dir=results_dir, data_dir=data_dir, fresh=fresh,
-                         progress=progress, tags=dict(tags or {}))
+                         device=device, devices=devices, placement=placement, results_dir=results_dir,
+                         data_dir=data_dir, fresh=fresh, progress=progress, tags=dict(tags or {}))
     return launch(plan_run(request), Hooks(log=log, should_stop=should_stop, on_evaluation=on_evaluation))

@@ -8,8 +8,9 @@ process group (NCCL on GPUs, gloo on the CPU) and runs the same plan with a ``Wo
 writes everything (log, checkpoints, record, sample grids), the others only compute.
 
 The launcher and its workers talk through a TCPStore (torch.distributed's key-value store, served
-by the launcher): rank 0 posts its step and each evaluation (a sweep shows progress, a search
-prunes on them), and the launcher posts a stop request (Ctrl-C, or a sweep stopping the run).
+by the launcher): rank 0 posts its step, each evaluation and its log lines (a sweep shows progress, a
+search prunes on them, the caller prints the lines), and the launcher posts a stop request (Ctrl-C, or a
+sweep stopping the run).
 
 Why N processes train the model one process trains: every rank draws the whole global batch
 (images, flips, timesteps, noise) from the run's one generator, identical on all ranks, and

@@ -4,8 +4,8 @@ A sweep cell (or search trial) given more GPUs than any one node has is launched
 of by harness/launch/local.py's local launcher. The Ray task that runs the cell is the launcher: it
 reserves N bundles ``{GPU: g, CPU: c}`` as one placement group (PACK: as few nodes as possible),
 starts one actor per bundle, and serves a torch TCPStore on its node. In that store the actors
-form the torch process group (NCCL on GPUs, gloo on CPUs) and rank 0 posts its step and
-evaluations, as on one machine; each actor then runs ``local.train_process``.
+form the torch process group (NCCL on GPUs, gloo on CPUs) and rank 0 posts its step,
+evaluations and log lines, as on one machine; each actor then runs ``local.train_process``.
 
 Ray gives placement and fate: the actors belong to the launcher's task, so they die with it.
 When one of them dies or fails, the launcher kills the others at once (a collective would wait
@@ -48,6 +48,13 @@ class RankProcess:
                 "host": socket.gethostname(), "pid": os.getpid()}
 
     def train(self, workers: Workers, rank: int, size: int, host: str, port: int) -> str:
+        from dataclasses import replace
+
+        from harness.run.request import plan_run
+
+        # resolved here, once: a name (of a task, an architecture) is looked up in this node's copy of the
+        # harness, whose path may differ from the launcher's (the node check compared the files' hashes)
+        workers = replace(workers, plan=plan_run(workers.plan.request))
         store = dist.TCPStore(host, port, is_master=False)
         link = LauncherLink(store, None) if rank == 0 else None
         return train_process(workers, rank, size, 0, link, store=store)

@@ -2,8 +2,10 @@
 
 Every way of starting a run (``harness run``, the Python API, a sweep's or a search's Ray task, the DDP
 launchers) builds a ``RunRequest`` and calls ``plan_run`` once: the task file is read once, the tier and
-overrides merged, the architecture file found and the run folder named. The plan then travels as it is (to
-DDP workers and Ray tasks: it pickles), so no layer resolves a run a second time.
+overrides merged, the architecture file found and the run folder named, once per process. The plan then
+travels as it is to the DDP processes on this machine (it pickles). A process elsewhere is sent the request
+and plans it there, once: a sweep's or search's Ray task (the driver planned it too, to name its folder) and
+each rank of a run across Ray nodes, whose copy of the harness may sit at another path.
 
 Callbacks are not part of a request: they are the caller's (``Hooks``), and a request stays plain data that
 a sweep can store, compare and send to another machine.

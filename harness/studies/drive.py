@@ -63,7 +63,7 @@ class Driver:
 def drive(pool: RayPool, driver: Driver, max_parallel: int) -> None:
     """Run ``driver``'s jobs on ``pool`` until none is left; raises KeyboardInterrupt (the signal's name) after a
     stop, once every run has returned."""
-    stopped_by = "SIGINT"
+    stopped_by, driver.stopping = "SIGINT", False  # a study's object may drive a second session after a stop
     while True:
         try:
             while not driver.stopping and len(pool.running) < max_parallel:

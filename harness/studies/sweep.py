@@ -35,6 +35,7 @@ from harness.run.folder import LOG_FILE
 from harness.run.locks import LOCK_FILE, RunLock, RunLocked
 from harness.run.records import RECORD_FILE, RunRecord, git_commit, read_record
 from harness.run.request import ResolvedRun, RunRequest, plan_run
+from harness.run.signals import signals_interrupt
 from harness.studies.drive import Driver, drive
 from harness.studies.session import absolute_inputs, driver_lock, ray_session
 from harness.world import refuse_cpu_fallback
@@ -239,8 +240,10 @@ class Sweep(Driver):
     def _todo(self) -> list[Cell]:
         return [c for c in self.cells if c.action in ("run", "resume")]
 
+    @signals_interrupt()  # also around closing the session (drive() enters it again for its loop)
     def _drive(self, pool: RayPool, todo: list[Cell], max_parallel: int) -> None:
         self.todo, self.queue = todo, list(todo)
+        self.finished, self.starts = set(), {}  # this session's
         self.start_steps = {c.key: c.resume_step or 0 for c in todo}
         self.bar = tqdm(total=sum(c.spec.training.steps - self.start_steps[c.key] for c in todo), unit="step",
                         desc="sweep", disable=not self.progress, dynamic_ncols=True)
