@@ -14,6 +14,7 @@ A ``Driver`` (a Sweep, a Search) says which job comes next and what an event or 
 """
 from __future__ import annotations
 
+import abc
 import sys
 
 from tqdm.auto import tqdm
@@ -24,7 +25,7 @@ from harness.run.signals import signal_of, signals_interrupt
 WAIT_SECONDS = 1.0  # how long the driver waits for outcomes before it looks at events again
 
 
-class Driver:
+class Driver(abc.ABC):
     """A study as the drive loop sees it: ``next_job``, ``on_event`` and ``on_outcome`` are its own; the rest
     have defaults. ``say`` writes a line above the progress bar."""
 
@@ -35,19 +36,21 @@ class Driver:
         self.stream, self.progress = stream or sys.stdout, progress
         self.stopping = False  # after the first Ctrl-C or stop signal: no job starts any more
 
+    @abc.abstractmethod
     def next_job(self) -> Job | None:
         """The job to start now, or None (none left, or none ready yet)."""
-        raise NotImplementedError
 
     def held_back(self) -> bool:
         """Jobs not submitted yet that will be (a locked run folder, tried again later)."""
         return False
 
+    @abc.abstractmethod
     def on_event(self, key: str, event: dict) -> None:
-        raise NotImplementedError
+        """A run's event: started, an evaluation, a note of long work."""
 
+    @abc.abstractmethod
     def on_outcome(self, outcome: Outcome) -> None:
-        raise NotImplementedError
+        """A run that returned: completed, failed, interrupted or locked."""
 
     def on_wait(self, steps: dict[str, int]) -> None:
         """After each wait: the step each running run is at (for progress)."""
