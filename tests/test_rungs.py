@@ -193,3 +193,29 @@ def test_a_resumed_promotion_that_cannot_be_built_is_told_fail_not_run(tmp_path)
     assert slot is None  # rung 0 has its 3 trials, and the quota of 1 went to the point that cannot be built
     assert [(t.state.name, t.user_attrs.get("infeasible")) for t in second.trials] == [("FAIL", True)]
     assert "skipped    promotion of trial 0 to tier small" in search.stream.getvalue()
+
+
+def test_a_trial_whose_run_cannot_be_planned_fails_alone_and_the_search_goes_on(tmp_path):
+    """The task file broken after the search started: each trial asked is told FAIL with the reason,
+    instead of the error ending the whole search."""
+    import io
+    import shutil
+
+    from harness.protocol.tasks import tasks_dir
+    from harness.search.driver import Search
+
+    space, task = tmp_path / "space.py", tmp_path / "mine.yaml"
+    space.write_text(SPACE)
+    shutil.copy(tasks_dir() / "shapes.yaml", task)
+    shutil.copy(tasks_dir() / "cifar10.yaml", tmp_path)  # the task shapes.yaml builds on
+    search = Search(SearchSpec(task=str(task), tier="smoke", trials=2, study="sh", space=str(space),
+                               results_dir=tmp_path), stream=io.StringIO())
+    search.ladder.open(open_storage(search.url))
+    search.slots, search.resumable, search.waiting = {}, [], []
+    task.write_text("name: mine\ntraining: [not, a, mapping]\n")
+    assert search.next_job() is None  # both trials were asked, and failed
+    trials = search.ladder.studies[0].trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert all(t.user_attrs["failure"].startswith("its run could not be planned: ") for t in trials)
+    assert all("choices" in t.user_attrs for t in trials)
+    assert search.stream.getvalue().count("its run could not be planned") == 2

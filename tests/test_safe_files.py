@@ -165,8 +165,11 @@ def test_export_model_builds_no_file_only_because_a_record_names_it(copy_of, tmp
 
 
 def test_export_writes_a_studys_trial_without_running_the_code_the_study_holds(tmp_path, capsys):
-    """A study stores its space's source; `export` writes it into the file as text and takes the trial's
-    choices from the trial's stored values, so a study edited to run code on load runs nothing."""
+    """A study stores its space's source; `export` writes it into the file as text, checked against the
+    hash the search recorded and compared with the space file, and takes the trial's choices from the
+    trial's stored values, so a study edited to run code on load runs nothing."""
+    import hashlib
+
     import optuna
 
     from harness.search import space
@@ -176,11 +179,11 @@ def test_export_writes_a_studys_trial_without_running_the_code_the_study_holds(t
     marker = tmp_path / "code-ran"
     settings = settings_for(SearchSpec(task="shapes", tier="smoke", study="s", results_dir=tmp_path))
     study = open_study(settings, open_storage(storage_url(None, tmp_path, "s")))
-    study.set_user_attr("space_source", f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
-                                        + settings.space.source)
     choices = space.baseline("standard", 1)
     dist = {name: optuna.distributions.CategoricalDistribution(options) for name, options in space.CHOICES.items()}
-    for attrs in ({"choices": choices}, {}, {"choices": dict(choices, resample='conv"""\nimport os')}):
+    odd = 'conv"""\nimport os; os.system("touch x")  # \\'  # a value that would end a docstring or a literal
+    for attrs in ({"choices": choices}, {}, {"choices": dict(choices, resample=odd)},
+                  {"choices": dict(choices, resample=float("nan"))}):
         study.add_trial(optuna.trial.create_trial(params=choices, distributions=dist, values=[300.0],
                                                   user_attrs=attrs))
 
@@ -190,8 +193,9 @@ def test_export_writes_a_studys_trial_without_running_the_code_the_study_holds(t
         said = capsys.readouterr()
         return code, " ".join((said.out + said.err).split())
 
-    assert export(0)[0] == 0 and not marker.exists()
-    assert f"pathlib.Path({str(marker)!r}).touch()" in (tmp_path / "t0.py").read_text()  # written, not run
+    code, said = export(0)
+    assert code == 0 and "note:" not in said, said  # the stored code is the space file's, byte for byte
+    assert f"byte for byte {settings.space.path}" in " ".join((tmp_path / "t0.py").read_text().split())
     code, said = export(1)  # a trial from before choices were stored: only the user's own space file rebuilds it
     assert code == 2 and "a study is data and the harness does not run it. Pass --space" in said, said
     edited = tmp_path / "edited_space.py"
@@ -201,6 +205,25 @@ def test_export_writes_a_studys_trial_without_running_the_code_the_study_holds(t
     assert export(1, "--space", str(settings.space.path))[0] == 0
     chosen = [re.search(r"\nCHOSEN = (\{.*?\n\})", (tmp_path / f"t{n}.py").read_text(), re.S).group(1) for n in (0, 1)]
     assert chosen[0] == chosen[1] and ast.literal_eval(chosen[0]) == choices  # stored or rebuilt: the same values
-    code, said = export(2)  # values edited into the study that would break out of the file's literals
+
+    assert export(2)[0] == 0  # any string is a literal through repr(), and is escaped in the docstring
+    tree = ast.parse((tmp_path / "t2.py").read_text())
+    assert f"resample = {odd!r}" in ast.get_docstring(tree)  # as repr() writes it
+    [chosen] = [n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "CHOSEN"]
+    assert ast.literal_eval(chosen) == dict(choices, resample=odd)
+    assert [n.names[0].name for n in tree.body if isinstance(n, ast.Import)] == ["os"]  # `import os as _os` only
+    code, said = export(3)
     assert code == 2 and "are not plain values (resample)" in said, said
+
+    tampered = f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n" + settings.space.source
+    study.set_user_attr("space_source", tampered)
+    code, said = export(0, "--force")  # the code is not the code the search ran: nothing is written
+    assert code == 2 and "is not the code the search ran" in said, said
+    assert "pathlib.Path(" not in (tmp_path / "t0.py").read_text()
+    attrs = dict(study.user_attrs["harness"], space_sha256=hashlib.sha256(tampered.encode()).hexdigest())
+    study.set_user_attr("harness", attrs)  # hash edited too: written, with where the code came from said
+    code, said = export(0, "--force")
+    assert code == 0 and "note: The space's code below is the copy stored in the study" in said, said
+    assert f"{settings.space.path}, has changed since" in said and "read the code before running it" in said
+    assert f"pathlib.Path({str(marker)!r}).touch()" in (tmp_path / "t0.py").read_text()  # written, not run
     assert not marker.exists()

@@ -40,12 +40,15 @@ def execute(args) -> int:
     url = stored_study_url(args.storage, args.results_dir, args.study)
     study = load_study(args.study, open_storage(url, create=False))
     try:
-        path = export_trial(study, None if args.best else args.trial, args.name,
-                            args.out_dir or registry.architectures_dir(), force=args.force,
-                            space=args.space and Path(args.space))
+        exported = export_trial(study, None if args.best else args.trial, args.name,
+                                args.out_dir or registry.architectures_dir(), force=args.force,
+                                space=args.space and Path(args.space))
     except ParetoChoice:
         print(summary_text(summary(study)))
         raise
+    path = exported.path
+    if not exported.same_as_file:
+        print(f"note: {exported.origin}")
     print(f"Wrote {path}. Run it like any architecture: python -m harness run --arch {path.stem} --tier small"
           + ("" if args.out_dir is None else f" (or --arch {path})"))
     return 0

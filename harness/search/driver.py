@@ -237,12 +237,14 @@ class Search(Driver):
             self.bar.close()
 
     def next_job(self) -> Job | None:
-        first_rung = sum(slot.rung == 0 for slot in self.slots.values())
-        slot = self._next_slot(self.ladder.studies, self.resumable, self.waiting, first_rung)
-        if slot is None:
-            return None
-        self.slots[slot.job.key] = slot
-        return slot.job
+        while True:  # a trial whose run cannot be planned is told FAIL, and the next one is asked
+            first_rung = sum(slot.rung == 0 for slot in self.slots.values())
+            slot = self._next_slot(self.ladder.studies, self.resumable, self.waiting, first_rung)
+            if slot is None:
+                return None
+            if slot.job is not None:
+                self.slots[slot.job.key] = slot
+                return slot.job
 
     def held_back(self) -> bool:
         return bool(self.waiting)
@@ -309,10 +311,13 @@ class Search(Driver):
         s, number = self.rungs[k], trial.number
         origin = trial.user_attrs["origin_trial"] if k else number
         tags = {"study": s.name, "trial": number, **({"rung": k, "tier": s.tier} if len(self.rungs) > 1 else {})}
-        plan = plan_run(RunRequest(task=self.spec.task, arch=str(self.write_arch_file(origin, choices)), tier=s.tier,
-                                   seed=s.seed, overrides=dict(s.overrides), device=self.spec.device,
-                                   results_dir=self.results_dir, data_dir=self.spec.data_dir, progress=False,
-                                   tags=tags))
+        try:  # e.g. the task file edited mid-search: this trial fails, the search goes on
+            plan = plan_run(RunRequest(task=self.spec.task, arch=str(self.write_arch_file(origin, choices)),
+                                       tier=s.tier, seed=s.seed, overrides=dict(s.overrides), device=self.spec.device,
+                                       results_dir=self.results_dir, data_dir=self.spec.data_dir, progress=False,
+                                       tags=tags))
+        except HarnessError as error:
+            return self._unplanned(study, k, trial, choices, error)
         for key, value in (("arch_file", plan.request.arch), ("run_folder", str(plan.folder)),
                            ("choices", dict(choices))):
             trial.set_user_attr(key, value)  # choices: what export writes, as a study's stored code is never run
@@ -328,6 +333,17 @@ class Search(Driver):
         verb = "resuming" if resumed else "promoted" if k else "started"
         self.say(f"{verb:<11}{name}: {describe(choices)}")
         return _Slot(study, k, trial, choices, job)
+
+    def _unplanned(self, study, k: int, trial, choices: dict, error: HarnessError) -> _Slot:
+        """A trial whose run could not be planned: told FAIL with the reason (a slot without a job)."""
+        from optuna.trial import TrialState
+
+        why = f"its run could not be planned: {error}"
+        trial.set_user_attr("choices", dict(choices))
+        trial.set_user_attr("failure", why)
+        study.tell(trial.number, state=TrialState.FAIL)
+        self.say(f"failed     trial {trial.number}{f' at {self.rungs[k].tier}' if k else ''}: {why}")
+        return _Slot(study, k, trial, choices, None)
 
     def _on_evaluation(self, slot: _Slot, event: dict, pool: RayPool) -> None:
         if len(self.settings.objectives) > 1 or slot.pruned:

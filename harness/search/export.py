@@ -14,8 +14,11 @@ smoke becomes 3 at small, medium and large: the trial's depth relative to its ti
 from __future__ import annotations
 
 import ast
+import hashlib
+import math
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 from harness.errors import HarnessError
 
@@ -56,16 +59,24 @@ def build_model(device):
 
 def render(space_source: str, space_name: str, choices: dict, block_out_channels: tuple[int, ...],
            layers_per_block: int, title: str, about: str) -> str:
-    """The text of a standalone architecture file building ``choices`` with the space's ``build``."""
+    """The text of a standalone architecture file building ``choices`` with the space's ``build``. Every text
+    that comes from a study (names, values) is escaped for the docstring, and values are written with repr():
+    nothing a study holds can end the docstring or a literal early."""
     code, future = _without_docstring_and_future(space_source)
+    space_name = " ".join(space_name.split())  # it also stands in a comment line
     return TEMPLATE.format(
-        title=title, about=textwrap.fill(about, width=100),
-        choices_text="\n".join(f"    {k} = {v!r}" for k, v in choices.items()),
+        title=_in_docstring(title), about=_in_docstring(textwrap.fill(about, width=100)),
+        choices_text=_in_docstring("\n".join(f"    {k} = {v!r}" for k, v in choices.items())),
         searched_depth=int(layers_per_block), widths=tuple(int(c) for c in block_out_channels),
         chosen="{\n" + "".join(f"    {k!r}: {v!r},\n" for k, v in choices.items()) + "}",
         future="from __future__ import annotations\n\n" if future else "",
-        space_name=space_name, space_code=code.strip() + "\n",
+        space_name=_in_docstring(space_name), space_code=code.strip() + "\n",
     )
+
+
+def _in_docstring(text: str) -> str:
+    """``text`` as it may stand inside a triple-quoted docstring: backslashes and quotes escaped."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _without_docstring_and_future(source: str) -> tuple[str, bool]:
@@ -87,9 +98,10 @@ def _without_docstring_and_future(source: str) -> tuple[str, bool]:
 
 
 def export_trial(study, number: int | None, name: str | None, out_dir: Path, force: bool = False,
-                 space: Path | None = None) -> Path:
+                 space: Path | None = None) -> Exported:
     """Write trial ``number`` of ``study`` (its best with None) as ``out_dir/<name>.py``. Nothing the study
-    holds is run: the file is the study's stored space source as text, with the trial's stored choices."""
+    holds is run: the file is the study's stored space source as text (checked against the recorded hash and
+    compared with the space file), with the trial's stored choices."""
     from harness.files import atomic_write_bytes, now
     from harness.search.study import LABELS
 
@@ -113,12 +125,45 @@ def export_trial(study, number: int | None, name: str | None, out_dir: Path, for
              f"sampler {settings['sampler']}): {measured}; at step {attrs.get('best_step')}; "
              f"{attrs.get('param_count', 0):,} parameters and {attrs.get('gflops', float('nan')):.4g} GFLOPs at the "
              f"tier searched.")
+    source, origin = space_source(study, settings)
     chosen_at = settings.get("chosen_at") or settings  # a promoted rung's points were chosen at rung 0's tier
-    text = render(study.user_attrs["space_source"], Path(settings["space_path"]).name, choices,
+    text = render(source, Path(settings["space_path"]).name, choices,
                   tuple(chosen_at["block_out_channels"]), chosen_at["layers_per_block"],
-                  title=f"Trial {trial.number} of the architecture search {study.study_name!r}, exported.", about=about)
+                  title=f"Trial {trial.number} of the architecture search {study.study_name!r}, exported.",
+                  about=f"{about} {origin}")
     atomic_write_bytes(path, text.encode())
-    return path
+    return Exported(path, origin, same_as_file=origin.startswith(SAME_AS_FILE))
+
+
+class Exported(NamedTuple):
+    path: Path
+    origin: str  # where the space's code in the file came from, in a sentence
+    same_as_file: bool  # the code is byte for byte the space file the search names, as it is on disk now
+
+
+SAME_AS_FILE = "The space's code below is byte for byte"
+
+
+def space_source(study, settings: dict) -> tuple[str, str]:
+    """The space's code a study stores, checked against the hash the search recorded, and a sentence saying
+    where it comes from: the space file it names, when that file is on disk with the same bytes; else the
+    study alone (a study can be edited: read the code before running it)."""
+    source = study.user_attrs.get("space_source")
+    recorded = str(settings.get("space_sha256"))
+    if not isinstance(source, str) or hashlib.sha256(source.encode()).hexdigest() != recorded:
+        raise HarnessError(f"The search-space code stored in study {study.study_name!r} is not the code the search "
+                           f"ran (its sha256 is not the recorded {recorded[:12]}): the study was changed after the "
+                           f"search wrote it. Nothing was written.")
+    where = Path(str(settings.get("space_path")))
+    try:
+        on_disk = hashlib.sha256(where.read_bytes()).hexdigest()
+    except OSError:
+        on_disk = None
+    if on_disk == recorded:
+        return source, f"{SAME_AS_FILE} {where} as it is on disk now (sha256 {recorded[:12]})."
+    now = "is not on disk" if on_disk is None else f"has changed since (sha256 {on_disk[:12]} now)"
+    return source, (f"The space's code below is the copy stored in the study (sha256 {recorded[:12]}): the space file "
+                    f"it was searched with, {where}, {now}, so read the code before running it.")
 
 
 def trial_choices(study, trial, settings: dict, space: Path | None) -> dict:
@@ -148,14 +193,15 @@ def trial_choices(study, trial, settings: dict, space: Path | None) -> dict:
 
 
 def _checked_literals(choices, where: str) -> dict:
-    """``choices`` if it is a dict of identifier keys to plain values (numbers, booleans, None, short plain strings
-    or lists of them), which the file can hold as literals; else a HarnessError: a study can be edited by anyone."""
+    """``choices`` if it is a dict of identifier keys to plain values (numbers, booleans, None, strings or lists
+    of them), whose repr() is a Python literal of the same value; else a HarnessError: a study can be edited by
+    anyone. (Not NaN or infinities: their repr is not a literal.)"""
     def plain(value) -> bool:
         if isinstance(value, list):
             return all(plain(v) for v in value)
-        if isinstance(value, str):
-            return len(value) <= 200 and all(c.isalnum() or c in "_-+.,:/ " for c in value)
-        return value is None or isinstance(value, (bool, int, float))
+        if isinstance(value, float):
+            return math.isfinite(value)
+        return value is None or isinstance(value, (bool, int, str))
 
     bad = [k for k, v in choices.items() if not (isinstance(k, str) and k.isidentifier() and plain(v))] \
         if isinstance(choices, dict) else ["(not a mapping)"]
