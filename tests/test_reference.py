@@ -170,3 +170,32 @@ def test_kid_features_that_cannot_be_fetched_are_a_recorded_substitution_and_fet
     spec = resolve_task("shapes", "smoke", overrides)
     again = get_reference(spec.data, spec.evaluation, InceptionFeatures(torch.device("cpu")), lambda: None)
     assert np.array_equal(again.kid_features, features) and again.kid_substitution is None
+
+
+def test_the_covariance_root_is_kept_beside_the_reference_and_read_back_unchanged(tmp_path):
+    """The root every FID uses is computed once per machine: the next process reads the same bytes; a
+    damaged file is computed again; other statistics (a rewritten reference) never meet a stale root."""
+    from harness.protocol import reference as module
+    from harness.protocol.fid import symmetric_sqrt
+
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((300, 64))
+    sigma = np.cov(features, rowvar=False)
+    path = tmp_path / "fid_refs" / "shapes-0123.npz"
+    path.parent.mkdir()
+    path.write_bytes(b"a reference")
+    ref = module.Reference(features.mean(0), sigma, None, "test", 300, path)
+    assert not module.root_cached(path)
+    computed = ref.sigma_root
+    assert np.array_equal(computed, symmetric_sqrt(sigma)) and module.root_cached(path)
+    kept = module.root_path(sigma, path)
+    module._ROOTS.clear()  # a new process
+    assert np.array_equal(module.Reference(ref.mu, sigma, None, "test", 300, path).sigma_root, computed)
+    kept.write_bytes(kept.read_bytes()[:100])  # a file cut short (a full disk, a kill before the rename)
+    module._ROOTS.clear()
+    assert np.array_equal(module.Reference(ref.mu, sigma, None, "test", 300, path).sigma_root, computed)
+    assert np.array_equal(np.load(kept), computed)  # and written again whole
+    other = np.cov(features[:200], rowvar=False)
+    assert module.root_path(other, path) != kept
+    module._ROOTS.clear()
+    assert np.array_equal(module.Reference(ref.mu, other, None, "test", 200, path).sigma_root, symmetric_sqrt(other))

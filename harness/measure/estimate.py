@@ -4,9 +4,9 @@ A run's time is a sum of pieces, each a count the task fixes times a cost a burs
 (harness/measure/bursts.py):
 
     startup      interpreter and imports (this process's, measured by the caller)
-    prepare      build + validate the model, count its MACs, load the data, load Inception, and the
-                 reference's covariance root (once per run process)
-    reference    computing the FID reference when it is not cached (once per machine, then cached)
+    prepare      build + validate the model, count its MACs, load the data, load Inception
+    reference    computing the FID reference and its covariance root when they are not cached (once per
+                 machine, then kept in the cache)
     training     steps x seconds per step, plus the first step's extra (allocation, compilation)
     sampling     evaluations x samples / batch x seconds per DDIM batch
     features     evaluations x samples x seconds per image of Inception
@@ -33,7 +33,7 @@ from harness.flops import matmul_precision, mfu
 from harness.measure import bursts
 from harness.protocol.data import load_images
 from harness.protocol.recipe import recipe_for
-from harness.protocol.reference import reference_plan
+from harness.protocol.reference import reference_plan, root_cached
 from harness.protocol.spec import TaskSpec
 from harness.protocol.tasks import resolve_task
 from harness.run.records import device_info, library_versions
@@ -67,8 +67,7 @@ def predict(spec: TaskSpec, m: dict, from_step: int = 0) -> dict:
     evaluations, samples = n["evaluations"], n["samples_per_evaluation"]
     pieces = {
         "startup": m["startup_seconds"],
-        "prepare": m["build_seconds"] + m["profile_seconds"] + m["data_load_seconds"] + m["inception_load_seconds"]
-                   + (m["sigma_root_seconds"] if evaluations else 0.0),
+        "prepare": m["build_seconds"] + m["profile_seconds"] + m["data_load_seconds"] + m["inception_load_seconds"],
         "reference": m["reference_seconds"] if evaluations else 0.0,
         "training": n["steps"] * m["step_seconds"]
                     + (max(0.0, m["first_step_seconds"] - m["step_seconds"]) if n["steps"] else 0.0),
@@ -208,6 +207,8 @@ class Estimator:
         elif plan == "download":
             self.note(f"The FID reference {ev.reference} is downloaded from clean-fid by the first run "
                       f"(not timed here; computed from the local data where it cannot be fetched).")
+        if plan != "cached" or not root_cached(path):  # the first run keeps the root beside the reference
+            out["reference_seconds"] += out["sigma_root_seconds"]
         return out
 
     def measure(self, arch: str, tier: str) -> dict:

@@ -47,14 +47,47 @@ class Reference:
 
     @property
     def sigma_root(self) -> np.ndarray:
-        """sigma^(1/2) [2048,2048], once per process and cache file (the bootstrap of every evaluation uses it)."""
+        """sigma^(1/2) [2048,2048] (every FID and its bootstrap use it): computed once per machine (an
+        eigendecomposition, about 2 s on one CPU thread), kept beside the reference file, and once per process."""
         key = (str(self.path), self.path.stat().st_mtime_ns)
         if key not in _ROOTS:
-            _ROOTS[key] = symmetric_sqrt(self.sigma)
+            _ROOTS[key] = _cached_root(self.sigma, self.path)
         return _ROOTS[key]
 
 
 _ROOTS: dict[tuple[str, int], np.ndarray] = {}
+
+
+def root_path(sigma: np.ndarray, reference_path: Path) -> Path:
+    """Where the covariance root of ``sigma`` is kept: beside its reference, named by a hash of sigma's bytes
+    (a reference rewritten with other statistics finds no stale root)."""
+    digest = hashlib.sha256(np.ascontiguousarray(sigma).tobytes()).hexdigest()[:16]
+    return reference_path.with_name(f"{reference_path.stem}.root-{digest}.npy")
+
+
+def _cached_root(sigma: np.ndarray, reference_path: Path) -> np.ndarray:
+    """The root from its file, or computed and written (atomically); an unreadable file is computed again.
+    It is a cache of a deterministic function of sigma, so a folder that cannot be written only costs time."""
+    path = root_path(sigma, reference_path)
+    try:
+        root = np.load(path, allow_pickle=False)
+        if root.shape == sigma.shape and root.dtype == sigma.dtype:
+            return root
+    except (OSError, ValueError, EOFError):
+        pass
+    root = symmetric_sqrt(sigma)
+    buffer = io.BytesIO()
+    np.save(buffer, root, allow_pickle=False)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError:
+        pass
+    return root
+
+
+def root_cached(reference_path: Path) -> bool:
+    """Whether a covariance root was kept beside the reference at ``reference_path`` (for the estimate)."""
+    return any(reference_path.parent.glob(f"{reference_path.stem}.root-*.npy"))
 
 
 def reference_key(data: DataSpec, evaluation: EvaluationSpec, weights_id: str, reference: str | None = None) -> dict:
