@@ -20,7 +20,8 @@ def test_cli_reference_is_current():
 
 def test_cli_reference_has_every_subcommand():
     text = (DOCS / "cli.md").read_text()
-    for name in ("run", "list", "profile", "bench", "estimate", "sweep", "search", "export", "export-model", "report"):
+    for name in ("run", "list", "profile", "bench", "estimate", "sweep", "search", "export", "export-model", "evaluate",
+                 "report"):
         assert f"## harness {name}\n" in text and f"usage: python -m harness {name}" in text
 
 

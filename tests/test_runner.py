@@ -234,3 +234,33 @@ def test_a_gpu_tier_with_device_auto_on_a_cpu_stops_before_anything_starts(tiny_
     # asked for the CPU: no device substitution (the bf16 the tier asks for still is one)
     whats = [n["what"] for n in record.substitutions]
     assert record.status == "completed" and "device" not in whats and "training.precision" in whats
+
+
+GRID = {"samplers.grid": ["ddim:3", "dpmpp_2m:3", "unipc:4"], "samplers.at": "every",
+        "evaluation.eval_points": [2, 4]}
+
+
+def _without_timings(evaluations):
+    timing = ("sample_seconds", "feature_seconds", "sampling_images_per_sec")
+    return [{k: ({p: {n: v for n, v in got.items() if n not in timing} for p, got in value.items()}
+                 if k == "samplers" else value) for k, value in e.items() if k not in timing} for e in evaluations]
+
+
+def test_a_sampler_grid_is_recorded_at_each_point_and_resumes_to_the_same_results(tiny_arch, tmp_path):
+    straight = _run(tiny_arch, tmp_path / "a", overrides=GRID)
+    with pytest.raises(RunInterrupted, match="Stopped at step 3"):
+        _run(tiny_arch, tmp_path / "b", overrides=GRID, should_stop=lambda step: step == 3)
+    resumed = _run(tiny_arch, tmp_path / "b", overrides=GRID)
+    assert [e["step"] for e in straight.evaluations] == [2, 4, 6]
+    for e in straight.evaluations:
+        assert list(e["samplers"]) == ["ddim:3", "dpmpp_2m:3", "unipc:4"]
+        for key, got in e["samplers"].items():
+            assert math.isfinite(got["fid"]) and got["fid_std"] > 0 and got["num_samples"] == 6
+            assert {"precision", "recall", "density", "coverage"} <= set(got) and got["manifold_k"] == 3
+            assert got["sampler"]["steps"] == int(key.split(":")[1])
+        assert len({e["fid"], *(got["fid"] for got in e["samplers"].values())}) == 4  # four samplers, four FIDs
+    assert _without_timings(resumed.evaluations) == _without_timings(straight.evaluations)
+    # by default the grid runs at the last evaluation point only, and the protocol's numbers do not move
+    final_only = _run(tiny_arch, tmp_path / "c", overrides=dict(GRID, **{"samplers.at": "final"}))
+    assert [("samplers" in e) for e in final_only.evaluations] == [False, False, True]
+    assert [e["fid"] for e in final_only.evaluations] == [e["fid"] for e in straight.evaluations]

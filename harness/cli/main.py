@@ -11,7 +11,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
-from harness.cli import bench, estimate, export, export_model, listing, profile, report, run, search, sweep
+from harness.cli import bench, estimate, evaluate, export, export_model, listing, profile, report, run, search, sweep
 from harness.errors import HarnessError
 from harness.run.signals import interrupt_exit_code
 
@@ -29,10 +29,11 @@ examples:
   python -m harness sweep --task shapes --arch standard,no_attn --tier smoke --seed 42,43
   python -m harness search --task shapes --tier smoke --trials 8 --steps 200
   python -m harness export --study shapes-smoke-fid --best --name searched
-  python -m harness export-model results/shapes/standard/smoke/seed42 --out exported/standard\n"""
+  python -m harness export-model results/shapes/standard/smoke/seed42 --out exported/standard
+  python -m harness evaluate results/shapes/standard/smoke/seed42 --set 'samplers.grid=[dpmpp_2m:10]'\n"""
 
 COMMANDS = {"run": run, "list": listing, "profile": profile, "bench": bench, "estimate": estimate, "sweep": sweep,
-            "search": search, "export": export, "export-model": export_model, "report": report}
+            "search": search, "export": export, "export-model": export_model, "evaluate": evaluate, "report": report}
 
 
 def build_parser(prog: str = "python -m harness") -> argparse.ArgumentParser:

@@ -42,6 +42,8 @@ from harness.protocol.fid import (
     resampled_fids,
     symmetric_sqrt,
 )
+from harness.protocol.manifold import manifold_metrics
+from harness.protocol.reference import KID_FEATURES
 from harness.protocol.spec import TaskSpec
 from harness.protocol.trainer import Trainer
 from harness.run import checkpoints
@@ -197,6 +199,13 @@ def scoring_burst(spec: TaskSpec, device: torch.device) -> dict:
     if evaluation.kid:  # 100 subsets of at most 1000 rows: its cost does not grow past 1000 images
         feats = _random_features(min(n, SCORING_ROWS))
         took += seconds(lambda: kernel_inception_distance(feats, ref), device)
+    if evaluation.manifold_k is not None:  # three rows x rows distance matrices: timed at up to 2048, scaled by rows^2
+        rows = min(n, evaluation.manifold_samples, KID_FEATURES)
+        timed = min(rows, SCORING_ROWS // 2)
+        if timed >= evaluation.manifold_k + 2:
+            feats = _random_features(timed)
+            took += seconds(lambda: manifold_metrics(feats, ref, evaluation.manifold_k, timed), device) \
+                * (rows / timed) ** 2
     return {"scoring_seconds": took, "sigma_root_seconds": root_seconds}
 
 

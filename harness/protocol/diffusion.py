@@ -88,7 +88,7 @@ class NoiseSchedule:
         return (per_sample * self.loss_weight[t]).mean()
 
 
-def _draw(gens: list[torch.Generator], device: torch.device, image_size: int = 32) -> torch.Tensor:
+def draw_noise(gens: list[torch.Generator], device: torch.device, image_size: int = 32) -> torch.Tensor:
     """[len(gens),3,S,S] standard normal, row i from gens[i] (advancing it)."""
     return torch.cat([torch.randn((1, 3, image_size, image_size), generator=g) for g in gens]).to(device)
 
@@ -123,14 +123,14 @@ def ddim_sample(
     # One CPU generator per sample, as DDIMPipeline with a list of generators: it gives the initial
     # noise and then (eta > 0) each step's extra noise, so an image depends on its seed alone.
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    x = _draw(gens, device, image_size)  # [B,3,S,S]
+    x = draw_noise(gens, device, image_size)  # [B,3,S,S]
     batch = torch.empty(len(seeds), dtype=torch.int64, device=device)
     for t in scheduler.timesteps:
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             eps = model(x, batch.fill_(int(t))).sample  # timestep [B]: the contract's shape
         variance_noise = None
         if sampling.eta > 0:
-            variance_noise = _draw(gens, device, image_size)
+            variance_noise = draw_noise(gens, device, image_size)
         x = scheduler.step(eps.float(), t, x, eta=sampling.eta, variance_noise=variance_noise).prev_sample
     return x
 

@@ -174,7 +174,7 @@ def _cleanfid_reference(path: Path, key: dict, evaluation: EvaluationSpec) -> tu
     else:
         mu, sigma = cached.mu, cached.sigma
     kid, kid_why = (cached.kid_features if cached is not None else None), ""
-    if kid is None and evaluation.kid:
+    if kid is None and (evaluation.kid or evaluation.manifold_k is not None):  # KID's and the manifold metrics'
         kid, kid_why = _fetch_cleanfid(evaluation.reference, "KID")
     if cached is None or (kid is not None and cached.kid_features is None):
         _save(path, key, mu, sigma, kid, f"clean-fid precomputed {evaluation.reference}", 0)

@@ -149,6 +149,39 @@ class EvaluationSpec:
     # resamples of the generated images' features (with replacement, the reference fixed) whose FIDs'
     # standard deviation is each evaluation's sampling noise (record: evaluations[].fid_std); 0: none
     fid_bootstrap: int = setting(50, result=False, resumable=True)
+    # precision, recall, density and coverage (harness/protocol/manifold.py) with this many nearest neighbours;
+    # null: not computed. They use the reference's kept features, so they need evaluation.kid's features too
+    manifold_k: int | None = 3
+    manifold_samples: int = 10_000  # at most this many images on each side (the first, in seed order)
+
+
+GRID_SAMPLERS = ("ddim", "dpmpp_2m", "unipc")  # the sampler grid's (harness/protocol/samplers.py)
+
+
+@dataclass(frozen=True)
+class SamplersSpec:
+    """The sampler grid (docs/samplers.md): (sampler, steps) pairs evaluated beside the protocol's DDIM, from the
+    same per-sample noise. Its settings change only the grid's own results, each of which records every argument
+    of its scheduler (the report compares a grid point across runs only where they are equal), never the
+    protocol's FID: so none is a result field here."""
+    # "sampler:steps" pairs, e.g. [ddim:10, dpmpp_2m:20, unipc:20]; none by default (the protocol alone)
+    grid: tuple[str, ...] = setting((), result=False, resumable=True)
+    # where the grid runs: "final" (the last evaluation point, and the best's kept weights when it is another),
+    # or "every" (each evaluation point)
+    at: str = setting("final", result=False, resumable=True, choices=("final", "every"))
+    # DDIM in the grid is the protocol's DDIM (sampling.*: eta, clip_sample, spacing, ...) at other step counts.
+    # dpmpp_2m: diffusers' DPMSolverMultistepScheduler, DPM-Solver++ of order 2 (multistep), deterministic
+    dpmpp_2m_timestep_spacing: str = setting("linspace", result=False, resumable=True,
+                                             choices=("leading", "trailing", "linspace"))
+    dpmpp_2m_lower_order_final: bool = setting(True, result=False, resumable=True)  # first order at the last steps
+    dpmpp_2m_use_karras_sigmas: bool = setting(False, result=False, resumable=True)
+    dpmpp_2m_final_sigmas_type: str = setting("zero", result=False, resumable=True, choices=("zero", "sigma_min"))
+    # unipc: diffusers' UniPCMultistepScheduler (UniPC with B(h) = bh2, order 2, data prediction, corrector on)
+    unipc_timestep_spacing: str = setting("linspace", result=False, resumable=True,
+                                          choices=("leading", "trailing", "linspace"))
+    unipc_solver_type: str = setting("bh2", result=False, resumable=True, choices=("bh1", "bh2"))
+    unipc_lower_order_final: bool = setting(True, result=False, resumable=True)
+    unipc_final_sigmas_type: str = setting("zero", result=False, resumable=True, choices=("zero", "sigma_min"))
 
 
 @dataclass(frozen=True)
@@ -167,6 +200,7 @@ class TaskSpec:
     evaluation: EvaluationSpec
     # published best FID per architecture and tier, shown beside measured ones in reports
     reference_results: dict | None = setting(None, result=False, resumable=True)
+    samplers: SamplersSpec = SamplersSpec()  # the sampler grid beside the protocol's DDIM (none by default)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

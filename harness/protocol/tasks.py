@@ -29,6 +29,7 @@ import yaml
 from harness.errors import HarnessError
 from harness.files import REPO_ROOT
 from harness.protocol.folder_data import FOLDER_SIZES
+from harness.protocol.samplers import grid_points
 from harness.protocol.spec import SHAPE_KINDS, TaskSpec, declared_choices, fields_where
 
 DEFAULT_TASK = "cifar10"
@@ -318,7 +319,13 @@ _POSITIVE = ("training.log_every", "training.checkpoint_every", "sampling.steps"
              "evaluation.feature_batch_size", "diffusion.num_train_timesteps")
 
 
-def _check_choices(spec: TaskSpec, path: Path) -> None:
+def check_spec(spec: TaskSpec, where: str) -> None:
+    """The checks a task file gets when it is read, on a spec built another way (a record's config with
+    ``evaluate --set``): a HarnessError starting with ``where``."""
+    _check_choices(spec, where)
+
+
+def _check_choices(spec: TaskSpec, path: Path | str) -> None:
     config = spec.to_dict()
 
     def get(dotted: str):
@@ -350,6 +357,7 @@ def _check_choices(spec: TaskSpec, path: Path) -> None:
     if spec.sampling.steps_offset < 0 or spec.evaluation.fid_bootstrap < 0 or spec.evaluation.fid_bootstrap == 1:
         raise HarnessError(f"{path}: sampling.steps_offset must be >= 0 and evaluation.fid_bootstrap 0 (none) or at "
                            f"least 2 (a standard deviation needs two resamples).")
+    grid_points(spec, str(path))  # the sampler grid's pairs
     if not 0.0 <= spec.sampling.eta <= 1.0:
         raise HarnessError(f"{path}: sampling.eta must be between 0 (DDIM) and 1, not {spec.sampling.eta!r}.")
     if not 1 <= spec.data.max_shapes <= 3:

@@ -174,7 +174,11 @@ class Run:
         save_grid(result.grid, self.folder / GRID_FILE)
         record.samples_png = GRID_FILE
         self.log(f"step {self.trainer.step}: FID {result.fid:.2f}"
-                 + (f", KID {result.kid:.4f}" if result.kid is not None else "") + f" ({result.num_samples} samples)")
+                 + (f", KID {result.kid:.4f}" if result.kid is not None else "") + _manifold_text(result.manifold)
+                 + f" ({result.num_samples} samples)")
+        for key, scores in (result.samplers or {}).items():  # the sampler grid, from the same seeds
+            manifold = scores if "precision" in scores else None
+            self.log(f"step {self.trainer.step}: {key} FID {scores['fid']:.2f}" + _manifold_text(manifold))
         self.checkpoint()
         if self.hooks.on_evaluation is not None:
             self.hooks.on_evaluation(result.to_dict())
@@ -286,3 +290,8 @@ def _record_failure_before_training(plan: ResolvedRun, device: torch.device, wor
         return
     parts.new_record(plan, plan.architecture, device, recipe_for(plan.spec, device), "failed", param_count=None,
                      failure=failure).save(plan.folder)
+
+
+def _manifold_text(manifold: dict | None) -> str:
+    return "" if not manifold else (f", precision {manifold['precision']:.3f}, recall {manifold['recall']:.3f}, "
+                                    f"density {manifold['density']:.3f}, coverage {manifold['coverage']:.3f}")

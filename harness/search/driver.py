@@ -36,10 +36,10 @@ from harness.search.rungs import Ladder, check_reduction, finished, parse_tiers,
 from harness.search.space_file import load_space
 from harness.search.study import (
     LABELS,
-    SECOND_OBJECTIVES,
     StudySettings,
     check_study_name,
     describe,
+    objective_values,
     open_storage,
     parse_objectives,
     resolve_methods,
@@ -369,7 +369,7 @@ class Search(Driver):
             return
         if outcome.status == "interrupted":  # Ctrl-C: stays RUNNING, the next session resumes it
             return
-        values = self._values(attrs) if outcome.status == "completed" else None
+        values = objective_values(self.settings.objectives, attrs) if outcome.status == "completed" else None
         if values is None:
             why = outcome.message or "the run completed without an FID evaluation"
             trial.set_user_attr("failure", why)
@@ -398,9 +398,3 @@ class Search(Driver):
                          step=record.step, final_fid=record.final_fid,
                          train_images_per_sec=(record.timings or {}).get("train_images_per_sec"))
         return {k: v for k, v in attrs.items() if v is not None}
-
-    def _values(self, attrs: dict) -> list[float] | None:
-        values = [attrs.get("best_fid")]
-        for name in self.settings.objectives[1:]:
-            values.append(attrs.get(SECOND_OBJECTIVES[name][0]))
-        return None if any(v is None for v in values) else [float(v) for v in values]

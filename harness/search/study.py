@@ -23,6 +23,7 @@ SECOND_OBJECTIVES = {  # --objectives fid,<name>: (trial user attribute, what it
     "latency": ("latency_ms", "milliseconds of one forward pass of one image on the run's device"),
 }
 LABELS = {"fid": "best FID", "gflops": "GFLOPs", "params": "parameters", "latency": "latency (ms)"}
+
 SAMPLERS = ("tpe", "nsga2", "random")
 PRUNERS = ("median", "hyperband", "none")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$")
@@ -293,3 +294,10 @@ def summary_text(result: dict) -> str:
 def describe(choices: dict) -> str:
     """A short line for a point: true flags by name, other choices as name=value."""
     return " ".join(k if v is True else f"{k}={v}" for k, v in choices.items() if v is not False)
+
+
+def objective_values(objectives: tuple[str, ...] | list[str], attrs: dict) -> list[float] | None:
+    """A finished trial's values, from its user attributes (the run's best FID, then the second objective's
+    attribute); None when one is missing."""
+    values = [attrs.get("best_fid")] + [attrs.get(SECOND_OBJECTIVES[name][0]) for name in objectives[1:]]
+    return None if any(v is None for v in values) else [float(v) for v in values]

@@ -1,0 +1,109 @@
+"""Evaluate a finished run again, without training: ``harness evaluate RUN_FOLDER``.
+
+Users train once and ask new questions of the weights: another sampler grid, other manifold-metric settings.
+The run's kept weights are sampled from the same per-sample seeds, hence the same noise, as its evaluations
+were: its last checkpoint's EMA weights (at the step of its last evaluation), and its best evaluation's (kept
+in best_ema.safetensors) where that is another step. Each result is added to the record's evaluation at that
+step, under ``samplers``, marked ``added_after_training`` (when, which weights, on what device), so that a
+report can tell it from a result computed while training. Only settings that change no trained weight and no
+protocol number may be set (``EVALUATION_FIELDS``); the record's own config gives the rest.
+
+The record is a file of data: it is read, and the architecture built from the architectures folder (or the
+user's ``--arch``), as export-model does. The run folder is locked while this runs, as training locks it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from harness.errors import HarnessError
+from harness.files import now
+from harness.protocol.data import load_images
+from harness.protocol.evaluation import Evaluator
+from harness.protocol.recipe import recipe_for
+from harness.protocol.samplers import grid_points
+from harness.protocol.tasks import check_spec, complete_config, spec_from_config
+from harness.run import checkpoints
+from harness.run.export_model import read_run, trained_model
+from harness.run.locks import RunLock
+from harness.run.records import RECORD_FILE, RunRecord
+
+# what `evaluate --set` may change: nothing trained, nothing the protocol's own numbers depend on
+EVALUATION_FIELDS = ("samplers.", "evaluation.manifold_k", "evaluation.manifold_samples",
+                     "evaluation.feature_batch_size", "sampling.batch_size", "evaluation.fid_bootstrap")
+
+
+def evaluate_run(folder: str | Path, overrides: dict | None = None, device: str = "cpu", arch: str | None = None,
+                 data_dir: str | None = None, again: bool = False, log: Callable[[str], None] = print,
+                 progress: bool = True) -> RunRecord:
+    """Add the grid of the run's config with ``overrides`` (e.g. {"samplers.grid": ["dpmpp_2m:10"]}) at its kept
+    weights' steps; pairs already in the record are kept unless ``again``. Returns the updated record."""
+    folder = Path(folder)
+    with RunLock(folder):
+        record, state = read_run(folder)
+        spec = _spec(record, overrides or {}, folder)
+        points = grid_points(spec, "--set")
+        if not points:
+            raise HarnessError("There is nothing to evaluate: the run's task has no sampler grid. Name one, e.g. "
+                               "--set 'samplers.grid=[ddim:10,dpmpp_2m:10,unipc:20]'.")
+        where = torch.device(device)
+        recipe = recipe_for(spec, where)
+        evaluator = Evaluator(spec, where, lambda: load_images(spec.data, data_dir), recipe.sampling_autocast,
+                              _bars(progress), log)
+        for step, weights, which in _kept_weights(folder, record, state):
+            entry = next((e for e in record.evaluations if e["step"] == step), None)
+            if entry is None:
+                log(f"Skipped the {which} (step {step}): the run has no evaluation at that step to add to.")
+                continue
+            todo = [p for p in points if again or p.key not in entry.get("samplers", {})]
+            if not todo:
+                log(f"Step {step} ({which}) has every pair already; pass --again to compute them again.")
+                continue
+            model, _ = trained_model(record, state, spec, raw=False, best=weights, arch=arch)
+            added = evaluator.evaluate_grid(model.to(where), step, todo)
+            mark = {"at": now(), "weights": which, "device": str(where)}
+            entry["samplers"] = {**entry.get("samplers", {}),
+                                 **{key: {**got, "added_after_training": mark} for key, got in added.items()}}
+            for key, got in added.items():
+                log(f"step {step} ({which}): {key} FID {got['fid']:.2f}")
+            record.save(folder)  # after each set of weights: nothing computed is lost to a later failure
+    return record
+
+
+def _spec(record: RunRecord, overrides: dict, folder: Path):
+    """The run's task as its record holds it, with ``overrides`` of evaluation-only fields."""
+    config = complete_config(record.config)
+    for key, value in overrides.items():
+        if not key.startswith(EVALUATION_FIELDS):
+            allowed = ", ".join(f + "*" if f.endswith(".") else f for f in EVALUATION_FIELDS)
+            raise HarnessError(f"`evaluate --set {key}=...` is refused: a finished run is evaluated with its own "
+                               f"settings, and only these may change (they change no trained weight and none of its "
+                               f"protocol's numbers): {allowed}.")
+        section, _, name = key.partition(".")
+        if section not in config or not isinstance(config[section], dict) or name not in config[section]:
+            raise HarnessError(f"`evaluate --set {key}=...`: the task has no field {key!r}.")
+        config[section][name] = value
+    spec = spec_from_config(config, where=str(folder / RECORD_FILE))
+    check_spec(spec, "--set")
+    return spec
+
+
+def _kept_weights(folder: Path, record: RunRecord, state: dict) -> list[tuple[int, dict | None, str]]:
+    """(step, weights or None for the last checkpoint's EMA, which) of the weights a run keeps: the last
+    checkpoint's, and its best evaluation's where that is another step and its file is kept."""
+    last = state["trainer"]["step"]
+    kept = [(last, None, "last checkpoint's EMA weights")]
+    best = checkpoints.load_best(folder)
+    if best is not None and best[1] != last and best[1] == record.best_step:
+        kept.append((best[1], best[0], f"best evaluation's EMA weights ({checkpoints.BEST_FILE})"))
+    return kept
+
+
+def _bars(progress: bool):
+    from tqdm.auto import tqdm
+
+    def bar(total: int, description: str):
+        return tqdm(total=total, desc=description, unit="img", leave=False, disable=not progress, dynamic_ncols=True)
+    return bar
