@@ -20,6 +20,7 @@ so ``import harness`` is instant). Their names are not those of the subpackages 
     report.boards                           # the leaderboards, one DataFrame per comparable group
 
     harness.export_model("results/shapes/standard/smoke/seed42", "exported/standard")  # for DDIMPipeline
+    harness.evaluate_run("results/shapes/standard/smoke/seed42", {"samplers.grid": ["dpmpp_2m:10"]})  # no training
 
 docs/python-api.md shows each with its options.
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 __version__ = "0.1.0"
-__all__ = ["run_one", "run_sweep", "run_search", "load_runs", "make_report", "export_model"]
+__all__ = ["run_one", "run_sweep", "run_search", "load_runs", "make_report", "export_model", "evaluate_run"]
 
 
 def _write(line: str) -> None:
@@ -142,3 +143,17 @@ def export_model(run_folder: str | Path, out: str | Path, *, raw: bool = False, 
     from harness.run.export_model import export_model as write
 
     return write(run_folder, out, raw=raw, force=force, which=which, arch=arch)
+
+
+def evaluate_run(run_folder: str | Path, overrides: dict[str, Any] | None = None, *, device: str = "auto",
+                 arch: str | None = None, data_dir: str | Path | None = None, again: bool = False,
+                 progress: bool = True, log: Callable[[str], None] | None = _write):
+    """A finished run's kept weights sampled with a sampler grid, without training, as ``harness evaluate`` does
+    (``overrides``: e.g. ``{"samplers.grid": ["dpmpp_2m:10", "unipc:20"]}``; only evaluation settings); the
+    results are added to its record, which is returned. ``again``: compute pairs the record holds again."""
+    from harness.run.reevaluate import evaluate_run as evaluate
+    from harness.world import pick_device
+
+    return evaluate(run_folder, overrides, device=str(pick_device(device)), arch=arch,
+                    data_dir=None if data_dir is None else str(data_dir), again=again, progress=progress,
+                    log=log or (lambda line: None))

@@ -32,8 +32,16 @@ def test_a_run_is_the_sum_of_its_pieces_each_a_count_times_a_cost():
     p = predict(spec, COSTS)
     assert p == {"startup": 4.0, "prepare": 0.5 + 0.25 + 3.0 + 0.25, "reference": 10.0,
                  "training": 120 * 0.5 + (2.5 - 0.5), "sampling": 2 * 12.0, "features": 2 * 64 * 0.0625,
-                 "scoring": 2 * 1.5, "checkpoints": 5 * 0.2, "total": p["total"]}
+                 "scoring": 2 * 1.5, "grid": 0.0, "checkpoints": 5 * 0.2, "total": p["total"]}
     assert p["total"] == pytest.approx(sum(p[k] for k in PIECES))
+    # a sampler grid at the last evaluation: each pair's batch = fixed + its steps x a step, then features, scores
+    grid = resolve_task("shapes", "smoke", {"samplers.grid": ["ddim:10", "dpmpp_2m:20"]})
+    costs = dict(COSTS, sampling_step_seconds=0.2, sampling_fixed_seconds=1.0)
+    one_pair = 64 * 0.0625 + 1.5  # features of 64 samples and the scores
+    assert predict(grid, costs)["grid"] == pytest.approx((1.0 + 10 * 0.2) + (1.0 + 20 * 0.2) + 2 * one_pair)
+    every = resolve_task("shapes", "smoke", {"samplers.grid": ["ddim:10"], "samplers.at": "every"})
+    assert predict(every, costs)["grid"] == pytest.approx(2 * ((1.0 + 10 * 0.2) + one_pair))  # steps 0 and 120
+    assert predict(grid, costs, 120)["grid"] == 0.0  # resumed at the end: nothing left
     # the protocol at the small tier: 7 evaluations of 50,000 samples in batches of 500, 35 + 7 checkpoints
     small = resolve_task("cifar10", "small")
     p = predict(small, dict(COSTS, sampling_batch=500))

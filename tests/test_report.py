@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -149,8 +150,9 @@ def test_gaps_within_noise_are_ties_and_gaps_beyond_it_are_ranked(results, defau
         sampling = np.mean([e["fid_std"] for x in records if x["arch"] == r["arch"] for e in x["evaluations"]
                             if e["step"] == x["best_step"]])
         assert float(r["sampling_sd"]) == pytest.approx(sampling, rel=1e-5)  # the split's sampling part
-        variance = max(np.var(fids, ddof=1), sampling**2)
-        floored.append(variance > np.var(fids, ddof=1))
+        spread = statistics.variance(fids)  # exact: three equal FIDs have 0, not a rounding residue of the mean
+        variance = max(spread, sampling**2)
+        floored.append(variance > spread)
         half = stats.t.ppf(0.975, 2) * np.sqrt(variance / 3)
         assert float(r["ci_low"]) == pytest.approx(np.mean(fids) - half, rel=1e-5)
         assert float(r["ci_high"]) == pytest.approx(np.mean(fids) + half, rel=1e-5)
@@ -296,3 +298,31 @@ def test_the_early_fid_is_an_evaluation_before_the_last():
     # only the final evaluation after step 0: no early proxy (rank agreement would compare it with itself)
     assert _early_fid({"evaluations": [evaluations[0], evaluations[2]]}) is None
     assert _early_fid({"evaluations": []}) is None
+
+
+def test_the_sampler_view_and_grid_csv_hold_the_noise_boards_grid(results, default_report):
+    """The noise tier's runs hold a sampler grid (tests/fixtures/make_report_records.py): grid.csv has every
+    result, the protocol's beside them, and the board's view shows each architecture's mean FID and rank at
+    every point, next to the protocol's, as the records say."""
+    records = [json.loads(p.read_text()) for p in results.rglob("record.json") if "noise" in p.parts]
+    grid = [r for r in read_csv(default_report / "grid.csv") if r["tier"] == "noise"]
+    points = ["ddim:5", "ddim:2", "ddim:10", "dpmpp_2m:2", "dpmpp_2m:5", "unipc:5"]
+    assert len(grid) == 3 * 3 * len(points) and {r["point"] for r in grid} == set(points)
+    for record in records:
+        final = record["evaluations"][-1]
+        mine = {r["point"]: float(r["fid"]) for r in grid if r["arch"] == record["arch"]
+                and int(r["seed"]) == record["seed"]}
+        expected = {"ddim:5": final["fid"], **{k: v["fid"] for k, v in final["samplers"].items()}}
+        assert mine == pytest.approx(expected, rel=5e-6)  # the CSV's 6 significant digits
+    md = (default_report / "leaderboard.md").read_text()
+    section = md.split("### Samplers and step counts")[1].split("\n## ")[0]
+    assert "| arch | " + " | ".join(points) + " | ddim 2-10 steps | dpmpp_2m 2-5 steps |" in section
+    blank = [r["evaluations"][-1]["samplers"]["unipc:5"]["fid"] for r in records if r["arch"] == "blank"]
+    assert f"{np.mean(blank):.2f} (3)" in section.split("| blank |")[1].split("\n")[0]  # last of three at unipc:5
+    assert md.count("### Samplers and step counts") == 1  # only the noise board has a grid
+    for arch in ("standard", "twin"):  # one architecture from two initialisations: tied, as on the leaderboard
+        assert section.split(f"| {arch} |")[1].split("|")[0].strip().endswith("(1–2)")
+    assert "fid-vs-sampling-steps.png" in section
+    assert next(default_report.glob("*fid-vs-sampling-steps.png")).stat().st_size > 10_000
+    page = (default_report / "index.html").read_text()
+    assert "<h3>Samplers and step counts</h3>" in page and "fid-vs-sampling-steps.png" in page

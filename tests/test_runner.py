@@ -264,3 +264,16 @@ def test_a_sampler_grid_is_recorded_at_each_point_and_resumes_to_the_same_result
     final_only = _run(tiny_arch, tmp_path / "c", overrides=dict(GRID, **{"samplers.at": "final"}))
     assert [("samplers" in e) for e in final_only.evaluations] == [False, False, True]
     assert [e["fid"] for e in final_only.evaluations] == [e["fid"] for e in straight.evaluations]
+
+
+def test_with_the_grid_at_final_the_best_evaluations_kept_weights_get_it_too(tiny_arch, tmp_path):
+    """A run whose best evaluation is not its last (a learning rate too high for the EMA-less weights): the
+    grid runs at the last step and at the best step's kept weights, equal to the grid computed at that step
+    while training (samplers.at every)."""
+    worse = {"optimizer.lr": 0.05, "training.ema_decay": 0.0, "evaluation.eval_points": [2],
+             "samplers.grid": ["ddim:3", "unipc:3"]}
+    final = _run(tiny_arch, tmp_path / "a", overrides=worse)
+    assert final.best_step == 2 and final.step == 6
+    every = _run(tiny_arch, tmp_path / "b", overrides=dict(worse, **{"samplers.at": "every"}))
+    assert _without_timings(final.evaluations) == _without_timings(every.evaluations)
+    assert all(list(e["samplers"]) == ["ddim:3", "unipc:3"] for e in final.evaluations)

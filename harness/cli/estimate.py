@@ -218,6 +218,7 @@ def estimate_text(result: dict) -> str:
         rows.append({"arch": run["arch"], "tier": run["tier"], "total": _clock(p["total"]),
                      "training": _clock(p["training"]), "sampling": _clock(p["sampling"]),
                      "features": _clock(p["features"]), "scoring": _clock(p["scoring"]),
+                     **({"sampler grid": _clock(p["grid"])} if p.get("grid") else {}),
                      "other": _clock(p["startup"] + p["prepare"] + p["reference"] + p["checkpoints"]),
                      "train img/s": f"{t['train_images_per_sec']:.4g}",
                      "MFU": f"{t['train_mfu']:.1%}" if t["train_mfu"] is not None else "-",

@@ -11,6 +11,10 @@ A run's time is a sum of pieces, each a count the task fixes times a cost a burs
     sampling     evaluations x samples / batch x seconds per DDIM batch
     features     evaluations x samples x seconds per image of Inception
     scoring      evaluations x (FID + its bootstrap + KID)
+    grid         the sampler grid's pairs (samplers.grid) at the evaluations that have it: each pair's batches at
+                 its step count (the DDIM burst's fixed cost plus steps x its cost per step: a multistep
+                 solver's step is one model call, as DDIM's), its features and its scores; the best
+                 evaluation's extra grid (samplers.at final, when it is not the last) is not known ahead
     checkpoints  (steps / checkpoint_every + evaluations) x seconds per checkpoint
 
 A study's runs share the machine's reference (paid by the first run), and run ``slots`` at a time
@@ -34,12 +38,13 @@ from harness.measure import bursts
 from harness.protocol.data import load_images
 from harness.protocol.recipe import recipe_for
 from harness.protocol.reference import reference_plan, root_cached
+from harness.protocol.samplers import grid_points
 from harness.protocol.spec import TaskSpec
 from harness.protocol.tasks import resolve_task
 from harness.run.records import device_info, library_versions
 
 SCHEMA_VERSION = 1
-PIECES = ("startup", "prepare", "reference", "training", "sampling", "features", "scoring", "checkpoints")
+PIECES = ("startup", "prepare", "reference", "training", "sampling", "features", "scoring", "grid", "checkpoints")
 
 
 def startup_seconds() -> float:
@@ -74,10 +79,27 @@ def predict(spec: TaskSpec, m: dict, from_step: int = 0) -> dict:
         "sampling": evaluations * samples / m["sampling_batch"] * m["sampling_batch_seconds"],
         "features": evaluations * samples * m["feature_seconds_per_image"],
         "scoring": evaluations * m["scoring_seconds"],
+        "grid": grid_seconds(spec, m, from_step),
         "checkpoints": n["checkpoints"] * m["checkpoint_seconds"],
     }
     pieces["total"] = sum(pieces.values())
     return {k: round(v, 3) for k, v in pieces.items()}
+
+
+def grid_seconds(spec: TaskSpec, m: dict, from_step: int = 0) -> float:
+    """The sampler grid's pairs at the evaluations still to come that run it (samplers.at: the last, or each)."""
+    points = grid_points(spec)
+    if not points:
+        return 0.0
+    evaluation, steps = spec.evaluation, spec.training.steps
+    at = [p for p in evaluation.eval_points if p > from_step or p == 0 == from_step]
+    evaluations = len(at) if spec.samplers.at == "every" else int(steps in at)
+    per_step = m.get("sampling_step_seconds") or m["sampling_batch_seconds"] / spec.sampling.steps
+    fixed = m.get("sampling_fixed_seconds") or 0.0
+    batches = evaluation.num_samples / m["sampling_batch"]
+    one = sum(batches * (fixed + point.steps * per_step) for point in points) \
+        + len(points) * (evaluation.num_samples * m["feature_seconds_per_image"] + m["scoring_seconds"])
+    return evaluations * one
 
 
 def makespan(durations: list[float], slots: int) -> float:

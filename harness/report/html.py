@@ -9,7 +9,7 @@ from html import escape
 import pandas as pd
 
 from harness.files import now
-from harness.report import fidelity, tables
+from harness.report import fidelity, samplers, tables
 from harness.report.model import (
     DETAILS,
     PUBLISHED_NOTE,
@@ -88,6 +88,11 @@ def page(report: Report, figures: dict) -> str:
         headers, rows, best = display(board, DETAILS)
         parts += ["<details><summary>Details: per-seed noise and its split, every gap's test, all measurements"
                   "</summary>", table(headers, rows, best), "</details>", figures_html(figures_of[1:])]
+        view = report.samplers.get(key)
+        if view is not None:
+            parts += ["<h3>Samplers and step counts</h3>", f"<p>{escape(samplers.NOTE)}</p>",
+                      table(*samplers.display_rows(view)), table(*samplers.agreement_rows(view)),
+                      figures_html(figures.get(("samplers", key), []))]
     others = unfinished(report.runs, report.studies)
     if not others.empty:
         parts += ["<h2>Runs not in the leaderboards</h2><p>Failed, unfinished or interrupted runs (with "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from harness.report import fidelity, tables
+from harness.report import fidelity, samplers, tables
 from harness.report.model import (
     DETAILS,
     PUBLISHED_NOTE,
@@ -43,6 +43,11 @@ def markdown(report: Report, figures: dict) -> str:
         headers, rows, _ = display(board, DETAILS)
         parts += ["", "Details:", "", markdown_table(headers, rows), ""]
         parts += [f"![{p.name}]({p.name})" for p in figures_of[1:]] + [""]
+        view = report.samplers.get(key)
+        if view is not None:
+            parts += ["### Samplers and step counts", "", samplers.NOTE, "",
+                      markdown_table(*samplers.display_rows(view)), "", markdown_table(*samplers.agreement_rows(view)),
+                      ""] + [f"![{p.name}]({p.name})" for p in figures.get(("samplers", key), [])] + [""]
     others = unfinished(report.runs, report.studies)
     if not others.empty:
         parts += ["## Runs not in the leaderboards", "", markdown_table(list(others.columns),

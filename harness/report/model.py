@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.report import fidelity, noise, tables
+from harness.report import fidelity, noise, samplers, tables
 from harness.report.studies import find_studies, read_sweeps
 
 # (column, header, format, better): better is "lower", "higher" or None (no best marked).
@@ -137,6 +137,7 @@ class Report:
     boards: dict  # BoardKey -> leaderboard
     fidelity: pd.DataFrame  # fidelity.fidelity: proxy vs expensive rankings
     fidelity_missing: list  # fidelity.not_compared: why a task with several measures has no comparison
+    samplers: dict  # BoardKey -> samplers.SamplerView, for boards whose runs hold a sampler grid
     studies: list  # study summaries
     sweeps: list  # sweep manifests
     provenance: dict
@@ -168,9 +169,10 @@ def collect(results_dir: Path, filters: Filters, seed_cv: float | None = None) -
     notes = [f"{assumed} one-seed row(s) have no seed spread measured on their board and assume a seed-to-seed CV "
              f"of {seed_cv:.1%} (--seed-cv): their intervals and ranks rest on that assumption."] if assumed else []
     used = runs[runs["in_leaderboard"]] if not runs.empty else runs
+    views = {key: samplers.sampler_view(tables.board_runs(board, runs), records) for key, board in boards.items()}
     return Report(runs, records, grouped, boards, fidelity.fidelity(used, records),
-                  fidelity.not_compared(used, records), studies, read_sweeps(results_dir, unreadable),
-                  provenance(runs, records, notes), unreadable, seed_cv)
+                  fidelity.not_compared(used, records), {k: v for k, v in views.items() if v is not None}, studies,
+                  read_sweeps(results_dir, unreadable), provenance(runs, records, notes), unreadable, seed_cv)
 
 
 def provenance(runs: pd.DataFrame, records: dict, notes: list[str] = ()) -> dict:

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from harness.report.tables import board_runs  # noqa: E402
 from harness.run.folder import GRID_FILE  # noqa: E402
 
 SAVE = {"dpi": 110, "bbox_inches": "tight", "metadata": {"Software": None}}  # no version stamp: stable files
@@ -75,7 +76,7 @@ def fid_vs_gflops(board: pd.DataFrame, title: str, path: Path) -> Path:
 def fid_vs_step(board: pd.DataFrame, runs: pd.DataFrame, records: dict, title: str, path: Path) -> Path:
     """FID at each evaluation point: mean over seeds, and the min-max band."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for arch, g in _runs_of(board, runs).groupby("arch", sort=True):
+    for arch, g in board_runs(board, runs).groupby("arch", sort=True):
         curves = pd.DataFrame([{"seed": r["seed"], "step": e["step"], "fid": e["fid"]}
                                for _, r in g.iterrows() for e in records[r["record"]].get("evaluations") or []])
         if curves.empty:
@@ -94,7 +95,7 @@ def fid_vs_step(board: pd.DataFrame, runs: pd.DataFrame, records: dict, title: s
 def loss_curves(board: pd.DataFrame, runs: pd.DataFrame, records: dict, title: str, path: Path) -> Path:
     """Training loss (mean over each log interval), averaged over seeds."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for arch, g in _runs_of(board, runs).groupby("arch", sort=True):
+    for arch, g in board_runs(board, runs).groupby("arch", sort=True):
         curves = pd.DataFrame([{"step": s, "loss": loss} for _, r in g.iterrows()
                                for s, loss in records[r["record"]].get("loss_curve") or []])
         if not curves.empty:
@@ -113,7 +114,7 @@ def sample_grids(board: pd.DataFrame, runs: pd.DataFrame, title: str, path: Path
     """The latest sample grid of every architecture (its lowest seed), side by side."""
     grids = []
     for arch in board["arch"]:
-        g = _runs_of(board[board["arch"] == arch], runs).sort_values("seed")
+        g = board_runs(board[board["arch"] == arch], runs).sort_values("seed")
         for _, r in g.iterrows():
             png = Path(r["record"]).parent / GRID_FILE
             if png.exists():
@@ -156,12 +157,6 @@ def study_plots(study, objectives: list[str], stem: Path) -> list[Path]:
     return [_save(fig, stem.with_name(f"{stem.name}-{name}.png"))]
 
 
-def _runs_of(board: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs behind the rows of a leaderboard (``in_leaderboard``: the ones it averages)."""
-    key = ["task", "tier", "arch", "arch_sha256", "settings_key", "conditions"]
-    wanted = set(map(tuple, board[key].to_numpy()))
-    mask = np.array([tuple(row) in wanted for row in runs[key].to_numpy()], dtype=bool)
-    return runs[mask & runs["in_leaderboard"].to_numpy(dtype=bool)]
 
 
 def fidelity_scatter(table: pd.DataFrame, path: Path, limit: int = 12) -> Path | None:
@@ -191,4 +186,32 @@ def fidelity_scatter(table: pd.DataFrame, path: Path, limit: int = 12) -> Path |
     fig.suptitle("Proxy fidelity: mean FID per architecture" + (f" (first {limit} of {len(table)} pairs)"
                                                                 if len(table) > limit else ""), fontsize=9)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def fid_vs_sampling_steps(view, title: str, path: Path) -> Path:
+    """Mean FID over seeds against sampling steps (log axis): one colour per architecture, one line style per
+    sampler; the protocol's point is a star."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    styles, colours = {}, {}
+    protocol = view.points[0]
+    for point in view.points:
+        sampler, _, rest = point.partition(":")
+        styles.setdefault(sampler, ["-", "--", ":", "-."][len(styles) % 4])
+    for i, arch in enumerate(view.fids.index):
+        colours[arch] = f"C{i % 10}"
+        for sampler, style in styles.items():
+            points = sorted((p for p in view.points if p.startswith(sampler + ":") and " #" not in p),
+                            key=lambda p: int(p.partition(":")[2]))
+            steps = [int(p.partition(":")[2]) for p in points]
+            ax.plot(steps, view.fids.loc[arch, points].to_numpy(float), style, marker="o", ms=3,
+                    color=colours[arch], label=f"{arch}, {sampler}")
+        ax.plot([int(protocol.partition(":")[2].split()[0])], [view.fids.loc[arch, protocol]], marker="*", ms=9,
+                color=colours[arch], linestyle="none")
+    ax.set_xscale("log")
+    ax.set_xlabel("sampling steps (the star: the protocol's sampler)")
+    ax.set_ylabel("FID at the last evaluation (lower is better)")
+    _title(ax, title)
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3, which="both")
     return _save(fig, path)

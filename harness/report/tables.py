@@ -233,6 +233,14 @@ def groups(runs: pd.DataFrame, include_incomplete: bool = False) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def board_runs(board: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs behind the rows of a leaderboard (``in_leaderboard``: the ones it averages)."""
+    key = ["task", "tier", "arch", "arch_sha256", "settings_key", "conditions"]
+    wanted = set(map(tuple, board[key].to_numpy()))
+    mask = np.array([tuple(row) in wanted for row in runs[key].to_numpy()], dtype=bool)
+    return runs[mask & runs["in_leaderboard"].to_numpy(dtype=bool)]
+
+
 def noise_row(row: pd.Series, unique: bool = True) -> noise.Row:
     """A leaderboard row as noise.judge reads it (named by its file's hash too where ``unique`` is False: two
     versions of one architecture on a board)."""

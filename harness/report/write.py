@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report import plots
+from harness.report import plots, samplers
 from harness.report.html import page
 from harness.report.markdown import markdown
 from harness.report.model import Filters, Report, board_slug, board_title, collect
@@ -35,6 +35,11 @@ def write_report(report: Report, out: Path) -> dict[str, Path]:
     board_rows = pd.concat(list(report.boards.values()), ignore_index=True) if report.boards else pd.DataFrame()
     board_rows.drop(columns=["settings_key"], errors="ignore").to_csv(
         files["leaderboard.csv"], index=False, float_format="%.6g", lineterminator="\n")
+    grid = samplers.grid_rows(report.runs, report.records) if not report.runs.empty else pd.DataFrame()
+    if not grid.empty:  # every grid result of every run, the protocol's beside them: one tidy row each
+        files["grid.csv"] = out / "grid.csv"
+        grid.drop(columns=samplers.HIDDEN).to_csv(files["grid.csv"], index=False, float_format="%.6g",
+                                                lineterminator="\n")
     figures = make_figures(report, out)
     files["leaderboard.md"].write_text(markdown(report, figures), encoding="utf-8")
     files["index.html"] = out / "index.html"
@@ -56,6 +61,9 @@ def make_figures(report: Report, out: Path) -> dict:
                  plots.loss_curves(board, report.runs, report.records, title, out / f"{slug}-loss.png")]
         grid = plots.sample_grids(board, report.runs, title, out / f"{slug}-samples.png")
         figures[key] = paths + ([grid] if grid else [])
+        if key in report.samplers:
+            figures["samplers", key] = [plots.fid_vs_sampling_steps(report.samplers[key], title,
+                                                                    out / f"{slug}-fid-vs-sampling-steps.png")]
     scatter = plots.fidelity_scatter(report.fidelity, out / "fidelity.png")
     if scatter:
         figures["fidelity"] = [scatter]

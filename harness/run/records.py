@@ -18,7 +18,7 @@ from harness.errors import HarnessError
 from harness.files import REPO_ROOT, atomic_write_json, keep_spare, now
 from harness.flops import matmul_precision, mfu
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RECORD_FILE = "record.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 SPARE_FILE = ".record.spare"  # disk held for a final record on a full disk (RunRecord.save)
