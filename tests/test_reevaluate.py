@@ -24,6 +24,7 @@ def _scores(samplers):
             for key, got in samplers.items()}
 
 
+@pytest.mark.slow  # three runs and two grid evaluations: about 60 s on 2 cores
 def test_evaluate_adds_the_grid_training_would_have_computed_to_a_finished_run(tiny_arch, tmp_path, capsys):
     points = {"evaluation.eval_points": [2]}
     trained_with = _run(tiny_arch, tmp_path / "a", dict(points, **{"samplers.grid": GRID}))

@@ -246,6 +246,7 @@ def _without_timings(evaluations):
                  if k == "samplers" else value) for k, value in e.items() if k not in timing} for e in evaluations]
 
 
+@pytest.mark.slow  # four runs, each with three grid pairs: about 30 s
 def test_a_sampler_grid_is_recorded_at_each_point_and_resumes_to_the_same_results(tiny_arch, tmp_path):
     straight = _run(tiny_arch, tmp_path / "a", overrides=GRID)
     with pytest.raises(RunInterrupted, match="Stopped at step 3"):
