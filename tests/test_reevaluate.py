@@ -31,6 +31,9 @@ def test_evaluate_adds_the_grid_training_would_have_computed_to_a_finished_run(t
     plain = _run(tiny_arch, tmp_path / "b", points)
     assert "samplers" not in plain.evaluations[-1]
     folder = tmp_path / "b" / "shapes" / "tiny" / "smoke" / "seed42"
+    saved = json.loads((folder / "record.json").read_text())  # as a record from before the grid existed says it
+    del saved["config"]["samplers"]
+    (folder / "record.json").write_text(json.dumps(saved))
     logs = []
     record = evaluate_run(folder, {"samplers.grid": GRID}, arch=str(tiny_arch), log=logs.append, progress=False)
     final = record.evaluations[-1]
@@ -40,6 +43,11 @@ def test_evaluate_adds_the_grid_training_would_have_computed_to_a_finished_run(t
     saved = json.loads((folder / "record.json").read_text())
     assert saved["evaluations"][-1]["samplers"] == final["samplers"] and saved["status"] == "completed"
     assert [e["fid"] for e in saved["evaluations"]] == [e["fid"] for e in plain.evaluations]  # untouched
+    mark = final["samplers"]["ddim:3"]["added_after_training"]
+    assert (mark["device"], mark["sampling_precision"]) == ("cpu", "fp32") and mark["reference"].startswith("computed")
+    resumed = _run(tiny_arch, tmp_path / "b", points)  # the run's own command again: what was added stays
+    assert _scores(resumed.evaluations[-1]["samplers"]) == _scores(final["samplers"])
+    assert json.loads((folder / "record.json").read_text())["evaluations"][-1]["samplers"] == final["samplers"]
     if record.best_step != record.step:  # the best evaluation's kept weights are sampled at their own step
         best = next(e for e in saved["evaluations"] if e["step"] == record.best_step)
         assert list(best["samplers"]) == GRID
@@ -59,3 +67,8 @@ def test_evaluate_adds_the_grid_training_would_have_computed_to_a_finished_run(t
         evaluate_run(folder, {}, arch=str(tiny_arch), progress=False)
     with pytest.raises(HarnessError, match="samplers.grid entry 'euler:10'"):
         evaluate_run(folder, {"samplers.grid": ["euler:10"]}, arch=str(tiny_arch), progress=False)
+    other = json.loads((folder / "record.json").read_text())
+    other["reference"]["source"] = "clean-fid precomputed cifar10/train/32"  # evaluated elsewhere against another
+    (folder / "record.json").write_text(json.dumps(other))
+    with pytest.raises(HarnessError, match="would not be comparable with its own"):
+        evaluate_run(folder, {"samplers.grid": ["unipc:3"]}, arch=str(tiny_arch), progress=False)

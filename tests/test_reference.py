@@ -199,3 +199,22 @@ def test_the_covariance_root_is_kept_beside_the_reference_and_read_back_unchange
     assert module.root_path(other, path) != kept
     module._ROOTS.clear()
     assert np.array_equal(module.Reference(ref.mu, other, None, "test", 200, path).sigma_root, symmetric_sqrt(other))
+
+
+def test_a_covariance_root_that_cannot_be_kept_costs_time_not_the_run(tmp_path, monkeypatch):
+    """A full disk or a read-only cache when the root is written: the root is still returned (and computed
+    again by the next process), the run goes on."""
+    from harness.errors import CannotWrite
+    from harness.protocol import reference as module
+    from harness.protocol.fid import symmetric_sqrt
+
+    def full(path, data):
+        raise CannotWrite(f"no space left to write {path}")
+
+    sigma = np.cov(np.random.default_rng(1).standard_normal((100, 16)), rowvar=False)
+    path = tmp_path / "shapes-x.npz"
+    path.write_bytes(b"a reference")
+    monkeypatch.setattr(module, "atomic_write_bytes", full)
+    module._ROOTS.clear()
+    root = module.Reference(np.zeros(16), sigma, None, "test", 100, path).sigma_root
+    assert np.array_equal(root, symmetric_sqrt(sigma)) and not module.root_cached(path)

@@ -316,7 +316,8 @@ def test_the_sampler_view_and_grid_csv_hold_the_noise_boards_grid(results, defau
         assert mine == pytest.approx(expected, rel=5e-6)  # the CSV's 6 significant digits
     md = (default_report / "leaderboard.md").read_text()
     section = md.split("### Samplers and step counts")[1].split("\n## ")[0]
-    assert "| arch | " + " | ".join(points) + " | ddim 2-10 steps | dpmpp_2m 2-5 steps |" in section
+    assert ("| arch | " + " | ".join(points) + " | ddim 2-10 steps: mean | ddim 2-10 steps: loss | dpmpp_2m 2-5 steps: "
+            "mean | dpmpp_2m 2-5 steps: loss |") in section
     blank = [r["evaluations"][-1]["samplers"]["unipc:5"]["fid"] for r in records if r["arch"] == "blank"]
     assert f"{np.mean(blank):.2f} (3)" in section.split("| blank |")[1].split("\n")[0]  # last of three at unipc:5
     assert md.count("### Samplers and step counts") == 1  # only the noise board has a grid

@@ -58,8 +58,9 @@ def test_the_area_under_fid_against_log_steps_is_the_trapezoid_over_the_log_rang
     x = np.log10([10, 20, 50])
     y = [fids["ddim:10"], fids["ddim:20"], fids["ddim:50"]]
     by_hand = sum((x[i + 1] - x[i]) * (y[i] + y[i + 1]) / 2 for i in range(2)) / (x[-1] - x[0])
-    assert view.areas.loc["a", "ddim 10-50 steps"] == pytest.approx(by_hand)
-    assert list(view.areas.columns) == ["ddim 10-50 steps"]  # unipc has one step count: no area
+    assert view.areas.loc["a", "ddim 10-50 steps: mean"] == pytest.approx(by_hand)
+    assert view.areas.loc["a", "ddim 10-50 steps: loss"] == pytest.approx(y[0] - y[2])
+    assert list(view.areas.columns) == ["ddim 10-50 steps: mean", "ddim 10-50 steps: loss"]  # unipc: one count
 
 
 def test_other_scheduler_settings_under_one_key_are_another_point():
@@ -88,3 +89,18 @@ def test_two_architectures_a_point_cannot_tell_apart_share_a_rank_range():
     view = sampler_view(*records_of(fids))
     assert list(view.ranks.loc[["a", "b"], "unipc:20"]) == ["1–2", "1–2"]
     assert list(view.ranks.loc[["c", "d"], "unipc:20"]) == ["3", "4"]
+
+
+def test_only_each_runs_last_evaluation_counts_and_two_versions_of_an_architecture_stay_apart():
+    """The view compares runs at the same weights: a run whose last evaluation has no grid (a grid computed at
+    an earlier step only) gives no point; two files of one name are two rows, named by their hash."""
+    runs, records = records_of(truth())
+    runs["arch_sha256"] = ["1111aaaa2222" if arch == "a" and seed == 1 else f"{arch}sha" for arch, seed in
+                           zip(runs["arch"], runs["seed"])]
+    view = sampler_view(runs, records)
+    assert set(view.fids.index) == {"a (1111aaaa)", "a (asha)", "b", "c", "d"}
+    assert view.seeds["unipc:20"]["a (1111aaaa)"].keys() == {1} and view.seeds["unipc:20"]["a (asha)"].keys() == {2, 3}
+    later = records["b/1/record.json"]["evaluations"]
+    later.append({"step": 12, "fid": 1.0})  # trained on past the grid: its last evaluation has none
+    view = sampler_view(runs, records)
+    assert 1 not in view.seeds["unipc:20"]["b"]

@@ -196,13 +196,15 @@ def test_a_resumed_promotion_that_cannot_be_built_is_told_fail_not_run(tmp_path)
 
 
 def test_a_trial_whose_run_cannot_be_planned_fails_alone_and_the_search_goes_on(tmp_path):
-    """The task file broken after the search started: each trial asked is told FAIL with the reason,
-    instead of the error ending the whole search."""
+    """The task file broken after the search started: each trial asked is told FAIL with the reason and left
+    out of --trials; three in a row stop the search with that reason (not every trial left burnt); once the
+    file is mended the same search plans its next trial."""
     import io
     import shutil
 
     from harness.protocol.tasks import tasks_dir
-    from harness.search.driver import Search
+    from harness.search.driver import MAX_UNPLANNED_IN_A_ROW, Search
+    from harness.search.rungs import finished
 
     space, task = tmp_path / "space.py", tmp_path / "mine.yaml"
     space.write_text(SPACE)
@@ -212,10 +214,15 @@ def test_a_trial_whose_run_cannot_be_planned_fails_alone_and_the_search_goes_on(
                                results_dir=tmp_path), stream=io.StringIO())
     search.ladder.open(open_storage(search.url))
     search.slots, search.resumable, search.waiting = {}, [], []
+    good = task.read_text()
     task.write_text("name: mine\ntraining: [not, a, mapping]\n")
-    assert search.next_job() is None  # both trials were asked, and failed
+    with pytest.raises(HarnessError, match=f"{MAX_UNPLANNED_IN_A_ROW} trials in a row could not be planned"):
+        search.next_job()
     trials = search.ladder.studies[0].trials
-    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert [t.state.name for t in trials] == ["FAIL"] * MAX_UNPLANNED_IN_A_ROW and not finished(trials)
     assert all(t.user_attrs["failure"].startswith("its run could not be planned: ") for t in trials)
     assert all("choices" in t.user_attrs for t in trials)
-    assert search.stream.getvalue().count("its run could not be planned") == 2
+    assert search.stream.getvalue().count("its run could not be planned") == MAX_UNPLANNED_IN_A_ROW
+    task.write_text(good)
+    job = search.next_job()  # mended: the next trial is planned, and --trials still has both to give
+    assert job is not None and job.key == f"trial{MAX_UNPLANNED_IN_A_ROW}"

@@ -103,3 +103,22 @@ def test_the_grid_is_empty_by_default_and_its_pairs_are_checked_when_the_task_is
                           (["unipc:10", "unipc:10"], "lists 'unipc:10' twice")):
         with pytest.raises(HarnessError, match=message):
             resolve_task("shapes", "smoke", {"samplers.grid": grid})
+    for manifold in ({"evaluation.manifold_k": 0}, {"evaluation.manifold_k": 3, "evaluation.manifold_samples": 4}):
+        with pytest.raises(HarnessError, match="evaluation.manifold_k must be null"):
+            resolve_task("shapes", "smoke", manifold)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"samplers.grid": ["unipc:10"], "samplers.unipc_solver_type": "bh1"}, "produced NaN images"),
+    ({"samplers.grid": ["unipc:10"], "samplers.unipc_lower_order_final": False}, "produced NaN images"),
+    ({"samplers.grid": ["dpmpp_2m:1000"]}, "takes 1000 steps over 999 distinct timesteps"),
+    ({"samplers.grid": ["dpmpp_2m:61"], "samplers.dpmpp_2m_timestep_spacing": "trailing"}, "takes 62 steps"),
+])
+def test_a_pair_that_cannot_sample_is_refused_before_any_training(overrides, message, tmp_path):
+    """The evaluator is built before training (run/parts.py): these settings fail there, not hours later with
+    black images scored as a finite FID."""
+    from harness.protocol.evaluation import Evaluator
+
+    spec = resolve_task("shapes", "smoke", overrides)
+    with pytest.raises(HarnessError, match=message):
+        Evaluator(spec, CPU, lambda: None)

@@ -13,7 +13,9 @@ def add_parser(sub) -> None:
                     "per-sample seeds and noise as its evaluations, and add each pair's FID, KID, precision, recall, "
                     "density and coverage to its record, marked as added after training. Only settings that change "
                     "no trained weight may be set: samplers.*, evaluation.manifold_k, evaluation.manifold_samples "
-                    "(and batch sizes). Pairs the record has already are kept unless --again.",
+                    "(for the grid's pairs), the FID bootstrap and batch sizes. Pairs the record has already are "
+                    "kept unless --again. Refused where this machine's FID reference or sampling precision is not "
+                    "the run's (the FIDs would not be comparable).",
         epilog="examples:\n"
                "  python -m harness evaluate results/shapes/standard/demo/seed42 "
                "--set 'samplers.grid=[ddim:10,ddim:20,dpmpp_2m:10,dpmpp_2m:20,unipc:20]'\n"

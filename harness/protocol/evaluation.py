@@ -18,7 +18,7 @@ from harness.protocol.diffusion import ddim_sample, sample_seeds, seed_batches, 
 from harness.protocol.fid import InceptionFeatures, fid_from_features, kernel_inception_distance, resampled_fids
 from harness.protocol.manifold import manifold_metrics
 from harness.protocol.reference import Reference, get_reference
-from harness.protocol.samplers import GridPoint, grid_points, grid_sample, recorded_arguments
+from harness.protocol.samplers import GridPoint, check_grid, grid_points, grid_sample, recorded_arguments
 from harness.protocol.spec import TaskSpec
 from harness.world import SINGLE, World, sync
 
@@ -71,6 +71,7 @@ class Evaluator:
         self.announce = announce  # told of the reference's long work (the run's log)
         self.features = InceptionFeatures(device, spec.evaluation.inception_weights, announce)
         self.grid = grid_points(spec)
+        check_grid(spec, self.grid)  # before any training: a pair that cannot sample fails now
         self._reference: Reference | None = None
 
     @property

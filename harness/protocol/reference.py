@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from harness import files
-from harness.errors import HarnessError
+from harness.errors import CannotWrite, HarnessError
 from harness.files import atomic_write_bytes
 from harness.protocol.data import cache_dir
 from harness.protocol.fid import InceptionFeatures, mean_cov, symmetric_sqrt
@@ -80,7 +80,7 @@ def _cached_root(sigma: np.ndarray, reference_path: Path) -> np.ndarray:
     np.save(buffer, root, allow_pickle=False)
     try:
         atomic_write_bytes(path, buffer.getvalue())
-    except OSError:
+    except (OSError, CannotWrite):  # a full disk, a read-only cache: the next process computes it again
         pass
     return root
 

@@ -111,6 +111,40 @@ def make_scheduler(spec: TaskSpec, sampler: str):
     return kind(**scheduler_arguments(spec, sampler))
 
 
+def check_grid(spec: TaskSpec, points: list[GridPoint]) -> None:
+    """Build every pair's scheduler and sample one tiny image with a model that predicts unit noise, before
+    any training: a diffusers release without an argument stated here, a step count at which the scheduler
+    visits a timestep twice (a zero-length step) or takes another number of steps, or settings that give NaN
+    (UniPC's bh1 with a zero final sigma, say) are refused now, not after hours of training."""
+    import torch
+
+    class UnitNoise(torch.nn.Module):
+        def forward(self, x, t):
+            return type("Output", (), {"sample": torch.ones_like(x)})()
+
+    for point in points:
+        try:
+            scheduler = make_scheduler(spec, point.sampler)
+        except TypeError as exc:
+            raise HarnessError(f"samplers.grid {point.key}: this diffusers cannot build the scheduler with every "
+                               f"argument the harness states ({exc}). Install the diffusers the harness is tested "
+                               f"with (pip install -U diffusers).") from exc
+        scheduler.set_timesteps(point.steps)
+        visited = [int(t) for t in scheduler.timesteps]
+        if len(visited) != point.steps or len(set(visited)) != point.steps:
+            raise HarnessError(f"samplers.grid {point.key}: with these settings diffusers' {type(scheduler).__name__} "
+                               f"takes {len(visited)} steps over {len(set(visited))} distinct timesteps, not "
+                               f"{point.steps}; ask for fewer steps or another timestep spacing.")
+        grid_sample(UnitNoise(), spec, point, [0], torch.device("cpu"))  # raises on NaN
+
+
+def settings_text(spec: TaskSpec, sampler: str) -> str:
+    """The task's settings of ``sampler``, as a message names them."""
+    prefix = f"{sampler}_"
+    return ", ".join(f"samplers.{name}={value!r}" for name, value in vars(spec.samplers).items()
+                     if name.startswith(prefix)) or "the protocol's sampling settings"
+
+
 def recorded_arguments(spec: TaskSpec, point: GridPoint) -> dict:
     """The scheduler's arguments as JSON keeps them (with the step count and, for DDIM, eta)."""
     arguments = {k: (None if v == -float("inf") else v) for k, v in scheduler_arguments(spec, point.sampler).items()}
@@ -141,4 +175,8 @@ def grid_sample(model: torch.nn.Module, spec: TaskSpec, point: GridPoint, seeds:
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 eps = model(scheduler.scale_model_input(x, t), batch.fill_(int(t))).sample  # timestep [B]
             x = scheduler.step(eps.float(), t, x).prev_sample
+    if not torch.isfinite(x).all():  # quantised, NaN would be a black image with a finite FID
+        raise HarnessError(f"samplers.grid {point.key}: the sampler produced NaN images (diffusers' "
+                           f"{type(scheduler).__name__} with {settings_text(spec, point.sampler)}); change these "
+                           f"settings.")
     return x

@@ -146,6 +146,8 @@ def complete_config(config: dict) -> dict:
     out = {key: dict(value) if isinstance(value, dict) else value for key, value in config.items()}
     for dotted, default in field_defaults().items():
         section, _, name = dotted.rpartition(".")
+        if section and section not in out:  # a section added since (samplers): all its fields at their defaults
+            out[section] = {}
         node = out.get(section) if section else out
         if isinstance(node, dict) and name not in node:
             node[name] = default
@@ -358,6 +360,11 @@ def _check_choices(spec: TaskSpec, path: Path | str) -> None:
         raise HarnessError(f"{path}: sampling.steps_offset must be >= 0 and evaluation.fid_bootstrap 0 (none) or at "
                            f"least 2 (a standard deviation needs two resamples).")
     grid_points(spec, str(path))  # the sampler grid's pairs
+    k = spec.evaluation.manifold_k
+    if k is not None and (k < 1 or spec.evaluation.manifold_samples < k + 2):
+        raise HarnessError(f"{path}: evaluation.manifold_k must be null (no precision/recall/density/coverage) or a "
+                           f"positive number of neighbours (3 is the usual choice), and evaluation.manifold_samples at "
+                           f"least manifold_k + 2; not {k!r} and {spec.evaluation.manifold_samples!r}.")
     if not 0.0 <= spec.sampling.eta <= 1.0:
         raise HarnessError(f"{path}: sampling.eta must be between 0 (DDIM) and 1, not {spec.sampling.eta!r}.")
     if not 1 <= spec.data.max_shapes <= 3:

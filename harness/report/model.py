@@ -169,7 +169,8 @@ def collect(results_dir: Path, filters: Filters, seed_cv: float | None = None) -
     notes = [f"{assumed} one-seed row(s) have no seed spread measured on their board and assume a seed-to-seed CV "
              f"of {seed_cv:.1%} (--seed-cv): their intervals and ranks rest on that assumption."] if assumed else []
     used = runs[runs["in_leaderboard"]] if not runs.empty else runs
-    views = {key: samplers.sampler_view(tables.board_runs(board, runs), records) for key, board in boards.items()}
+    views = {key: samplers.sampler_view(tables.board_runs(board, runs), records, seed_cv)
+             for key, board in boards.items()}
     return Report(runs, records, grouped, boards, fidelity.fidelity(used, records),
                   fidelity.not_compared(used, records), {k: v for k, v in views.items() if v is not None}, studies,
                   read_sweeps(results_dir, unreadable), provenance(runs, records, notes), unreadable, seed_cv)

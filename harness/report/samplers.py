@@ -12,7 +12,9 @@ arguments; runs whose arguments differ give two points (``dpmpp_2m:10 #2``), nev
   proxy-fidelity table uses (architectures drawn with replacement, then each one's seeds, a run's two values
   drawn together: they are the same runs), harness/report/fidelity.py;
 - per sampler with two step counts or more, the area under FID against log10(steps), divided by the log-range
-  (a mean FID over the steps, each decade weighted alike): lower is a backbone that loses less at few steps.
+  (a mean FID over the steps, each decade weighted alike: how good a backbone is across the step counts, its
+  level and its losses together), and what it loses at the fewest steps (FID at the fewest minus FID at the
+  most: lower is a backbone that loses less when sampled fast).
 
 The headline leaderboard stays the protocol's (best FID of DDIM at the task's steps); this view is beside it.
 """
@@ -28,8 +30,10 @@ import pandas as pd
 from harness.report import fidelity, noise
 
 GRID_COLUMNS = ["task", "tier", "arch", "seed", "step", "point", "sampler", "steps", "fid", "fid_std", "kid",
-                "precision", "recall", "density", "coverage", "added_after_training", "record"]
-HIDDEN = ["arguments", "stream"]  # what the view needs that grid.csv leaves out
+                "precision", "recall", "density", "coverage", "manifold_k", "manifold_rows", "added_after_training",
+                "record"]
+SCORES = GRID_COLUMNS[GRID_COLUMNS.index("fid"):GRID_COLUMNS.index("added_after_training")]
+HIDDEN = ["arguments", "stream", "last", "arch_sha256"]  # what the view needs that grid.csv leaves out
 
 
 @dataclass
@@ -38,7 +42,7 @@ class SamplerView:
     fids: pd.DataFrame  # arch x point: mean FID over seeds
     ranks: pd.DataFrame  # arch x point: its rank there as the leaderboard ranks ("1", "1–2"; "?" without noise)
     agreement: pd.DataFrame  # one row per point: Kendall tau with the protocol's ranking and its interval
-    areas: pd.DataFrame  # arch x sampler: the mean FID over log-steps (samplers with 2+ step counts)
+    areas: pd.DataFrame  # arch x (sampler, measure): mean FID over log-steps, and the loss at the fewest steps
     seeds: dict  # point -> arch -> seed -> FID
 
 
@@ -48,7 +52,9 @@ def grid_rows(runs: pd.DataFrame, records: dict) -> pd.DataFrame:
     for _, run in runs.iterrows():
         record = records[run["record"]]
         sampling = (record.get("config") or {}).get("sampling") or {}
-        for e in record.get("evaluations") or []:
+        evaluations = record.get("evaluations") or []
+        last = max((e["step"] for e in evaluations), default=None)
+        for e in evaluations:
             if not e.get("samplers"):
                 continue
             protocol = f"{sampling.get('sampler', 'ddim')}:{sampling.get('steps')}"
@@ -57,10 +63,10 @@ def grid_rows(runs: pd.DataFrame, records: dict) -> pd.DataFrame:
                 sampler, _, steps = key.partition(":")
                 rows.append({"task": run["task"], "tier": run["tier"], "arch": run["arch"], "seed": run["seed"],
                              "step": e["step"], "point": key, "arguments": arguments, "sampler": sampler,
-                             "steps": int(steps), **{c: got.get(c) for c in ("fid", "fid_std", "kid", "precision",
-                                                                               "recall", "density", "coverage")},
+                             "steps": int(steps), **{c: got.get(c) for c in SCORES},
                              "added_after_training": bool(got.get("added_after_training")),
-                             "record": run["record"], "stream": run.get("stream")})
+                             "record": run["record"], "stream": run.get("stream"), "last": e["step"] == last,
+                             "arch_sha256": run.get("arch_sha256")})
     return pd.DataFrame(rows, columns=GRID_COLUMNS + HIDDEN)
 
 
@@ -69,13 +75,16 @@ def _arguments_id(result: dict) -> str:
     return hashlib.sha256(arguments.encode()).hexdigest()[:12]
 
 
-def sampler_view(board_runs: pd.DataFrame, records: dict) -> SamplerView | None:
-    """The view for one board's runs (each run's last evaluation with a grid); None without a grid."""
+def sampler_view(board_runs: pd.DataFrame, records: dict, seed_cv: float | None = None) -> SamplerView | None:
+    """The view for one board's runs: each run's last evaluation, where it has a grid; None where none has.
+    Two versions of one architecture on a board are named by their file's hash, as on the leaderboard."""
     rows = grid_rows(board_runs, records)
+    rows = rows[rows["last"].astype(bool)].copy() if not rows.empty else rows
     if rows.empty:
         return None
-    last = rows.groupby("record")["step"].transform("max")
-    rows = rows[rows["step"] == last].copy()
+    versions = rows.groupby("arch")["arch_sha256"].transform("nunique")
+    rows["arch"] = [a if n <= 1 else f"{a} ({str(sha)[:8]})"
+                    for a, sha, n in zip(rows["arch"], rows["arch_sha256"], versions)]
     named = _point_names(rows)
     rows["point"] = [named[(p, a)] for p, a in zip(rows["point"], rows["arguments"])]
     protocol = rows.loc[rows["arguments"] == "protocol", "point"].iloc[0]
@@ -84,11 +93,11 @@ def sampler_view(board_runs: pd.DataFrame, records: dict) -> SamplerView | None:
              for p, by in rows.groupby("point")}
     fids = rows.pivot_table(index="arch", columns="point", values="fid", aggfunc="mean")[order]
     fids = fids.sort_values(protocol, kind="stable")
-    ranks = pd.DataFrame({point: _ranks(rows[rows["point"] == point]) for point in order}, index=fids.index)
+    ranks = pd.DataFrame({point: _ranks(rows[rows["point"] == point], seed_cv) for point in order}, index=fids.index)
     return SamplerView(order, fids, ranks, _agreement(seeds, order, protocol), _areas(fids), seeds)
 
 
-def _ranks(at: pd.DataFrame) -> dict[str, str]:
+def _ranks(at: pd.DataFrame, seed_cv: float | None) -> dict[str, str]:
     """arch -> its rank at one point, judged as a leaderboard is (seed noise, the FIDs' sampling noise, Holm)."""
     rows = []
     for arch, g in at.groupby("arch"):
@@ -97,7 +106,7 @@ def _ranks(at: pd.DataFrame) -> dict[str, str]:
                               {int(s): st for s, st in zip(g["seed"], g["stream"])},
                               float(stds.mean()) if len(stds) else None))
     rows.sort(key=lambda r: (r.mean, r.name))
-    judged = noise.judge(rows)
+    judged = noise.judge(rows, seed_cv)
     return {r.name: "?" if n.source == "unknown" and len(rows) > 1 else v.rank_text
             for r, n, v in zip(rows, judged.noises, judged.verdicts)}
 
@@ -144,25 +153,30 @@ def _agreement(seeds: dict, order: list[str], protocol: str) -> pd.DataFrame:
 
 
 def _areas(fids: pd.DataFrame) -> pd.DataFrame:
-    """arch x sampler: the trapezoid area under mean FID against log10(steps), over the log-range."""
+    """arch x (sampler, measure): the trapezoid area under mean FID against log10(steps) over the log-range
+    ("mean"), and FID at the fewest steps minus FID at the most ("loss")."""
     out = {}
     for sampler in sorted({p.partition(":")[0] for p in fids.columns if " #" not in p}):
         points = sorted((p for p in fids.columns if p.startswith(sampler + ":") and " #" not in p), key=_sort_key)
         if len(points) < 2:
             continue
         x = np.log10([_sort_key(p)[1] for p in points])
-        out[f"{sampler} {_sort_key(points[0])[1]}-{_sort_key(points[-1])[1]} steps"] = [
-            np.trapezoid(fids.loc[a, points].to_numpy(float), x) / (x[-1] - x[0]) for a in fids.index]
+        span = f"{sampler} {_sort_key(points[0])[1]}-{_sort_key(points[-1])[1]} steps"
+        out[f"{span}: mean"] = [np.trapezoid(fids.loc[a, points].to_numpy(float), x) / (x[-1] - x[0])
+                                for a in fids.index]
+        out[f"{span}: loss"] = [fids.loc[a, points[0]] - fids.loc[a, points[-1]] for a in fids.index]
     return pd.DataFrame(out, index=fids.index)
 
 
 NOTE = ("Does the ranking hold under other samplers and step counts? Every point is measured at the same weights "
         "(each run's last evaluation) from the same per-sample noise; a cell is the mean FID over seeds and, in "
         "brackets, the architecture's rank there as the leaderboard ranks (a range where the point cannot separate "
-        "it from others; ? where no seed spread is known). Kendall τ compares each point's ranking with the protocol's "
-        "sampler at the same weights (+1: the same order), with a 95% bootstrap interval (architectures, then each "
-        "one's seeds, drawn with replacement). The area under FID against log-steps, over the log-range, is a mean "
-        "FID across step counts: lower loses less at few steps. The leaderboard above is the protocol's.")
+        "it from others; ? where no seed spread is known). Kendall τ compares each point's ranking with the "
+        "protocol's sampler at the same weights (+1: the same order), with a 95% bootstrap interval (architectures, "
+        "then each one's seeds, drawn with replacement). Per sampler with several step counts, \"mean\" is the "
+        "area under FID against log-steps over the log-range (a mean FID across the step counts: level and losses "
+        "together) and \"loss\" is FID at the fewest steps minus FID at the most (lower loses less when sampled "
+        "fast). The leaderboard above is the protocol's.")
 
 
 def display_rows(view: SamplerView) -> tuple[list[str], list[list[str]]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -33,6 +34,7 @@ from harness.run.records import (
     device_info,
     git_commit,
     library_versions,
+    read_record,
     substitution_line,
 )
 from harness.run.request import ResolvedRun
@@ -133,6 +135,7 @@ def resume(parts: Parts, plan: ResolvedRun, device: torch.device, log: Callable[
         check_resumable(state, fingerprint(parts, plan, device), parts.architecture, plan.folder / CHECKPOINT_FILE)
         trainer.load_state_dict(state["trainer"])
         record.evaluations, parts.totals = state["evaluations"], Totals(**state["totals"])
+        keep_added_grid(record.evaluations, plan.record_path)
         record.created_at = state.get("created_at", record.created_at)
         record.reference = state.get("reference", record.reference)
         record.samples_png = state.get("samples_png", record.samples_png)
@@ -147,6 +150,18 @@ def resume(parts: Parts, plan: ResolvedRun, device: torch.device, log: Callable[
         raise HarnessError(f"The checkpoint in {plan.folder} is at step {trainer.step}, past the "
                            f"{spec.training.steps} steps asked for. Ask for at least {trainer.step} steps, or pass "
                            f"--fresh to start over.")
+
+
+def keep_added_grid(evaluations: list[dict], record_path: Path) -> None:
+    """Grid results ``harness evaluate`` added to the record (and not to the checkpoint) after training, put back
+    into the checkpoint's evaluations of the same step, so that resuming the run never drops them."""
+    earlier, _ = read_record(record_path)
+    by_step = {e["step"]: e for e in evaluations}
+    for old in (earlier.evaluations if earlier is not None else []):
+        added = {k: v for k, v in (old.get("samplers") or {}).items() if "added_after_training" in v}
+        if added and old["step"] in by_step:
+            mine = by_step[old["step"]]
+            mine["samplers"] = {**added, **(mine.get("samplers") or {})}
 
 
 def fingerprint(parts: Parts, plan: ResolvedRun, device: torch.device) -> dict:

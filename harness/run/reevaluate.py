@@ -1,12 +1,14 @@
 """Evaluate a finished run again, without training: ``harness evaluate RUN_FOLDER``.
 
-Users train once and ask new questions of the weights: another sampler grid, other manifold-metric settings.
-The run's kept weights are sampled from the same per-sample seeds, hence the same noise, as its evaluations
-were: its last checkpoint's EMA weights (at the step of its last evaluation), and its best evaluation's (kept
-in best_ema.safetensors) where that is another step. Each result is added to the record's evaluation at that
-step, under ``samplers``, marked ``added_after_training`` (when, which weights, on what device), so that a
-report can tell it from a result computed while training. Only settings that change no trained weight and no
-protocol number may be set (``EVALUATION_FIELDS``); the record's own config gives the rest.
+Users train once and ask new questions of the weights: another sampler grid (its pairs' manifold metrics with
+other settings too). The run's kept weights are sampled from the same per-sample seeds, hence the same noise,
+as its evaluations were: its last checkpoint's EMA weights (at the step of its last evaluation), and its best
+evaluation's (kept in best_ema.safetensors) where that is another step. Each result is added to the record's
+evaluation at that step, under ``samplers``, marked ``added_after_training`` (when, which weights, device,
+sampling precision, FID reference), so that a report can tell it from a result computed while training. A
+machine whose reference or sampling precision is not the run's is refused (the FIDs would not be comparable),
+and a resumed run keeps what was added (run/parts.py keep_added_grid). Only settings that change no trained
+weight and no protocol number may be set (``EVALUATION_FIELDS``); the record's own config gives the rest.
 
 The record is a file of data: it is read, and the architecture built from the architectures folder (or the
 user's ``--arch``), as export-model does. The run folder is locked while this runs, as training locks it.
@@ -52,6 +54,7 @@ def evaluate_run(folder: str | Path, overrides: dict | None = None, device: str 
         recipe = recipe_for(spec, where)
         evaluator = Evaluator(spec, where, lambda: load_images(spec.data, data_dir), recipe.sampling_autocast,
                               _bars(progress), log)
+        mark = _comparable(record, evaluator, recipe.sampling_precision, where)
         for step, weights, which in _kept_weights(folder, record, state):
             entry = next((e for e in record.evaluations if e["step"] == step), None)
             if entry is None:
@@ -63,9 +66,9 @@ def evaluate_run(folder: str | Path, overrides: dict | None = None, device: str 
                 continue
             model, _ = trained_model(record, state, spec, raw=False, best=weights, arch=arch)
             added = evaluator.evaluate_grid(model.to(where), step, todo)
-            mark = {"at": now(), "weights": which, "device": str(where)}
             entry["samplers"] = {**entry.get("samplers", {}),
-                                 **{key: {**got, "added_after_training": mark} for key, got in added.items()}}
+                                 **{key: {**got, "added_after_training": {**mark, "at": now(), "weights": which}}
+                                    for key, got in added.items()}}
             for key, got in added.items():
                 log(f"step {step} ({which}): {key} FID {got['fid']:.2f}")
             record.save(folder)  # after each set of weights: nothing computed is lost to a later failure
@@ -88,6 +91,24 @@ def _spec(record: RunRecord, overrides: dict, folder: Path):
     spec = spec_from_config(config, where=str(folder / RECORD_FILE))
     check_spec(spec, "--set")
     return spec
+
+
+def _comparable(record: RunRecord, evaluator: Evaluator, precision: str, device: torch.device) -> dict:
+    """What the added results are computed with ({device, sampling precision, reference}), refused where it differs
+    from what the run's own evaluations used: their FIDs would not be comparable with the run's."""
+    reference, theirs = evaluator.reference, record.reference or {}
+    if theirs.get("source") and reference.source != theirs["source"]:
+        raise HarnessError(f"This machine's FID reference for the run's task is {reference.source!r}"
+                           + (f" ({reference.substitution})" if reference.substitution else "")
+                           + f", but the run was evaluated against {theirs['source']!r}, so its new FIDs would not "
+                           f"be comparable with its own. Evaluate it where that reference is (its cache file: "
+                           f"{theirs.get('cache_file')}), or with the data it was computed from (--data-dir).")
+    used = record.eval_precision or record.precision
+    if used and precision != used:
+        raise HarnessError(f"The run sampled in {used} and would sample in {precision} on {device}, so its new FIDs "
+                           f"would not be comparable with its own. Evaluate it on the kind of device it was trained "
+                           f"on (--device).")
+    return {"device": str(device), "sampling_precision": precision, "reference": reference.source}
 
 
 def _kept_weights(folder: Path, record: RunRecord, state: dict) -> list[tuple[int, dict | None, str]]:

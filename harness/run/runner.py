@@ -91,7 +91,7 @@ class Run:
     def execute(self) -> RunRecord:
         pending = self._pending_points()
         if not pending:
-            self.grid_at_best()  # a run killed after its last evaluation, before this
+            self.complete_grid()  # a run killed after its last evaluation, or a grid asked for once it finished
             self.log(f"Nothing to do: this run already finished {self.trainer.step} steps and every evaluation. "
                      f"Record: {self.plan.record_path}. Pass --fresh to run it again, or more --steps to continue it.")
             return self.finish("completed")
@@ -106,7 +106,7 @@ class Run:
                     # a Ctrl-C during the evaluation stops here, before any further training
                     if point != pending[-1] and self._stop_requested():
                         raise self._interrupt(" after its evaluation")
-                self.grid_at_best()
+                self.complete_grid()
         except (RunInterrupted, KeyboardInterrupt):
             raise
         except Exception as exc:
@@ -186,22 +186,34 @@ class Run:
         if self.hooks.on_evaluation is not None:
             self.hooks.on_evaluation(result.to_dict())
 
-    def grid_at_best(self) -> None:
-        """With samplers.at final, the sampler grid at the best evaluation's kept weights too, when that is not the
-        last step (rank 0 alone: the other ranks of a multi-process run have finished)."""
+    def complete_grid(self) -> None:
+        """The sampler grid where the run lacks it: at the last evaluation (a grid asked for after the run
+        finished) and, with samplers.at final, at the best evaluation's kept weights when that is another step.
+        Rank 0 alone: the other ranks of a multi-process run have finished."""
         record, points = self.record, self.evaluator.grid_at(self.spec.training.steps)
-        if not self.world.is_main or not points or record.best_step in (None, self.trainer.step):
+        if not self.world.is_main or not points:
             return
-        entry = next(e for e in record.evaluations if e["step"] == record.best_step)
-        todo, kept = [p for p in points if p.key not in entry.get("samplers", {})], checkpoints.load_best(self.folder)
-        if not todo or kept is None or kept[1] != record.best_step:
-            return
-        model = copy.deepcopy(self.trainer.ema_model())
-        model.load_state_dict(kept[0])
-        entry["samplers"] = {**entry.get("samplers", {}), **self.evaluator.evaluate_grid(model, kept[1], todo)}
-        for key in (p.key for p in todo):
-            self.log(f"step {kept[1]} (the best evaluation's weights): {key} FID {entry['samplers'][key]['fid']:.2f}")
-        self.checkpoint()
+        kept = checkpoints.load_best(self.folder)
+        weights = [(self.trainer.step, None)]
+        if kept is not None and kept[1] == record.best_step != self.trainer.step:
+            weights.append((kept[1], kept[0]))
+        added = False
+        for step, state in weights:
+            entry = next((e for e in record.evaluations if e["step"] == step), None)
+            todo = [p for p in points if entry is not None and p.key not in entry.get("samplers", {})]
+            if not todo:
+                continue
+            model = self.trainer.ema_model()
+            if state is not None:
+                model = copy.deepcopy(model)
+                model.load_state_dict(state)
+            entry["samplers"] = {**entry.get("samplers", {}), **self.evaluator.evaluate_grid(model, step, todo)}
+            which = "the last checkpoint's" if state is None else "the best evaluation's"
+            for key in (p.key for p in todo):
+                self.log(f"step {step} ({which} weights): {key} FID {entry['samplers'][key]['fid']:.2f}")
+            added = True
+        if added:
+            self.checkpoint()
 
     def checkpoint(self) -> None:
         """Save the checkpoint (the previous one kept) and the record, status running."""

@@ -32,7 +32,7 @@ from harness.protocol.tasks import resolve_task
 from harness.run.records import read_record
 from harness.run.request import RunRequest, plan_run
 from harness.search.export import render
-from harness.search.rungs import Ladder, check_reduction, finished, parse_tiers, planned, rung_name
+from harness.search.rungs import Ladder, check_reduction, finished, parse_tiers, planned, rung_name, tell_unplanned
 from harness.search.space_file import load_space
 from harness.search.study import (
     LABELS,
@@ -52,6 +52,7 @@ from harness.world import refuse_cpu_fallback
 LOCKED_RETRY_SECONDS = 15  # a trial's folder still locked by a run of the killed driver: try again this often
 LOCKED_RETRIES = 20
 MAX_INFEASIBLE_IN_A_ROW = 100  # a space whose points mostly cannot be built at this tier is an error, not a loop
+MAX_UNPLANNED_IN_A_ROW = 3  # runs that cannot be planned (a task file broken mid-search): then the search stops
 
 
 @dataclass
@@ -237,14 +238,16 @@ class Search(Driver):
             self.bar.close()
 
     def next_job(self) -> Job | None:
-        while True:  # a trial whose run cannot be planned is told FAIL, and the next one is asked
+        for _ in range(MAX_UNPLANNED_IN_A_ROW):  # a trial whose run cannot be planned is told FAIL; the next is asked
             first_rung = sum(slot.rung == 0 for slot in self.slots.values())
             slot = self._next_slot(self.ladder.studies, self.resumable, self.waiting, first_rung)
-            if slot is None:
-                return None
-            if slot.job is not None:
-                self.slots[slot.job.key] = slot
-                return slot.job
+            if slot is None or slot.job is not None:
+                if slot is not None:
+                    self.slots[slot.job.key] = slot
+                return None if slot is None else slot.job
+        raise HarnessError(f"{MAX_UNPLANNED_IN_A_ROW} trials in a row could not be planned (the last: "
+                           f"{slot.trial.user_attrs['failure']}), so the search stops rather than fail every trial "
+                           f"left. Fix the cause and run the same command: those trials do not count towards --trials.")
 
     def held_back(self) -> bool:
         return bool(self.waiting)
@@ -336,12 +339,8 @@ class Search(Driver):
 
     def _unplanned(self, study, k: int, trial, choices: dict, error: HarnessError) -> _Slot:
         """A trial whose run could not be planned: told FAIL with the reason (a slot without a job)."""
-        from optuna.trial import TrialState
-
         why = f"its run could not be planned: {error}"
-        trial.set_user_attr("choices", dict(choices))
-        trial.set_user_attr("failure", why)
-        study.tell(trial.number, state=TrialState.FAIL)
+        tell_unplanned(study, trial, choices, why)
         self.say(f"failed     trial {trial.number}{f' at {self.rungs[k].tier}' if k else ''}: {why}")
         return _Slot(study, k, trial, choices, None)
 

@@ -156,7 +156,7 @@ def space_source(study, settings: dict) -> tuple[str, str]:
                            f"search wrote it. Nothing was written.")
     where = Path(str(settings.get("space_path")))
     try:
-        on_disk = hashlib.sha256(where.read_bytes()).hexdigest()
+        on_disk = hashlib.sha256(where.read_text().encode()).hexdigest()  # as the search hashed it (space_file)
     except OSError:
         on_disk = None
     if on_disk == recorded:

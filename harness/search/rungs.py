@@ -75,9 +75,20 @@ def point_key(params: dict) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
 
+def tell_unplanned(study, trial, choices: dict, why: str) -> None:
+    """A trial whose run could not be planned: told FAIL with ``why`` and its choices, marked as not run."""
+    from optuna.trial import TrialState
+
+    for key, value in (("choices", dict(choices)), ("unplanned", True), ("failure", why)):
+        trial.set_user_attr(key, value)
+    study.tell(trial.number, state=TrialState.FAIL)
+
+
 def finished(trials: list) -> list:
-    """Trials that ended (completed, pruned, failed), points that could not be built left out."""
-    return [t for t in trials if t.state.is_finished() and not t.user_attrs.get("infeasible")]
+    """Trials that ended (completed, pruned, failed), points that could not be built and runs that could not be
+    planned left out (neither was run: they do not use up --trials)."""
+    return [t for t in trials if t.state.is_finished() and not t.user_attrs.get("infeasible")
+            and not t.user_attrs.get("unplanned")]
 
 
 def ranked(trials: list) -> list:
