@@ -122,3 +122,20 @@ def test_a_pair_that_cannot_sample_is_refused_before_any_training(overrides, mes
     spec = resolve_task("shapes", "smoke", overrides)
     with pytest.raises(HarnessError, match=message):
         Evaluator(spec, CPU, lambda: None)
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "unipc"])
+def test_the_multistep_solvers_clip_the_predicted_image_as_the_protocols_ddim_does(sampler):
+    """A denoiser whose noise prediction is far off (an undertrained model's) drives an unclipped solver out of
+    the image range; clipped, as DDIM's clip_sample, it stays in [-1, 1] and matches the pipeline's loop."""
+    from types import SimpleNamespace
+
+    def off(x, timestep):
+        return SimpleNamespace(sample=torch.full_like(x, 3.0))
+
+    clipped = grid_sample(off, SPEC, GridPoint(sampler, 10), [1, 2], CPU)
+    free = resolve_task("cifar10", "smoke", {f"samplers.{sampler}_clip_x0": False})
+    unclipped = grid_sample(off, free, GridPoint(sampler, 10), [1, 2], CPU)
+    assert clipped.abs().max() <= 1.0 + 1e-6 < unclipped.abs().max()
+    config = make_scheduler(SPEC, sampler).config
+    assert config.thresholding and config.sample_max_value == 1

@@ -170,13 +170,18 @@ class SamplersSpec:
     # or "every" (each evaluation point)
     at: str = setting("final", result=False, resumable=True, choices=("final", "every"))
     # DDIM in the grid is the protocol's DDIM (sampling.*: eta, clip_sample, spacing, ...) at other step counts.
-    # dpmpp_2m: diffusers' DPMSolverMultistepScheduler, DPM-Solver++ of order 2 (multistep), deterministic
+    # dpmpp_2m: diffusers' DPMSolverMultistepScheduler, DPM-Solver++ of order 2 (multistep), deterministic.
+    # clip_x0: each step's predicted clean image clipped to [-1, 1], as the protocol's DDIM does (clip_sample):
+    # diffusers' thresholding with sample_max_value 1 (its dynamic threshold is then always 1). Without it an
+    # undertrained model's solver can leave the image range entirely (docs/samplers.md)
+    dpmpp_2m_clip_x0: bool = setting(True, result=False, resumable=True)
     dpmpp_2m_timestep_spacing: str = setting("linspace", result=False, resumable=True,
                                              choices=("leading", "trailing", "linspace"))
     dpmpp_2m_lower_order_final: bool = setting(True, result=False, resumable=True)  # first order at the last steps
     dpmpp_2m_use_karras_sigmas: bool = setting(False, result=False, resumable=True)
     dpmpp_2m_final_sigmas_type: str = setting("zero", result=False, resumable=True, choices=("zero", "sigma_min"))
     # unipc: diffusers' UniPCMultistepScheduler (UniPC with B(h) = bh2, order 2, data prediction, corrector on)
+    unipc_clip_x0: bool = setting(True, result=False, resumable=True)  # as dpmpp_2m_clip_x0
     unipc_timestep_spacing: str = setting("linspace", result=False, resumable=True,
                                           choices=("leading", "trailing", "linspace"))
     unipc_solver_type: str = setting("bh2", result=False, resumable=True, choices=("bh1", "bh2"))
