@@ -267,6 +267,7 @@ def test_a_sampler_grid_is_recorded_at_each_point_and_resumes_to_the_same_result
     assert [e["fid"] for e in final_only.evaluations] == [e["fid"] for e in straight.evaluations]
 
 
+@pytest.mark.slow  # two runs with a grid: about 15 s
 def test_with_the_grid_at_final_the_best_evaluations_kept_weights_get_it_too(tiny_arch, tmp_path):
     """A run whose best evaluation is not its last (a learning rate too high for the EMA-less weights): the
     grid runs at the last step and at the best step's kept weights, equal to the grid computed at that step
