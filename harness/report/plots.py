@@ -193,21 +193,20 @@ def fid_vs_sampling_steps(view, title: str, path: Path) -> Path:
     """Mean FID over seeds against sampling steps (log axis): one colour per architecture, one line style per
     sampler; the protocol's point is a star."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    styles, colours = {}, {}
+    styles = {}
     protocol = view.points[0]
     for point in view.points:
-        sampler, _, rest = point.partition(":")
-        styles.setdefault(sampler, ["-", "--", ":", "-."][len(styles) % 4])
+        styles.setdefault(point.partition(":")[0], ["-", "--", ":", "-."][len(styles) % 4])
     for i, arch in enumerate(view.fids.index):
-        colours[arch] = f"C{i % 10}"
+        colour = f"C{i % 10}"
         for sampler, style in styles.items():
             points = sorted((p for p in view.points if p.startswith(sampler + ":") and " #" not in p),
                             key=lambda p: int(p.partition(":")[2]))
             steps = [int(p.partition(":")[2]) for p in points]
             ax.plot(steps, view.fids.loc[arch, points].to_numpy(float), style, marker="o", ms=3,
-                    color=colours[arch], label=f"{arch}, {sampler}")
+                    color=colour, label=f"{arch}, {sampler}")
         ax.plot([int(protocol.partition(":")[2].split()[0])], [view.fids.loc[arch, protocol]], marker="*", ms=9,
-                color=colours[arch], linestyle="none")
+                color=colour, linestyle="none")
     ax.set_xscale("log")
     ax.set_xlabel("sampling steps (the star: the protocol's sampler)")
     ax.set_ylabel("FID at the last evaluation (lower is better)")

@@ -21,14 +21,13 @@ from typing import Callable
 import torch
 
 from harness.errors import HarnessError
-from harness.files import now
 from harness.protocol.data import load_images
 from harness.protocol.evaluation import Evaluator
 from harness.protocol.recipe import recipe_for
 from harness.protocol.samplers import grid_points
 from harness.protocol.tasks import check_spec, complete_config, spec_from_config
-from harness.run import checkpoints
 from harness.run.export_model import read_run, trained_model
+from harness.run.grid import add_grid, kept_weights
 from harness.run.locks import RunLock
 from harness.run.records import RECORD_FILE, RunRecord
 
@@ -55,23 +54,10 @@ def evaluate_run(folder: str | Path, overrides: dict | None = None, device: str 
         evaluator = Evaluator(spec, where, lambda: load_images(spec.data, data_dir), recipe.sampling_autocast,
                               _bars(progress), log)
         mark = _comparable(record, evaluator, recipe.sampling_precision, where)
-        for step, weights, which in _kept_weights(folder, record, state):
-            entry = next((e for e in record.evaluations if e["step"] == step), None)
-            if entry is None:
-                log(f"Skipped the {which} (step {step}): the run has no evaluation at that step to add to.")
-                continue
-            todo = [p for p in points if again or p.key not in entry.get("samplers", {})]
-            if not todo:
-                log(f"Step {step} ({which}) has every pair already; pass --again to compute them again.")
-                continue
-            model, _ = trained_model(record, state, spec, raw=False, best=weights, arch=arch)
-            added = evaluator.evaluate_grid(model.to(where), step, todo)
-            entry["samplers"] = {**entry.get("samplers", {}),
-                                 **{key: {**got, "added_after_training": {**mark, "at": now(), "weights": which}}
-                                    for key, got in added.items()}}
-            for key, got in added.items():
-                log(f"step {step} ({which}): {key} FID {got['fid']:.2f}")
-            record.save(folder)  # after each set of weights: nothing computed is lost to a later failure
+        last = state["trainer"]["step"]
+        add_grid(record, evaluator, points, kept_weights(folder, record, last),
+                 lambda weights: trained_model(record, state, spec, raw=False, best=weights, arch=arch)[0].to(where),
+                 lambda: record.save(folder), log, again=again, mark=mark)
     return record
 
 
@@ -109,17 +95,6 @@ def _comparable(record: RunRecord, evaluator: Evaluator, precision: str, device:
                            f"would not be comparable with its own. Evaluate it on the kind of device it was trained "
                            f"on (--device).")
     return {"device": str(device), "sampling_precision": precision, "reference": reference.source}
-
-
-def _kept_weights(folder: Path, record: RunRecord, state: dict) -> list[tuple[int, dict | None, str]]:
-    """(step, weights or None for the last checkpoint's EMA, which) of the weights a run keeps: the last
-    checkpoint's, and its best evaluation's where that is another step and its file is kept."""
-    last = state["trainer"]["step"]
-    kept = [(last, None, "last checkpoint's EMA weights")]
-    best = checkpoints.load_best(folder)
-    if best is not None and best[1] != last and best[1] == record.best_step:
-        kept.append((best[1], best[0], f"best evaluation's EMA weights ({checkpoints.BEST_FILE})"))
-    return kept
 
 
 def _bars(progress: bool):

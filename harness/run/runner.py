@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from harness.errors import CannotWrite, HarnessError, NonFiniteLoss, RunFailed, RunInterrupted
 from harness.files import now
 from harness.protocol.recipe import COMPILE_NOTE, recipe_for
-from harness.run import checkpoints, locks, parts
+from harness.run import checkpoints, grid, locks, parts
 from harness.run.failures import describe_failure, stopped_message
 from harness.run.folder import GRID_FILE, LOG_FILE, RunLog, grid_canvas, save_grid
 from harness.run.records import CHECKPOINT_FILE, RunRecord, ensure_writable, read_record, run_timings
@@ -193,27 +193,16 @@ class Run:
         record, points = self.record, self.evaluator.grid_at(self.spec.training.steps)
         if not self.world.is_main or not points:
             return
-        kept = checkpoints.load_best(self.folder)
-        weights = [(self.trainer.step, None)]
-        if kept is not None and kept[1] == record.best_step != self.trainer.step:
-            weights.append((kept[1], kept[0]))
-        added = False
-        for step, state in weights:
-            entry = next((e for e in record.evaluations if e["step"] == step), None)
-            todo = [p for p in points if entry is not None and p.key not in entry.get("samplers", {})]
-            if not todo:
-                continue
+
+        def model_of(weights: dict | None) -> torch.nn.Module:
             model = self.trainer.ema_model()
-            if state is not None:
+            if weights is not None:
                 model = copy.deepcopy(model)
-                model.load_state_dict(state)
-            entry["samplers"] = {**entry.get("samplers", {}), **self.evaluator.evaluate_grid(model, step, todo)}
-            which = "the last checkpoint's" if state is None else "the best evaluation's"
-            for key in (p.key for p in todo):
-                self.log(f"step {step} ({which} weights): {key} FID {entry['samplers'][key]['fid']:.2f}")
-            added = True
-        if added:
-            self.checkpoint()
+                model.load_state_dict(weights)
+            return model
+
+        grid.add_grid(record, self.evaluator, points, grid.kept_weights(self.folder, record, self.trainer.step),
+                      model_of, self.checkpoint, self.log)
 
     def checkpoint(self) -> None:
         """Save the checkpoint (the previous one kept) and the record, status running."""
