@@ -201,6 +201,23 @@ def test_a_perfect_proxy_gets_the_interval_plus_one_and_a_reversed_one_minus_one
     assert dropped < fidelity.RESAMPLES * 0.01
 
 
+def test_the_bootstraps_kendall_tau_is_scipys_tau_b_ties_included():
+    """The bootstrap's batched tau (fidelity.kendall_tau_b) against scipy.stats.kendalltau one row at a time, on
+    rows with many ties (a resample draws an architecture several times) and constant rows (nan in both)."""
+    from scipy.stats import kendalltau
+
+    from harness.report import fidelity
+
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 4, (3000, 6)).astype(float), rng.integers(0, 4, (3000, 6)).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ours = fidelity.kendall_tau_b(x, y)
+    theirs = np.array([kendalltau(a, b).statistic for a, b in zip(x, y)])
+    assert np.isnan(theirs).sum() > 0 and np.array_equal(np.isnan(ours), np.isnan(theirs))
+    assert np.allclose(ours, theirs, atol=1e-14, equal_nan=True)
+    assert fidelity.kendall_tau_b(np.array([[1.0, 2, 3]]), np.array([[4.0, 5, 9]]))[0] == 1.0  # exactly
+
+
 def test_the_fidelity_section_says_why_it_is_empty_when_no_measures_share_three_architectures():
     from harness.report import fidelity
 
