@@ -43,6 +43,12 @@ SLOW_ARCH = TINY_ARCH.replace("    def forward(self, x, timestep):\n",
                               "    def forward(self, x, timestep):\n        if self.training:\n"
                               "            __import__('time').sleep(0.25)\n")
 
+# A two-process run of SLOW_ARCH long enough to be stopped, killed or lost mid-way and resumed (24 steps of
+# ~0.25 s, checkpoints every 8, a batch that splits 4/4 over the processes): tests/test_signals.py and
+# tests/test_multinode.py compare their resumed runs with its uninterrupted run (``straight_run(..., devices=2)``).
+TWO_PROCESSES = {"training.steps": 24, "training.checkpoint_every": 8, "training.log_every": 1,
+                 "training.batch_size": 8}
+
 # Settings that make a whole run take seconds: few steps, few samples, a tiny FID reference.
 FAST = {
     "training.steps": 6,
@@ -99,23 +105,31 @@ def shared(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def straight_run(shared):
-    """straight_run(source, overrides) -> the run folder of the uninterrupted reference run (`harness run`, one
-    thread, seed 42, shapes/smoke with FAST and ``overrides``) of the architecture file slow.py holding ``source``.
-    Made once per session (``shared``) for the tests that stop, kill or starve such a run and compare its resumed
-    end with it (tests/test_signals.py, test_tracking.py, test_full_disk.py, test_sweep.py): the same command each
-    would run. Read it only (its record, its checkpoint's weights)."""
+    """straight_run(source, overrides, devices=1) -> the run folder of the uninterrupted reference run (`harness
+    run`, seed 42, shapes/smoke with FAST and ``overrides``, one thread per process, as ``devices`` processes) of
+    the architecture file slow.py holding ``source``. Made once per session (``shared``) for the tests that stop,
+    kill or starve such a run and compare its resumed end with it (tests/test_signals.py, test_tracking.py,
+    test_full_disk.py, test_sweep.py, test_multinode.py): the same command each would run. Read it only (its
+    record, its checkpoint's weights)."""
     import hashlib
     import json
+    import subprocess
 
-    from test_sweep import folder, reference_run
+    from test_sweep import _run_command, folder, reference_run
 
-    def get(source, overrides):
+    def get(source, overrides, devices=1):
         def make(where):
             arch = where / "slow.py"
             arch.write_text(textwrap.dedent(source))
-            reference_run(arch, where / "results", overrides=overrides)
+            if devices == 1:
+                reference_run(arch, where / "results", overrides=overrides)
+                return
+            done = subprocess.run(_run_command(arch, where / "results", 42, overrides) + ["--devices", str(devices)],
+                                  capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(devices)),
+                                  timeout=400)
+            assert done.returncode == 0, done.stdout + done.stderr
 
-        key = hashlib.sha256(json.dumps([source, overrides], sort_keys=True).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([source, overrides, devices], sort_keys=True).encode()).hexdigest()[:16]
         return folder(shared(f"straight-{key}", make) / "results", "slow")
 
     return get

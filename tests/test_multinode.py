@@ -11,15 +11,12 @@ import tempfile
 
 import pytest
 import torch
-from conftest import SLOW_ARCH, stop_ray_cluster
-from test_sweep import _run_command, folder, manifest, sweep_command, wait_for_step, weights
+from conftest import SLOW_ARCH, TWO_PROCESSES, stop_ray_cluster
+from test_sweep import folder, manifest, sweep_command, wait_for_step, weights
 
 from harness.run.records import RunRecord
 
 pytestmark = pytest.mark.slow
-
-LONGER = {"training.steps": 24, "training.batch_size": 8}
-
 
 @pytest.fixture
 def two_node_cluster(monkeypatch):
@@ -50,14 +47,14 @@ def two_node_cluster(monkeypatch):
 
 @pytest.mark.xdist_group("ray-cluster")  # `ray start --head` serves Ray Client on port 10001
 def test_a_run_spans_two_nodes_survives_a_lost_process_and_trains_what_one_node_trains(
-        two_node_cluster, write_arch, tmp_path):
+        two_node_cluster, write_arch, tmp_path, straight_run):
     arch = write_arch("slow", SLOW_ARCH)
     command = sweep_command(tmp_path / "sweep", "--arch", str(arch), "--address", two_node_cluster, "--device", "auto",
-                            "--gpus-per-run", "2", "--cpus-per-run", "2", overrides=LONGER)
+                            "--gpus-per-run", "2", "--cpus-per-run", "2", overrides=TWO_PROCESSES)
     with open(tmp_path / "driver.log", "w") as log:
         driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         run_folder = folder(tmp_path / "sweep", "slow")
-        wait_for_step(run_folder, 4, driver)
+        wait_for_step(run_folder, 8, driver)  # its first checkpoint
         # rank 1 is the process on the second node: kill it as a dying node would
         places = re.findall(r"rank (\d) on \S+ \(([\d.]+), Ray node (\w+), pid (\d+)\)",
                             (run_folder / "run.log").read_text())
@@ -74,13 +71,11 @@ def test_a_run_spans_two_nodes_survives_a_lost_process_and_trains_what_one_node_
     assert spanning.status == "completed" and spanning.step == 24
     assert spanning.processes["count"] == 2 and spanning.processes["backend"] == "gloo"
 
-    # The same run as 2 processes on one machine (one thread each, as each actor has one CPU):
+    # The same run as 2 processes on one machine (one thread each, as each actor has one CPU), uninterrupted:
     # the same computation, so the same numbers to the bit, although it was interrupted and resumed.
-    local = subprocess.run(_run_command(arch, tmp_path / "local", 42, LONGER) + ["--devices", "2"],
-                           capture_output=True, text=True, timeout=400, env=dict(os.environ, OMP_NUM_THREADS="2"))
-    assert local.returncode == 0, local.stderr
-    one_node = RunRecord.load(folder(tmp_path / "local", "slow") / "record.json")
+    local = straight_run(SLOW_ARCH, TWO_PROCESSES, devices=2)
+    one_node = RunRecord.load(local / "record.json")
     assert spanning.loss_curve == one_node.loss_curve
     assert spanning.best_fid == one_node.best_fid and spanning.final_kid == one_node.final_kid
-    a, b = weights(run_folder), weights(folder(tmp_path / "local", "slow"))
+    a, b = weights(run_folder), weights(local)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SLOW_ARCH
+from conftest import SLOW_ARCH, TWO_PROCESSES
 from test_sweep import _run_command, assert_same_results, folder, sweep_command, wait_for_step
 
 from harness.files import REPO_ROOT
@@ -71,17 +71,14 @@ def test_sigterm_and_sigusr1_stop_a_run_politely_and_it_resumes_to_the_same_resu
     assert_same_results(resumed, straight)  # loss curve, every FID: nothing trained twice or skipped
 
 
-def test_sigterm_to_a_two_process_run_stops_both_at_one_step_and_it_resumes(write_arch, tmp_path):
+def test_sigterm_to_a_two_process_run_stops_both_at_one_step_and_it_resumes(write_arch, tmp_path, straight_run):
     """The launcher alone gets it (`kill PID`), then the launcher and both workers (as SLURM signals
     every process of a job step): either way both ranks stop at the same step, rank 0 checkpoints."""
     arch = write_arch("slow", SLOW_ARCH)
-    two = ["--devices", "2"]
-    straight = subprocess.run(_run_command(arch, tmp_path / "straight", 42, LONG) + two, capture_output=True,
-                              text=True, env=ONE_THREAD, timeout=300)
-    assert straight.returncode == 0, straight.stderr
+    straight = straight_run(SLOW_ARCH, TWO_PROCESSES, devices=2)  # the same command, uninterrupted
     results = tmp_path / "stopped"
     run_folder = folder(results, "slow")
-    command = _run_command(arch, results, 42, LONG) + two
+    command = _run_command(arch, results, 42, TWO_PROCESSES) + ["--devices", "2"]
     stops = []
     for whole_group, after in ((False, 8), (True, 16)):
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ONE_THREAD,
@@ -98,8 +95,7 @@ def test_sigterm_to_a_two_process_run_stops_both_at_one_step_and_it_resumes(writ
     assert done.returncode == 0, done.stderr
     log = (run_folder / "run.log").read_text()
     assert all(f"from its checkpoint at step {s}" in log for s in stops), log
-    assert_same_results(RunRecord.load(run_folder / "record.json"),
-                        RunRecord.load(folder(tmp_path / "straight", "slow") / "record.json"))
+    assert_same_results(RunRecord.load(run_folder / "record.json"), RunRecord.load(straight / "record.json"))
 
 
 def test_sigterm_to_a_ray_worker_is_retried_and_to_the_driver_stops_the_sweep(write_arch, tmp_path, straight_run):

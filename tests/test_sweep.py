@@ -253,37 +253,40 @@ def test_sweep_joins_a_cluster_started_with_ray_start_and_runs_one_per_gpu(write
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_ctrl_c_stops_every_run_with_a_checkpoint_and_the_same_command_continues(write_arch, tmp_path):
+def test_ctrl_c_or_a_killed_driver_stops_every_run_and_the_same_command_continues_from_checkpoints(write_arch,
+                                                                                                   tmp_path):
+    """Ctrl-C: every run checkpoints and is `interrupted`, the driver exits 130. Then the same command, its driver
+    killed -9 (no chance to clean up). Each time the same command again continues from the checkpoints."""
     arch = write_arch("slow", SLOW_ARCH)
-    longer = {"training.steps": 24}
+    longer = {"training.steps": 32}
     with open(tmp_path / "driver.log", "w") as log:
         driver = start_sweep(tmp_path, "--arch", str(arch), "--seed", "1,2", overrides=longer, log=log)
         for seed in (1, 2):
             wait_for_step(folder(tmp_path, "slow", seed), 2, driver)
         os.killpg(driver.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
         assert driver.wait(timeout=120) == 130, (tmp_path / "driver.log").read_text()
+    stopped = {}
     for seed in (1, 2):
         record = RunRecord.load(folder(tmp_path, "slow", seed) / "record.json")
         saved = torch.load(folder(tmp_path, "slow", seed) / "checkpoint.pt", weights_only=False)["trainer"]["step"]
-        assert record.status == "interrupted" and 2 <= record.step == saved < 24
+        assert record.status == "interrupted" and 2 <= record.step == saved < 32
+        stopped[seed] = saved
     assert {c["status"] for c in manifest(tmp_path)["cells"]} == {"interrupted"}
-    result = harness_sweep(tmp_path, "--arch", str(arch), "--seed", "1,2", overrides=longer)
-    assert result.returncode == 0 and "2 resuming from checkpoints" in result.stdout, result.stderr
-    assert all(RunRecord.load(folder(tmp_path, "slow", s) / "record.json").step == 24 for s in (1, 2))
 
-
-def test_killed_driver_then_the_same_command_resumes_from_checkpoints(write_arch, tmp_path):
-    arch = write_arch("slow", SLOW_ARCH)
-    longer = {"training.steps": 24}
-    driver = start_sweep(tmp_path, "--arch", str(arch), overrides=longer, log=subprocess.DEVNULL)
-    run_folder = folder(tmp_path, "slow")
-    wait_for_step(run_folder, 4, driver)
+    driver = start_sweep(tmp_path, "--arch", str(arch), "--seed", "1,2", overrides=longer, log=subprocess.DEVNULL)
+    run_folder = folder(tmp_path, "slow", 1)
+    for seed in (1, 2):
+        wait_for_step(folder(tmp_path, "slow", seed), stopped[seed] + 2, driver)  # resumed, a checkpoint further
     driver.kill()  # kill -9: no chance to clean up
     driver.wait()
-    result = harness_sweep(tmp_path, "--arch", str(arch), overrides=longer)
-    assert result.returncode == 0 and "1 resuming from checkpoints" in result.stdout, result.stdout + result.stderr
+    killed_at = RunRecord.load(run_folder / "record.json").step
+
+    result = harness_sweep(tmp_path, "--arch", str(arch), "--seed", "1,2", overrides=longer)
+    assert result.returncode == 0 and "2 resuming from checkpoints" in result.stdout, result.stdout + result.stderr
+    assert all(RunRecord.load(folder(tmp_path, "slow", s) / "record.json").step == 32 for s in (1, 2))
     log = (run_folder / "run.log").read_text()
-    assert log.count("Resuming") == 1 and int(log.split("at step ")[1].split()[0]) >= 4
+    resumed_at = [int(line.split("at step ")[1].split()[0]) for line in log.splitlines() if "Resuming" in line]
+    assert len(resumed_at) == 2 and resumed_at[0] == stopped[1] and resumed_at[1] >= killed_at, log
     assert RunRecord.load(run_folder / "record.json").status == "completed"
 
 

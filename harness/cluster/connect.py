@@ -9,9 +9,9 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 
-def connect(address: str | None) -> None:
-    """Join the cluster at ``address`` (or RAY_ADDRESS), or start a private local instance.
-    ``ray.shutdown()`` afterwards stops a private instance and only disconnects from a cluster."""
+def connect(address: str | None) -> bool:
+    """Join the cluster at ``address`` (or RAY_ADDRESS), or start a private local instance; True for a private
+    instance. ``ray.shutdown()`` afterwards stops a private instance and only disconnects from a cluster."""
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         _use_auth_token(address)  # before Ray reads its configuration
@@ -33,6 +33,7 @@ def connect(address: str | None) -> None:
                "this machine needs its token: copy the head node's ~/.ray/auth_token here or set RAY_AUTH_TOKEN."
                if address else "Check `ray status` and the logs under /tmp/ray.")
         ) from exc
+    return not address
 
 
 def _use_auth_token(address: str) -> None:

@@ -7,9 +7,9 @@ session with a checked pool. The same for both:
             drive(session.pool, driver, session.allocation["max_parallel"])           # harness/studies/drive.py
 
 ``ray_session`` connects (a private instance, or the cluster at ``address``), allocates the cluster's resources
-(``allocate``: the study's rule, which may refuse before any run starts), starts the pool, checks every node can
-read and write the results folder (and has the same architecture files), and shuts Ray down at the end: a
-private instance stops, a cluster is only left.
+(``allocate``: the study's rule, which may refuse before any run starts), starts the pool, checks every node of a
+cluster can read and write the results folder (and has the same architecture files), and shuts Ray down at the
+end: a private instance stops, a cluster is only left.
 """
 from __future__ import annotations
 
@@ -64,13 +64,16 @@ def ray_session(address: str | None, allocate: Callable[[Resources], dict], max_
     is made) names the architecture files each node must have, by hash: None checks no node (nothing will run)."""
     import ray
 
-    connect(address)
+    private = connect(address)
     try:
         resources = cluster_resources()
         allocation = allocate(resources)
         pool = RayPool(allocation, max_retries)
         hashes = arch_hashes()
-        if hashes is not None:
+        # A private instance's one node is this machine: its workers run this Python and see the folder the
+        # driver just found writable and the files it just hashed, so only a cluster's nodes are checked (a
+        # check costs a worker process: about 3 s of every local sweep or search before).
+        if hashes is not None and not private:
             problems = pool.check_nodes(results_dir, hashes)
             if problems:
                 raise HarnessError(
