@@ -16,8 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import torch
-
 from harness.errors import CannotWrite
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout: architectures/, tasks/, results/ live here
@@ -104,6 +102,8 @@ def keep_spare(path: Path, size: int) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
+    import torch  # here only: the modules that read records and write JSON need no torch
+
     with writing(path):
         fd, tmp = _temp_beside(path)
         os.close(fd)

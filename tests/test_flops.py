@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
-from harness import flops
+from harness import peaks
 from harness.flops import count_macs
 from harness.measure.profile import build_for_counting, static_profile
 from harness.protocol import registry
@@ -114,16 +114,16 @@ def test_static_profile_keys():
 ])
 def test_peaks_are_the_data_sheets_dense_figures_for_the_device_named(name, precision, peak, monkeypatch):
     monkeypatch.delenv("HARNESS_PEAK_TFLOPS", raising=False)
-    assert flops.peak_tflops(name, precision) == peak
+    assert peaks.peak_tflops(name, precision) == peak
 
 
 def test_mfu_is_per_device_against_the_precision_used(monkeypatch):
     monkeypatch.delenv("HARNESS_PEAK_TFLOPS", raising=False)
     # 10 GFLOPs forward per image, 3x with backward, 4,947 img/s on one H100: 148.4 TFLOP/s of 494.7 (TF32)
-    assert flops.mfu(10.0, 4947.0, "NVIDIA H100 80GB HBM3", "tf32") == pytest.approx(0.3, rel=1e-3)
+    assert peaks.mfu(10.0, 4947.0, "NVIDIA H100 80GB HBM3", "tf32") == pytest.approx(0.3, rel=1e-3)
     # the same img/s from 4 GPUs is a quarter of that per device
-    assert flops.mfu(10.0, 4947.0, "NVIDIA H100 80GB HBM3", "tf32", devices=4) == pytest.approx(0.075, rel=1e-3)
-    assert flops.matmul_precision("bf16", "cuda", "9.0") == "bf16"
-    assert flops.matmul_precision("fp32", "cuda", "9.0") == "tf32"  # cuDNN's TF32 convolutions, PyTorch's default
-    assert flops.matmul_precision("fp32", "cuda", "7.0") == "fp32"  # V100: no TF32
-    assert flops.matmul_precision("fp32", "cpu") == "fp32"
+    assert peaks.mfu(10.0, 4947.0, "NVIDIA H100 80GB HBM3", "tf32", devices=4) == pytest.approx(0.075, rel=1e-3)
+    assert peaks.matmul_precision("bf16", "cuda", "9.0") == "bf16"
+    assert peaks.matmul_precision("fp32", "cuda", "9.0") == "tf32"  # cuDNN's TF32 convolutions, PyTorch's default
+    assert peaks.matmul_precision("fp32", "cuda", "7.0") == "fp32"  # V100: no TF32
+    assert peaks.matmul_precision("fp32", "cpu") == "fp32"

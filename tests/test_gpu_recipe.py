@@ -114,8 +114,8 @@ def test_nccl_between_gpus_gloo_between_cpu_processes():
 
 
 def test_cuda_memory_statistics_device_name_and_peak(monkeypatch):
-    from harness.flops import matmul_precision, mfu
     from harness.measure.memory import PeakMemory
+    from harness.peaks import matmul_precision, mfu
     from harness.run.records import device_info
     from harness.world import sync
 

@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "harness"
 LAYERS = [
     ("harness.errors", 0), ("harness.files", 0), ("harness.world", 0),
     ("harness.flops", 0),          # counting only (no harness imports): runs and measure/ both count with it
+    ("harness.peaks", 0),          # devices' peaks and MFU (no harness imports, no torch): records rate with it
     ("harness.report.noise", 0),   # statistics only (no harness imports): estimate --resolve sizes seeds with it
     ("harness.protocol", 1),       # tasks, data, diffusion, trainer, evaluation, FID, reference, registry
     ("harness.run", 2),            # one process's run: Run, checkpoints, locks, records, the run folder

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from harness.files import now
-from harness.flops import count_macs, matmul_precision, mfu
+from harness.flops import count_macs
+from harness.peaks import matmul_precision, mfu
 from harness.protocol import registry
 from harness.protocol.data import ImageBatches, generate_shapes
 from harness.protocol.diffusion import ddim_sample, ddim_scheduler, ddpm_scheduler, sample_seeds, to_uint8

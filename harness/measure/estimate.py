@@ -33,8 +33,8 @@ import torch
 
 from harness.errors import HarnessError
 from harness.files import now
-from harness.flops import matmul_precision, mfu
 from harness.measure import bursts
+from harness.peaks import matmul_precision, mfu
 from harness.protocol.data import load_images
 from harness.protocol.recipe import recipe_for
 from harness.protocol.reference import reference_plan, root_cached

@@ -19,8 +19,9 @@ import torch
 
 from harness.errors import HarnessError
 from harness.files import atomic_write_json, now
-from harness.flops import count_macs, matmul_precision, mfu
+from harness.flops import count_macs
 from harness.measure.memory import PeakMemory
+from harness.peaks import matmul_precision, mfu
 from harness.protocol import registry
 from harness.protocol.data import ImageBatches
 from harness.protocol.diffusion import ddim_sample, sample_seeds

@@ -4,13 +4,15 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 from PIL import Image
 
 from harness.files import atomic_write_bytes, now
+
+if TYPE_CHECKING:
+    import torch  # annotations only: a report reads GRID_FILE from here without loading torch
 
 LOG_FILE = "run.log"
 GRID_FILE = "samples.png"

@@ -11,12 +11,14 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
 from harness.files import REPO_ROOT, atomic_write_json, keep_spare, now
-from harness.flops import matmul_precision, mfu
+from harness.peaks import matmul_precision, mfu
+
+if TYPE_CHECKING:
+    import torch
 
 SCHEMA_VERSION = 3
 RECORD_FILE = "record.json"
@@ -68,6 +70,8 @@ def library_versions() -> dict[str, str]:
 
 
 def device_info(device: torch.device) -> dict:
+    import torch  # here only: a report reads records without loading torch
+
     if device.type == "cuda":
         return {"type": "cuda", "name": torch.cuda.get_device_name(device),
                 "capability": ".".join(map(str, torch.cuda.get_device_capability(device)))}
