@@ -9,6 +9,7 @@ and one scenario through the whole report path (groups -> leaderboards). Fixed s
 same on every run, and printed at the end of the test output ("measured by the tests").
 """
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -201,21 +202,32 @@ def test_a_perfect_proxy_gets_the_interval_plus_one_and_a_reversed_one_minus_one
     assert dropped < fidelity.RESAMPLES * 0.01
 
 
-def test_the_bootstraps_kendall_tau_is_scipys_tau_b_ties_included():
-    """The bootstrap's batched tau (fidelity.kendall_tau_b) against scipy.stats.kendalltau one row at a time, on
-    rows with many ties (a resample draws an architecture several times) and constant rows (nan in both)."""
-    from scipy.stats import kendalltau
+def test_the_bootstraps_tau_and_rho_are_scipys_ties_included_and_exactly_one_for_one_order():
+    """The bootstrap's batched tau and rho (fidelity.kendall_tau_b, spearman_rho) against scipy.stats.kendalltau
+    and spearmanr one row at a time, on rows with many ties (a resample draws an architecture several times) and
+    constant rows (nan in both); rows in one order give exactly +1, also through the whole bootstrap."""
+    from scipy.stats import kendalltau, rankdata, spearmanr
 
     from harness.report import fidelity
 
     rng = np.random.default_rng(3)
     x, y = rng.integers(0, 4, (3000, 6)).astype(float), rng.integers(0, 4, (3000, 6)).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ours = fidelity.kendall_tau_b(x, y)
-    theirs = np.array([kendalltau(a, b).statistic for a, b in zip(x, y)])
-    assert np.isnan(theirs).sum() > 0 and np.array_equal(np.isnan(ours), np.isnan(theirs))
-    assert np.allclose(ours, theirs, atol=1e-14, equal_nan=True)
-    assert fidelity.kendall_tau_b(np.array([[1.0, 2, 3]]), np.array([[4.0, 5, 9]]))[0] == 1.0  # exactly
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy's own warning for its constant rows
+        ours = [fidelity.kendall_tau_b(x, y), fidelity.spearman_rho(rankdata(x, axis=1), rankdata(y, axis=1))]
+        theirs = [np.array([kendalltau(a, b).statistic for a, b in zip(x, y)]),
+                  np.array([spearmanr(a, b).statistic for a, b in zip(x, y)])]
+    for mine, scipys in zip(ours, theirs):
+        assert np.isnan(scipys).sum() > 0 and np.array_equal(np.isnan(mine), np.isnan(scipys))
+        assert np.allclose(mine, scipys, atol=1e-14, equal_nan=True)
+    same = np.array([[3.0, 1, 2], [1, 1, 2], [1, 1, 2], [5, 2, 9]])  # pearsonr of these ranks gives 1 - 2e-16
+    assert (fidelity.kendall_tau_b(same, same + 4) == 1.0).all()
+    assert (fidelity.spearman_rho(rankdata(same, axis=1), rankdata(same, axis=1)) == 1.0).all()
+    for archs in (4, 6):
+        for paired in (True, False):
+            proxy, target = proxy_measures(np.random.default_rng(7), lambda v: v + 40, archs=archs)
+            tau, rho, _ = fidelity.bootstrap(proxy, target, sorted(target), paired, np.random.default_rng(0))
+            assert max(tau) == max(rho) == 1.0 and (not paired or min(tau) == min(rho) == 1.0), (archs, paired)
 
 
 def test_the_fidelity_section_says_why_it_is_empty_when_no_measures_share_three_architectures():

@@ -49,7 +49,7 @@ def execute(args) -> int:
                   f"training: {result['run_commands_train_images_per_sec']:.1f} img/s in run commands, "
                   f"{result['sweep_train_images_per_sec']:.1f} img/s in the sweep; time outside the runs themselves: "
                   f"{result['run_commands_outside_runs_seconds']:.1f} s (4 process starts) vs "
-                  f"{result['sweep_outside_runs_seconds']:.1f} s (one start, Ray, node checks, scheduling)")
+                  f"{result['sweep_outside_runs_seconds']:.1f} s (one start, Ray, scheduling)")
         return 0
 
     if args.scaling is not None:

@@ -2,7 +2,7 @@
 
 Side A is what a user would otherwise type: ``python -m harness run`` once per cell, one after
 another. Side B is one ``python -m harness sweep`` over the same cells with ``--max-parallel 1``
-(Ray start-up, the node checks, scheduling, the manifest). Both are whole commands in fresh
+(Ray start-up, scheduling, the manifest; a private instance checks no node). Both are whole commands in fresh
 processes, in separate results folders, after one untimed run has filled the FID reference
 cache. A machine's speed drifts over a quarter of an hour, so the order is A (first half of the
 cells), B, A (second half): a linear drift hits both sides alike. ``ratio`` is B / A (1.05 would

@@ -71,8 +71,9 @@ def ray_session(address: str | None, allocate: Callable[[Resources], dict], max_
         pool = RayPool(allocation, max_retries)
         hashes = arch_hashes()
         # A private instance's one node is this machine: its workers run this Python and see the folder the
-        # driver just found writable and the files it just hashed, so only a cluster's nodes are checked (a
-        # check costs a worker process: about 3 s of every local sweep or search before).
+        # driver just found writable and the files it just hashed, so only a cluster's nodes are checked (the
+        # check is a round trip to a worker before the first run: 3.4 s of a one-cell local sweep, measured
+        # 2026-12-07, though the run's own worker start then takes part of that back).
         if hashes is not None and not private:
             problems = pool.check_nodes(results_dir, hashes)
             if problems:
