@@ -120,7 +120,8 @@ def assert_same_results(a: RunRecord, b: RunRecord):
     assert untimed[0] == untimed[1], "records differ in evaluations"
 
 
-def test_sweep_records_equal_single_runs_and_a_rerun_trains_nothing(write_arch, tmp_path):
+def test_sweep_records_equal_single_runs_a_rerun_trains_nothing_and_a_damaged_record_is_run_again(write_arch,
+                                                                                                  tmp_path):
     archs = [write_arch("tiny", TINY_ARCH), write_arch("tinier", TINY_ARCH.replace('split(",")[0]', 'split(",")[1]'))]
     result = harness_sweep(tmp_path / "sweep", "--arch", ",".join(map(str, archs)), "--seed", "1,2")
     assert result.returncode == 0, result.stderr
@@ -143,6 +144,23 @@ def test_sweep_records_equal_single_runs_and_a_rerun_trains_nothing(write_arch, 
     assert "0 to run" in again.stdout and "4 already completed" in again.stdout
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}  # nothing trained, nothing rewritten
     assert len(manifest(tmp_path / "sweep")["sessions"]) == 2
+
+    # A record cut short (a full disk) is not a completed run: the sweep says so and runs it again; a manifest
+    # cut short is moved aside, named, and written anew.
+    record_path, (manifest_path,) = folder(tmp_path / "sweep", "tiny", 1) / "record.json", (
+        tmp_path / "sweep" / "sweeps").glob("*.json")
+    record_path.write_text(record_path.read_text()[:100])
+    manifest_path.write_text(manifest_path.read_text()[:50])
+    damaged = harness_sweep(tmp_path / "sweep", "--arch", ",".join(map(str, archs)), "--seed", "1,2")
+    said = " ".join(damaged.stdout.split())
+    assert damaged.returncode == 0 and "Traceback" not in damaged.stdout + damaged.stderr, (damaged.stdout
+                                                                                         + damaged.stderr)
+    assert f"damaged tiny/smoke/seed1 {record_path} is not a valid record" in said, said
+    assert f"The sweep's manifest {manifest_path} could not be read" in said
+    assert (manifest_path.parent / (manifest_path.name + ".damaged")).exists()
+    assert RunRecord.load(record_path).status == "completed"
+    # the new manifest: the damaged cell run again, the three others found completed
+    assert [c["status"] for c in manifest(tmp_path / "sweep")["cells"]] == ["completed"] + ["skipped"] * 3
 
 
 def channel_process(driver) -> psutil.Process:
@@ -177,24 +195,6 @@ def test_killed_worker_and_progress_actor_are_retried_and_the_run_resumes_bitwis
     assert_same_results(RunRecord.load(run_folder / "record.json"), RunRecord.load(single / "record.json"))
     mine, theirs = weights(run_folder), weights(single)
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
-
-
-def test_a_damaged_record_and_manifest_are_named_and_the_sweep_goes_on(write_arch, tmp_path):
-    """A record cut short (a full disk) is not a completed run: the sweep says so and runs it again;
-    a manifest cut short is moved aside, named, and written anew."""
-    arch = write_arch("tiny", TINY_ARCH)
-    first = harness_sweep(tmp_path, "--arch", str(arch))
-    assert first.returncode == 0, first.stderr
-    record_path, (manifest_path,) = folder(tmp_path, "tiny") / "record.json", (tmp_path / "sweeps").glob("*.json")
-    record_path.write_text(record_path.read_text()[:100])
-    manifest_path.write_text(manifest_path.read_text()[:50])
-    again = harness_sweep(tmp_path, "--arch", str(arch))
-    said = " ".join(again.stdout.split())
-    assert again.returncode == 0 and "Traceback" not in again.stdout + again.stderr, again.stdout + again.stderr
-    assert f"damaged tiny/smoke/seed42 {record_path} is not a valid record" in said, said
-    assert f"The sweep's manifest {manifest_path} could not be read" in said
-    assert (manifest_path.parent / (manifest_path.name + ".damaged")).exists()
-    assert RunRecord.load(record_path).status == "completed" and manifest(tmp_path)["cells"][0]["status"] == "completed"
 
 
 def test_failing_architectures_fail_only_their_own_cells(write_arch, tmp_path):
