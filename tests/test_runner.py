@@ -267,6 +267,27 @@ def test_a_sampler_grid_is_recorded_at_each_point_and_resumes_to_the_same_result
     assert [e["fid"] for e in final_only.evaluations] == [e["fid"] for e in straight.evaluations]
 
 
+def test_a_grid_pair_that_fails_at_run_time_loses_none_of_the_protocols_numbers(write_arch, tmp_path):
+    """A model whose output is NaN at timestep 333 only, which 3 DDIM steps visit ([666, 333, 0]) and the
+    protocol's 5 ([800, ..., 0]) do not: the pair fails after the check before training (which samples a stand-in),
+    the run fails saying so, and its record keeps the protocol's evaluation of that step."""
+    from conftest import TINY_ARCH
+
+    nan_at_333 = TINY_ARCH.replace("        return UNet2DOutput(sample=self.out(h))",
+                                   "        out = self.out(h)\n"
+                                   "        if not self.training and bool((timestep == 333).any()):\n"
+                                   "            out = out * float('nan')\n"
+                                   "        return UNet2DOutput(sample=out)")
+    arch = write_arch("nan_at_333", nan_at_333)
+    with pytest.raises(RunFailed, match="ddim:3: the sampler produced NaN images"):
+        _run(arch, tmp_path, overrides={"samplers.grid": ["ddim:3"]})
+    record = RunRecord.load(tmp_path / "shapes" / "nan_at_333" / "smoke" / "seed42" / "record.json")
+    assert record.status == "failed" and "ddim:3" in record.failure["message"]
+    (evaluation,) = record.evaluations
+    assert evaluation["step"] == 6 and math.isfinite(evaluation["fid"]) and "samplers" not in evaluation
+    assert record.final_fid == evaluation["fid"]
+
+
 @pytest.mark.slow  # two runs with a grid: about 15 s
 def test_with_the_grid_at_final_the_best_evaluations_kept_weights_get_it_too(tiny_arch, tmp_path):
     """A run whose best evaluation is not its last (a learning rate too high for the EMA-less weights): the

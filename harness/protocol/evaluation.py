@@ -37,7 +37,6 @@ class EvaluationResult:
     fid_std: float | None = None  # the FID's sampling noise: std of the FIDs of bootstrap resamples of the features
     fid_bootstrap: int = 0  # how many resamples fid_std comes from
     manifold: dict | None = None  # precision, recall, density, coverage, manifold_k, manifold_rows (or None)
-    samplers: dict | None = None  # the sampler grid: "dpmpp_2m:10" -> its scores, timings and scheduler settings
 
     def to_dict(self) -> dict:
         out = {"step": self.step, "fid": self.fid, "kid": self.kid, "num_samples": self.num_samples,
@@ -45,8 +44,6 @@ class EvaluationResult:
                "sample_seconds": round(self.sample_seconds, 3), "feature_seconds": round(self.feature_seconds, 3),
                "sampling_images_per_sec": round(self.num_samples / max(self.sample_seconds, 1e-9), 2),
                **(self.manifold or {})}
-        if self.samplers:
-            out["samplers"] = self.samplers
         return out
 
 
@@ -91,21 +88,21 @@ class Evaluator:
 
     def evaluate(self, ema_model: torch.nn.Module, step: int, world: World = SINGLE) -> EvaluationResult | None:
         """Every rank of ``world`` generates whole sampling batches (batch j on rank j mod N) and their
-        features, with the protocol's DDIM and then each grid pair due at ``step``, all from the same
-        per-sample seeds; rank 0 gathers them in seed order and returns the result, the others None."""
+        features with the protocol's DDIM from the per-sample seeds; rank 0 gathers them in seed order and returns
+        the result, the others None. The grid pairs due at ``step`` (grid_at) are a second call, evaluate_grid,
+        from the same seeds: the caller saves the protocol's numbers in between, so a failing pair loses none."""
         if world.is_main:
             self.reference  # noqa: B018  (computed, or read from its cache, before sampling starts)
         spec, autocast = self.spec, self.autocast_dtype
         protocol = self._sample_set(lambda seeds: ddim_sample(ema_model, spec.diffusion, spec.sampling, seeds,
                                                               self.device, autocast, spec.data.image_size),
                                     world, f"FID @ step {step}")
-        samplers = self.evaluate_grid(ema_model, step, self.grid_at(step), world)
         if not world.is_main:
             return None
         scores = self._scores(protocol.features)
         return EvaluationResult(step, scores["fid"], scores["kid"], len(protocol.features), protocol.sample_seconds,
                                 protocol.feature_seconds, protocol.grid, scores["fid_std"],
-                                scores["fid_bootstrap"], scores["manifold"], samplers or None)
+                                scores["fid_bootstrap"], scores["manifold"])
 
     def evaluate_grid(self, ema_model: torch.nn.Module, step: int, points: list[GridPoint],
                       world: World = SINGLE) -> dict | None:

@@ -167,21 +167,23 @@ def grid_sample(model: torch.nn.Module, spec: TaskSpec, point: GridPoint, seeds:
     from harness.protocol.diffusion import ddim_sample, draw_noise
 
     size = spec.data.image_size
+    scheduler = make_scheduler(spec, point.sampler)
     if point.sampler == "ddim":
         sampling = dataclasses.replace(spec.sampling, steps=point.steps)
-        return ddim_sample(model, spec.diffusion, sampling, seeds, device, autocast_dtype, size)
-    scheduler = make_scheduler(spec, point.sampler)
-    scheduler.set_timesteps(point.steps)
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    x = draw_noise(gens, device, size) * scheduler.init_noise_sigma  # [B,3,S,S]; the multistep solvers' sigma is 1
-    batch = torch.empty(len(seeds), dtype=torch.int64, device=device)
-    with torch.no_grad():
-        for t in scheduler.timesteps:
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                eps = model(scheduler.scale_model_input(x, t), batch.fill_(int(t))).sample  # timestep [B]
-            x = scheduler.step(eps.float(), t, x).prev_sample
+        x = ddim_sample(model, spec.diffusion, sampling, seeds, device, autocast_dtype, size)
+    else:
+        scheduler.set_timesteps(point.steps)
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        x = draw_noise(gens, device, size) * scheduler.init_noise_sigma  # [B,3,S,S]; the solvers' sigma is 1
+        batch = torch.empty(len(seeds), dtype=torch.int64, device=device)
+        with torch.no_grad():
+            for t in scheduler.timesteps:
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    eps = model(scheduler.scale_model_input(x, t), batch.fill_(int(t))).sample  # timestep [B]
+                x = scheduler.step(eps.float(), t, x).prev_sample
     if not torch.isfinite(x).all():  # quantised, NaN would be a black image with a finite FID
         raise HarnessError(f"samplers.grid {point.key}: the sampler produced NaN images (diffusers' "
-                           f"{type(scheduler).__name__} with {settings_text(spec, point.sampler)}); change these "
-                           f"settings.")
+                           f"{type(scheduler).__name__} with {settings_text(spec, point.sampler)}): change these "
+                           f"settings, or, where they are sound, look at the model, which gave NaN at one of this "
+                           f"sampler's timesteps.")
     return x

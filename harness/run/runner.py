@@ -153,12 +153,31 @@ class Run:
         self._account(segment_start, segment_step)
 
     def evaluate(self) -> None:
-        """FID/KID of the EMA model at the current step; saved with a checkpoint and the record."""
+        """FID/KID of the EMA model at the current step, saved with a checkpoint and the record; then the sampler
+        grid's pairs due there, saved again: a pair that fails at run time loses none of the protocol's numbers."""
         eval_start = time.perf_counter()
         result = self.evaluator.evaluate(self.trainer.ema_model(), self.trainer.step, self.world)
         self.totals.eval_seconds += time.perf_counter() - eval_start
-        if result is None:  # not rank 0: its share is in rank 0's result
+        if result is not None:  # rank 0 (the others' share is in its result)
+            self._keep_evaluation(result)
+        points = self.evaluator.grid_at(self.trainer.step)
+        if not points:
             return
+        grid_start = time.perf_counter()
+        grid = self.evaluator.evaluate_grid(self.trainer.ema_model(), self.trainer.step, points, self.world)
+        self.totals.eval_seconds += time.perf_counter() - grid_start
+        if grid is None:  # not rank 0
+            return
+        entry = next(e for e in self.record.evaluations if e["step"] == self.trainer.step)
+        entry["samplers"] = {**entry.get("samplers", {}), **grid}
+        for key, scores in grid.items():  # the sampler grid, from the same seeds
+            manifold = scores if "precision" in scores else None  # evaluation.manifold_k null: none
+            self.log(f"step {self.trainer.step}: {key} FID {scores['fid']:.2f}" + _manifold_text(manifold))
+        self.checkpoint()
+
+    def _keep_evaluation(self, result) -> None:
+        """Rank 0: the protocol's evaluation into the record (a new best's weights kept), the trackers, the sample
+        grid PNGs and the log; saved with a checkpoint."""
         record, reference = self.record, self.evaluator.reference
         record.add_evaluation(result.to_dict())
         if record.best_step == result.step:  # a new best: its weights are what export-model exports by default
@@ -179,9 +198,6 @@ class Run:
         self.log(f"step {self.trainer.step}: FID {result.fid:.2f}"
                  + (f", KID {result.kid:.4f}" if result.kid is not None else "") + _manifold_text(result.manifold)
                  + f" ({result.num_samples} samples)")
-        for key, scores in (result.samplers or {}).items():  # the sampler grid, from the same seeds
-            manifold = scores if "precision" in scores else None
-            self.log(f"step {self.trainer.step}: {key} FID {scores['fid']:.2f}" + _manifold_text(manifold))
         self.checkpoint()
         if self.hooks.on_evaluation is not None:
             self.hooks.on_evaluation(result.to_dict())
