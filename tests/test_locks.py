@@ -60,13 +60,15 @@ def test_lock_refuses_the_same_folder_twice_in_one_process(tmp_path):
     RunLock(tmp_path / "run").acquire().release()  # and is free again afterwards
 
 
-def test_run_command_refuses_a_locked_folder_without_traceback(holder, tiny_arch):
+def test_run_command_refuses_a_locked_folder_without_traceback(holder, tiny_arch, capsys):
+    from harness.cli.main import main  # the command's entry point, in this process; the lock's holder is another
+
     folder, proc = holder
-    result = subprocess.run([sys.executable, "-m", "harness", "run", "--task", "shapes", "--arch", str(tiny_arch),
-                             "--tier", "smoke", "--results-dir", str(folder.parents[3]), "--no-progress"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 75, result.stderr
-    message = " ".join(result.stderr.split())  # the CLI wraps its messages
+    code = main(["run", "--task", "shapes", "--arch", str(tiny_arch), "--tier", "smoke", "--results-dir",
+                 str(folder.parents[3]), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 75, err
+    message = " ".join(err.split())  # the CLI wraps its messages
     assert f"in use by process {proc.pid} on host {socket.gethostname()}" in message and "Traceback" not in message
     assert not (folder / "checkpoint.pt").exists()
 

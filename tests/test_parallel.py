@@ -195,13 +195,16 @@ def test_ctrl_c_and_a_killed_process_end_the_run_cleanly_and_it_resumes(tmp_path
     assert done.status == "completed" and done.step == failed.step + 20 and done.processes["count"] == 2
 
 
-def test_bad_devices_are_refused_before_anything_starts(tmp_path):
+def test_bad_devices_are_refused_before_anything_starts(tmp_path, capsys):
+    from harness.cli.main import main  # the command's own entry point, in this process (no torch import to wait on)
+
     for args, words in [(["--devices", "3"], "does not split into 3 equal parts"), (["--devices", "0"], "at least 1"),
                         (["--devices", "2", "--device", "cuda"], "more GPUs than this machine shows")]:
-        done = cli("run", "--task", "shapes", "--arch", "standard", "--tier", "smoke", "--results-dir", str(tmp_path),
-                   *args)
-        assert done.returncode == 2 and words in " ".join(done.stderr.split()), done.stderr
-        assert "Traceback" not in done.stderr
+        code = main(["run", "--task", "shapes", "--arch", "standard", "--tier", "smoke", "--results-dir",
+                     str(tmp_path), *args])
+        err = capsys.readouterr().err
+        assert code == 2 and words in " ".join(err.split()), err
+        assert "Traceback" not in err
     assert not list(tmp_path.rglob("record.json"))
 
 
