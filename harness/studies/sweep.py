@@ -225,16 +225,24 @@ class Sweep(Driver):
             todo = self._todo()
             return {c.arch_ref: c.plan.architecture.sha256 for c in todo} if todo else None
 
-        with driver_lock(self.spec.results_dir, self.manifest_path.with_suffix(".lock"), f"sweep {self.id}"), \
-                ray_session(self.address, allocation, self.max_retries, self.spec.results_dir, arch_hashes,
-                            "sweep") as session:
-            todo = self._todo()
-            self._open_manifest(session.resources, session.allocation)
-            self._report_plan(todo)
-            if todo:
-                self._drive(session.pool, todo, session.allocation["max_parallel"])
-            else:
-                self._close_session(interrupted=False)
+        with driver_lock(self.spec.results_dir, self.manifest_path.with_suffix(".lock"), f"sweep {self.id}"):
+            if not (self.address or os.environ.get("RAY_ADDRESS")):  # a private instance would be this machine
+                resources = local_resources()
+                chosen = allocation(resources)
+                if not self._todo():  # nothing to run: no Ray instance to start (7 s on a 2-core VM)
+                    self._open_manifest(resources, chosen)
+                    self._report_plan([])
+                    self._close_session(interrupted=False)
+                    return self.manifest
+            with ray_session(self.address, allocation, self.max_retries, self.spec.results_dir, arch_hashes,
+                             "sweep") as session:
+                todo = self._todo()
+                self._open_manifest(session.resources, session.allocation)
+                self._report_plan(todo)
+                if todo:
+                    self._drive(session.pool, todo, session.allocation["max_parallel"])
+                else:
+                    self._close_session(interrupted=False)
         return self.manifest
 
     def _todo(self) -> list[Cell]:
