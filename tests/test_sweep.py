@@ -1,4 +1,5 @@
 """Sweeps on a real local Ray instance (and a `ray start --head` cluster), driven as users drive them."""
+import contextlib
 import json
 import os
 import shlex
@@ -279,6 +280,10 @@ def test_ctrl_c_or_a_killed_driver_stops_every_run_and_the_same_command_continue
         wait_for_step(folder(tmp_path, "slow", seed), stopped[seed] + 2, driver)  # resumed, a checkpoint further
     driver.kill()  # kill -9: no chance to clean up
     driver.wait()
+    for seed in (1, 2):  # its orphaned Ray workers hold the run folders until Ray reaps them: wait, as a user would
+        holder = json.loads((folder(tmp_path, "slow", seed) / "run.lock").read_text())["pid"]
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+            psutil.Process(holder).wait(timeout=60)
     killed_at = RunRecord.load(run_folder / "record.json").step
 
     result = harness_sweep(tmp_path, "--arch", str(arch), "--seed", "1,2", overrides=longer)
