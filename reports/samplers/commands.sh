@@ -15,6 +15,6 @@ echo "sweep start $(date -u +%FT%TZ)"
 python -m harness sweep --task shapes --arch $ARCHS --tier demo --seed 42,43 --cpus-per-run 1 --no-progress \
   --set "$GRID" --results-dir "$R"; rc=$?
 echo "sweep end $(date -u +%FT%TZ) rc=$rc"
-(cd "$R" && find . -name record.json -o -name 'samples*.png' -o -name 'sweeps' -prune -o -false) |
+(cd "$R" && find . -name sweeps -prune -o \( -name record.json -o -name 'samples*.png' \) -print) |
   while read -r f; do mkdir -p "$KEEP/$(dirname "$f")"; cp -r "$R/$f" "$KEEP/$f"; done
 python -m harness report --results-dir "$KEEP" --out reports/samplers
