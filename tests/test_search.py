@@ -174,7 +174,11 @@ def test_a_five_trial_study_completes_reads_back_with_optuna_and_exports_its_win
     # before the first trial: what the 5 trials will cost, from the baselines measured at these settings
     estimate = out.stdout.index("Predicted wall time of each run")
     assert out.stdout.index("Study shapes-smoke-fid:") < estimate < out.stdout.index("trial 0")
-    assert "5 runs (5 trials per tier" in out.stdout and "wall on 2 at once" in out.stdout
+    # the estimate's text (harness/cli/estimate.py's estimate_text, as `harness estimate --trials` prints it): every
+    # piece of each baseline's run, and the search priced as its trials at the baselines' mean
+    for word in ("standard", "full_attn", "no_attn", "training", "sampling", "features", "scoring", "other",
+                 "5 runs (5 trials per tier", "device-hours", "wall on 2 at once", "Measured for"):
+        assert word in out.stdout[estimate:out.stdout.index("trial 0")], word
     url = f"sqlite:///{results}/studies/shapes-smoke-fid.db"
     assert [s["name"] for s in optuna_cli("studies", "--storage", url)] == ["shapes-smoke-fid"]
     trials = optuna_cli("trials", "--storage", url, "--study-name", "shapes-smoke-fid")

@@ -2,6 +2,7 @@
 instances) and SIGUSR1 (SLURM's `--signal=USR1@N` warning) are a polite stop everywhere: the run
 finishes its step, checkpoints there, records `interrupted` with the signal, exits 128 + the
 signal's number, and the same command resumes at that step, ending equal to an uninterrupted run."""
+import json
 import os
 import re
 import signal
@@ -12,7 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SLOW_ARCH, TWO_PROCESSES
-from test_sweep import _run_command, assert_same_results, folder, sweep_command, wait_for_step
+from test_sweep import (
+    _run_command,
+    assert_same_results,
+    channel_process,
+    folder,
+    manifest,
+    sweep_command,
+    wait_for_step,
+    weights,
+)
 
 from harness.files import REPO_ROOT
 from harness.run.records import RunRecord
@@ -98,24 +108,45 @@ def test_sigterm_to_a_two_process_run_stops_both_at_one_step_and_it_resumes(writ
     assert_same_results(RunRecord.load(run_folder / "record.json"), RunRecord.load(straight / "record.json"))
 
 
-def test_sigterm_to_a_ray_worker_is_retried_and_to_the_driver_stops_the_sweep(write_arch, tmp_path, straight_run):
-    """SIGTERM to the Ray worker that trains the run (its node drained or preempted): the run
-    checkpoints, the sweep runs it again from there. SIGTERM to the driver: every run checkpoints
-    and is `interrupted`, the driver exits 143; the same command finishes it."""
+def test_a_lost_or_signalled_ray_worker_is_retried_and_sigterm_to_the_driver_stops_the_sweep(write_arch, tmp_path,
+                                                                                             straight_run):
+    """One sweep, three things that happen to clusters, each followed by the run going on from a checkpoint:
+    the run's worker and the driver's progress actor killed -9 together (their node died: Ray restarts the
+    actor and runs the task again); SIGTERM to the run's new worker (its node drained or preempted: the run
+    checkpoints where it is and Ray runs it again); SIGTERM to the driver (every run checkpoints and is
+    `interrupted`, the driver exits 143, and the same command finishes it). The end equals an uninterrupted
+    `harness run` of the same file to the bit."""
     arch = write_arch("slow", SLOW_ARCH)
-    straight = RunRecord.load(straight_run(SLOW_ARCH, LONG) / "record.json")
+    straight = straight_run(SLOW_ARCH, LONG)
     results = tmp_path / "sweep"
     run_folder = folder(results, "slow")
     command = sweep_command(results, "--arch", str(arch), overrides=LONG)
     with open(tmp_path / "driver.log", "w") as log:
         driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    wait_for_step(run_folder, 8, driver)
-    worker = int(re.findall(r", pid (\d+),", (run_folder / "run.log").read_text())[-1])
-    os.kill(worker, signal.SIGTERM)
-    deadline = time.monotonic() + 120
-    while "Resuming" not in (run_folder / "run.log").read_text():
-        assert driver.poll() is None and time.monotonic() < deadline, (tmp_path / "driver.log").read_text()
-        time.sleep(0.2)
+
+    def wait_for_log(text, count):
+        deadline = time.monotonic() + 120
+        while (run_folder / "run.log").read_text().count(text) < count:
+            assert driver.poll() is None and time.monotonic() < deadline, (tmp_path / "driver.log").read_text()
+            time.sleep(0.2)
+
+    def worker_pid():  # the process that holds the run folder now
+        return json.loads((run_folder / "run.lock").read_text())["pid"]
+
+    wait_for_step(run_folder, 8, driver)  # its first checkpoint
+    lost = worker_pid()
+    channel = channel_process(driver)
+    os.kill(lost, signal.SIGKILL)
+    channel.kill()
+    wait_for_log("Resuming", 1)
+    assert "from its checkpoint at step 8" in (run_folder / "run.log").read_text()
+
+    deadline = time.monotonic() + 60
+    while worker_pid() == lost:  # the retried task's process takes the folder's lock before it resumes
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(worker_pid(), signal.SIGTERM)
+    wait_for_log("Resuming", 2)
     log = (run_folder / "run.log").read_text()
     worker_stop = int(re.search(r"Stopped by SIGTERM at step (\d+)", log).group(1))
     assert 8 <= worker_stop < 16 and f"from its checkpoint at step {worker_stop}" in log, log
@@ -125,11 +156,14 @@ def test_sigterm_to_a_ray_worker_is_retried_and_to_the_driver_stops_the_sweep(wr
     assert driver.wait(timeout=120) == 143, (tmp_path / "driver.log").read_text()
     said = (tmp_path / "driver.log").read_text()
     assert "Traceback" not in said and "Stopping (SIGTERM)" in said, said
+    assert "retrying   slow/smoke/seed42" in said, said
+    assert manifest(results)["cells"][0]["attempts"] == 3  # the task ran again after each lost worker
     record = RunRecord.load(run_folder / "record.json")
     assert record.status == "interrupted" and record.step == checkpoint_step(run_folder) < 24
     assert record.interruption["signal"] is None  # the driver's stop request, not a signal to the run
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert_same_results(RunRecord.load(run_folder / "record.json"), straight)
-
+    assert_same_results(RunRecord.load(run_folder / "record.json"), RunRecord.load(straight / "record.json"))
+    mine, theirs = weights(run_folder), weights(straight)
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)

@@ -172,32 +172,6 @@ def channel_process(driver) -> psutil.Process:
     return found
 
 
-def test_killed_worker_and_progress_actor_are_retried_and_the_run_resumes_bitwise(write_arch, tmp_path,
-                                                                                  straight_run):
-    """The run's task and the driver's progress actor killed together, as when the node they are on dies:
-    Ray restarts the actor and runs the task again, and the run resumes from its checkpoint."""
-    arch = write_arch("slow", SLOW_ARCH)
-    longer = {"training.steps": 16}
-    with open(tmp_path / "driver.log", "w") as log:
-        driver = start_sweep(tmp_path / "sweep", "--arch", str(arch), overrides=longer, log=log)
-        run_folder = folder(tmp_path / "sweep", "slow")
-        wait_for_step(run_folder, 4, driver)
-        worker = json.loads((run_folder / "run.lock").read_text())["pid"]
-        channel = channel_process(driver)
-        os.kill(worker, signal.SIGKILL)
-        channel.kill()
-        assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()
-    said = (tmp_path / "driver.log").read_text()
-    assert "retrying   slow/smoke/seed42" in said and "Traceback" not in said, said
-    assert manifest(tmp_path / "sweep")["cells"][0]["attempts"] == 2
-    resumed_at = [line for line in (run_folder / "run.log").read_text().splitlines() if "Resuming" in line]
-    assert len(resumed_at) == 1 and int(resumed_at[0].split("at step ")[1].split()[0]) >= 4
-    single = straight_run(SLOW_ARCH, longer)  # `harness run` of the same file, uninterrupted
-    assert_same_results(RunRecord.load(run_folder / "record.json"), RunRecord.load(single / "record.json"))
-    mine, theirs = weights(run_folder), weights(single)
-    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
-
-
 def test_failing_architectures_fail_only_their_own_cells(write_arch, tmp_path):
     good = write_arch("tiny", TINY_ARCH)
     bad = write_arch("broken", "def build_model(device):\n    raise RuntimeError('boom at build')\n")

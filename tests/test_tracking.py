@@ -205,11 +205,34 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_each_tracker_from_not
     assert_curve(wandb_losses(rows), record.loss_curve)
 
 
-def test_fresh_starts_new_tracker_runs_and_clears_tensorboard(tiny_arch, tmp_path):
+def test_trackers_record_the_records_metrics_and_fresh_starts_new_tracker_runs(tiny_arch, tmp_path):
+    """W&B (offline) and MLflow hold the record's loss curve, FIDs and sample grids; then --fresh starts new tracker
+    runs that continue nothing, leaves the old ones as they were, and clears TensorBoard's files."""
     uri, env = mlflow_env(tmp_path)
     run_folder = folder(tmp_path, "tiny")
-    command = [*_run_command(tiny_arch, tmp_path, 42, FAST), *ALL]  # 6 steps, the loss logged at 2, 4, 6
-    finish(command, env, tmp_path)
+    # 6 steps, the loss logged at 2, 4, 6; evaluations at steps 0 and 6
+    first = dict(FAST, **{"evaluation.eval_points": [0]})
+    finish([*_run_command(tiny_arch, tmp_path, 42, first), *ALL], env, tmp_path)
+    record = RunRecord.load(run_folder / "record.json")
+    losses = [(step, loss) for step, loss in record.loss_curve]
+    fids = [(e["step"], e["fid"]) for e in record.evaluations]
+    assert [step for step, _ in fids] == [0, 6]
+
+    ((config, rows),) = wandb_runs(run_folder).values()
+    assert "resumed_from_run" not in config and config["training.steps"] == FAST["training.steps"]
+    assert_curve(wandb_losses(rows), losses)
+    assert_curve([(r["step"], r["eval/fid"]) for r in rows if "eval/fid" in r], fids)
+    images = [r for r in rows if r.get("samples/_type") == "image-file"]  # W&B's Image, its file under files/
+    assert [(r["step"], r["samples/width"], r["samples/height"]) for r in images] == [(s, 8 * 32, 32) for s, _ in fids]
+
+    client, (run,) = mlflow_runs(uri, "shapes-smoke")
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"] == "shapes/tiny/smoke/seed42"
+    assert run.data.params["training.steps"] == str(FAST["training.steps"])
+    assert_curve(mlflow_history(client, run, "train/loss"), losses)
+    assert_curve(mlflow_history(client, run, "eval/fid"), fids)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "record.json" in artifacts and {f"samples_step{s:06d}.png" for s, _ in fids} <= artifacts
+
     old_events = set(os.listdir(run_folder / "tensorboard"))
     (old_wandb,) = wandb_runs(run_folder)
     command = [*_run_command(tiny_arch, tmp_path, 42, dict(FAST, **{"training.steps": 4})), *ALL, "--fresh"]
@@ -233,31 +256,6 @@ def test_fresh_starts_new_tracker_runs_and_clears_tensorboard(tiny_arch, tmp_pat
     assert "resumed_from_run" not in config
     assert_curve(wandb_losses(rows), record.loss_curve)
     assert steps(wandb_losses(runs[old_wandb][1])) == [2, 4, 6]
-
-
-def test_wandb_offline_and_mlflow_record_the_same_metrics_as_the_record(tiny_arch, tmp_path):
-    uri, env = mlflow_env(tmp_path)
-    command = _run_command(tiny_arch, tmp_path / "results", 42, dict(FAST, **{"evaluation.eval_points": [0]}))
-    finish([*command, *ALL], env, tmp_path)
-    run_folder = folder(tmp_path / "results", "tiny")
-    record = RunRecord.load(run_folder / "record.json")
-    losses = [(step, loss) for step, loss in record.loss_curve]
-    fids = [(e["step"], e["fid"]) for e in record.evaluations]
-
-    ((config, rows),) = wandb_runs(run_folder).values()
-    assert "resumed_from_run" not in config and config["training.steps"] == FAST["training.steps"]
-    assert_curve(wandb_losses(rows), losses)
-    assert_curve([(r["step"], r["eval/fid"]) for r in rows if "eval/fid" in r], fids)
-    images = [r for r in rows if r.get("samples/_type") == "image-file"]  # W&B's Image, its file under files/
-    assert [(r["step"], r["samples/width"], r["samples/height"]) for r in images] == [(s, 8 * 32, 32) for s, _ in fids]
-
-    client, (run,) = mlflow_runs(uri, "shapes-smoke")
-    assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"] == "shapes/tiny/smoke/seed42"
-    assert run.data.params["training.steps"] == str(FAST["training.steps"])
-    assert_curve(mlflow_history(client, run, "train/loss"), losses)
-    assert_curve(mlflow_history(client, run, "eval/fid"), fids)
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert "record.json" in artifacts and {f"samples_step{s:06d}.png" for s, _ in fids} <= artifacts
 
 
 def test_a_tracker_that_cannot_start_warns_once_and_the_run_completes(tiny_arch, tmp_path):
