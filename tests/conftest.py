@@ -105,8 +105,9 @@ def shared(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def straight_run(shared):
-    """straight_run(source, overrides, devices=1) -> the run folder of the uninterrupted reference run (`harness
-    run`, seed 42, shapes/smoke with FAST and ``overrides``, one thread per process, as ``devices`` processes) of
+    """straight_run(source, overrides, devices=1) -> the run folder of the uninterrupted reference run (seed 42,
+    shapes/smoke with FAST and ``overrides``, one thread per process: one process is test_sweep.reference_run, in the
+    asking worker's process; more are `harness run --devices N`) of
     the architecture file slow.py holding ``source``. Made once per session (``shared``) for the tests that stop,
     kill or starve such a run and compare its resumed end with it (tests/test_signals.py, test_tracking.py,
     test_full_disk.py, test_sweep.py, test_multinode.py): the same command each would run. Read it only (its

@@ -67,18 +67,19 @@ def _run_command(arch, results, seed, overrides):
 
 
 def reference_runs(cells, results, overrides=None):
-    """The same cells as the `run` commands a user would type, two at a time, each with the
-    worker's single thread (OMP_NUM_THREADS=1, as Ray sets it for a 1-CPU task); their records."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    records = []
-    for pair in (cells[i:i + 2] for i in range(0, len(cells), 2)):
-        procs = [subprocess.Popen(_run_command(arch, results, seed, overrides), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=env) for arch, seed in pair]
-        for proc, (arch, seed) in zip(procs, pair):
-            _, err = proc.communicate(timeout=600)
-            assert proc.returncode == 0, err
-            records.append(RunRecord.load(folder(results, Path(arch).stem, seed) / "record.json"))
-    return records
+    """The same cells run one after another in this process (harness.run, the Python API that `harness run` calls,
+    without the 5 s of imports a process pays), each with one torch thread (as Ray gives a 1-CPU task); their
+    records as written (read back: the returned record holds tuples where its JSON holds lists).
+    tests/test_parallel.py compares such a run with a `harness run` process to the bit as well."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for arch, seed in cells:
+            run("shapes", str(arch), "smoke", seed, device="cpu", results_dir=results,
+                overrides=dict(FAST, **(overrides or {})), progress=False, log=lambda message: None)
+    finally:
+        torch.set_num_threads(threads)
+    return [RunRecord.load(folder(results, Path(arch).stem, seed) / "record.json") for arch, seed in cells]
 
 
 def reference_run(arch, results, seed=42, overrides=None):
