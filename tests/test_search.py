@@ -1,6 +1,8 @@
 """Architecture search: real Optuna studies (SQLite files) whose trials are real runs on a local Ray
 instance, driven with `python -m harness search` as users drive it; the study read back with
 Optuna's own CLI; exported winners run with `python -m harness run`."""
+import contextlib
+import io
 import json
 import os
 import signal
@@ -9,6 +11,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -64,8 +67,16 @@ def search_command(results, *args, overrides=None, estimate=False):
             *([] if estimate else ["--no-estimate"]), *_settings_args(overrides), *args]
 
 
-def harness(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=timeout)
+def harness(*args):
+    """`python -m harness ARGS` through its entry point (harness.cli.main.main) in this process, its output caught:
+    the checks that read a study's status, export a trial, run or report need no process of their own (the studies
+    themselves run as `python -m harness search` processes)."""
+    from harness.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def optuna_cli(*args):
@@ -335,8 +346,6 @@ def _top_third(trials):
     trial of each of the top n // 3 of n finished distinct points) promotes from ``trials``, the CLI's rows
     read as Optuna's trials. tests/test_rungs.py checks that rule against known values; this checks that the
     driver applied it, at the right moments."""
-    from types import SimpleNamespace
-
     from harness.search.rungs import promotions
 
     seen = [SimpleNamespace(number=t["number"], params=t["params"], values=[t["value"]],
