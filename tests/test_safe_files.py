@@ -11,8 +11,6 @@ import json
 import pathlib
 import re
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -63,7 +61,7 @@ def _cli_run(arch, results, *extra):
             str(results), "--no-progress", *extra, *[f"--set={key}={json.dumps(value)}" for key, value in FAST.items()]]
 
 
-def test_a_checkpoint_that_would_run_code_is_refused_by_run_and_export_model(copy_of, tmp_path):
+def test_a_checkpoint_that_would_run_code_is_refused_by_run_and_export_model(copy_of, tmp_path, capsys):
     arch, results, folder = copy_of
     marker = tmp_path / "code-ran"
     state = torch.load(folder / "checkpoint.pt", weights_only=True)
@@ -72,9 +70,10 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_run_and_export_model(cop
     assert marker.exists()
     marker.unlink()
     for argv in (_cli_run(arch, results), ["export-model", str(folder), "--out", str(tmp_path / "exported")]):
-        done = subprocess.run([sys.executable, "-m", "harness", *argv], capture_output=True, text=True, timeout=300)
-        said = " ".join(done.stderr.split())  # the CLI wraps its messages
-        assert done.returncode == 2, done.stderr
+        code = main(argv)  # the command's entry point, in this process: code the file ran would touch the marker
+        err = capsys.readouterr().err
+        said = " ".join(err.split())  # the CLI wraps its messages
+        assert code == 2, err
         assert f"The checkpoint {folder / 'checkpoint.pt'} holds objects" in said and "pathlib.Path" in said, said
         assert "could run any code" in said and "pass --trust-checkpoint once" in said and "Traceback" not in said
         assert not marker.exists(), f"`harness {argv[0]}` ran the checkpoint's code"
@@ -142,7 +141,7 @@ def test_a_garbled_checkpoint_is_still_damage_not_distrust(tmp_path):
     assert "Resuming from the previous checkpoint" in logs[0] and (tmp_path / "checkpoint.pt.corrupt").exists()
 
 
-def test_export_model_builds_no_file_only_because_a_record_names_it(copy_of, tmp_path):
+def test_export_model_builds_no_file_only_because_a_record_names_it(copy_of, tmp_path, capsys):
     """A run folder from elsewhere may carry a record naming a file beside it: export-model refuses to build a
     file outside the architectures folder until the user names it with --arch."""
     arch, results, folder = copy_of
@@ -151,15 +150,14 @@ def test_export_model_builds_no_file_only_because_a_record_names_it(copy_of, tmp
     planted.write_text(textwrap.dedent(TINY_ARCH) + f"\nimport pathlib\npathlib.Path({str(marker)!r}).touch()\n")
     record = json.loads((folder / "record.json").read_text())
     (folder / "record.json").write_text(json.dumps(dict(record, arch_file=str(planted))))
-    argv = [sys.executable, "-m", "harness", "export-model", str(folder), "--out", str(tmp_path / "out"),
-            "--which", "last"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    said = " ".join(done.stderr.split())
-    assert done.returncode == 2 and "Traceback" not in said, done.stderr
+    argv = ["export-model", str(folder), "--out", str(tmp_path / "out"), "--which", "last"]
+    code = main(argv)  # in this process: a file built only because the record names it would touch the marker
+    err = capsys.readouterr().err
+    said = " ".join(err.split())
+    assert code == 2 and "Traceback" not in said, err
     assert f"names the architecture file {planted}, which is not in the architectures folder" in said
     assert f"pass it: --arch {planted}" in said and not marker.exists()
-    done = subprocess.run(argv + ["--arch", str(arch)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr  # the file the user names is built
+    assert main(argv + ["--arch", str(arch)]) == 0, capsys.readouterr().err  # the file the user names is built
     assert json.loads((tmp_path / "out" / "harness_export.json").read_text())["step"] == 2
     assert not marker.exists()
 
