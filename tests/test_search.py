@@ -421,7 +421,8 @@ def test_successive_halving_promotes_the_top_third_at_once_and_survives_a_killed
         time.sleep(0.2)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    at_kill = sum(state in ("COMPLETE", "PRUNED", "FAIL") for name in RUNG_NAMES for state in _trials_of(results, name))
+    at_kill = sum(state in ("COMPLETE", "PRUNED", "FAIL") for name in RUNG_NAMES
+                  for state, _ in _trials_of(results, name))
     again = subprocess.run(command(results), capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout + again.stderr
     resumed = read(results)
@@ -434,18 +435,18 @@ def test_successive_halving_promotes_the_top_third_at_once_and_survives_a_killed
 
 
 def _trials_of(results, name):
-    """The states of a study's trials, read from its SQLite file without opening an Optuna storage
-    (which would create the schema, racing the driver that is creating it)."""
+    """(state, number of parameters) of each of a study's trials, read from its SQLite file without opening an
+    Optuna storage (which would create the schema, racing the driver that is creating it)."""
     import sqlite3
 
     path = results / "studies" / "halving.db"
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            rows = db.execute("SELECT trials.state FROM trials JOIN studies USING (study_id) "
-                              "WHERE studies.study_name = ?", (name,)).fetchall()
+            return db.execute("SELECT trials.state, (SELECT COUNT(*) FROM trial_params WHERE trial_params.trial_id = "
+                              "trials.trial_id) FROM trials JOIN studies USING (study_id) WHERE studies.study_name = ?",
+                              (name,)).fetchall()
     except sqlite3.OperationalError:  # no file yet, or no tables yet
         return []
-    return [state for (state,) in rows]
 
 
 def _drawn_in(results, name):
@@ -453,18 +454,8 @@ def _drawn_in(results, name):
     a moment before its parameters do: a driver killed in that moment leaves a point half drawn, and the next
     driver's sampler (its random state started again from the seed) draws the rest anew, so that study would
     not be the uninterrupted one. The test kills the driver once all nine points are whole."""
-    import sqlite3
-
-    path = results / "studies" / "halving.db"
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            (count,) = db.execute("SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE studies.study_name "
-                                  "= ? AND (SELECT COUNT(*) FROM trial_params WHERE trial_params.trial_id = "
-                                  "trials.trial_id) = 2", (name,)).fetchone()
-    except sqlite3.OperationalError:  # no file yet, or no tables yet
-        return 0
-    return count
+    return sum(params == 2 for _, params in _trials_of(results, name))
 
 
 def _finished_in(results, name):
-    return any(state in ("COMPLETE", "PRUNED", "FAIL") for state in _trials_of(results, name))
+    return any(state in ("COMPLETE", "PRUNED", "FAIL") for state, _ in _trials_of(results, name))
